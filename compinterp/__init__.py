@@ -1,0 +1,38 @@
+"""compinterp: compositional interpretability, explaining neural networks with string diagrams.
+
+The names below are loaded on first use, so ``import compinterp`` (and the
+command line's start-up) stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Model": "compinterp.model",
+    "from_torch": "compinterp.frontend",
+    "load": "compinterp.files",
+    "save": "compinterp.files",
+    "draw": "compinterp.drawing",
+    **{name: "compinterp.syntax" for name in (
+        "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "Linear", "Unembed", "Bilinear", "Gated",
+        "Norm", "Elementwise", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
+    **{name: "compinterp.errors" for name in (
+        "CompinterpError", "CompositionError", "BoxError", "ParameterError", "InputError", "FormatError",
+        "ImportTraceError")},
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'compinterp' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

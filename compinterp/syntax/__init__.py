@@ -1,0 +1,31 @@
+"""Syntax: spaces (wires with a dimension), boxes, and the string diagrams built from them."""
+
+from compinterp.syntax.boxes import (
+    ELEMENTWISE,
+    KINDS,
+    Add,
+    Attention,
+    Bilinear,
+    Copy,
+    Elementwise,
+    Embed,
+    Gated,
+    Kind,
+    Linear,
+    Mul,
+    Norm,
+    Opaque,
+    Unembed,
+    box_from_json,
+    box_to_json,
+    chain,
+    residual,
+)
+from compinterp.syntax.diagram import Box, Diagram, Id, Swap, describe
+from compinterp.syntax.spaces import Space, Wire
+
+__all__ = [
+    "ELEMENTWISE", "KINDS", "Add", "Attention", "Bilinear", "Box", "Copy", "Diagram", "Elementwise",
+    "Embed", "Gated", "Id", "Kind", "Linear", "Mul", "Norm", "Opaque", "Space", "Swap", "Unembed",
+    "Wire", "box_from_json", "box_to_json", "chain", "describe", "residual",
+]

@@ -1,0 +1,324 @@
+"""The box vocabulary: the generators that networks we explain are built from.
+
+Each kind states its spaces, its hyperparameters (JSON, in ``data``) and the
+shapes of the parameters it reads from a model's store. What a box computes is
+the semantics' business (``compinterp.semantics``), not the syntax's.
+
+>>> resid, hidden = Space("resid", 64), Space("hidden", 256)
+>>> mlp = Bilinear("mlp0", resid, resid, hidden=256)
+>>> mlp.param_shapes()
+{'L': (256, 64), 'R': (256, 64), 'D': (64, 256)}
+>>> block = residual(mlp)
+>>> [box.kind for box in block.boxes]
+['Copy', 'Bilinear', 'Add']
+>>> Linear("up", resid, hidden) >> Linear("down", Space("hidden", 128), resid)
+Traceback (most recent call last):
+...
+compinterp.errors.CompositionError: cannot compose up (resid:64 -> hidden:256) with down (hidden:128 -> resid:64): output 0 is hidden:256, made by box 'up' (resid:64 -> hidden:256), but the next diagram needs hidden:128 there, for box 'down' (hidden:128 -> resid:64)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from compinterp.errors import BoxError
+from compinterp.syntax.diagram import Box, Diagram, Id, Swap
+from compinterp.syntax.spaces import Space
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+
+ELEMENTWISE = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "square", "exp", "neg", "softplus")
+"""Names of the pointwise functions an :class:`Elementwise` box may apply."""
+
+NORMS = ("rms", "layer")
+
+
+def _check_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise BoxError(f"{kind} box name {name!r} is not valid: use letters, digits, '_' or '-', "
+                       "starting with a letter (names key the parameters, so no '.')")
+    return name
+
+
+def _one_wire(kind: str, name: str, role: str, space: Space) -> Space:
+    if not isinstance(space, Space):
+        raise BoxError(f"{kind} box '{name}': {role} must be a Space, got {space!r}")
+    if len(space) != 1:
+        raise BoxError(f"{kind} box '{name}': {role} must be one wire, got {space} ({len(space)} wires)")
+    return space
+
+
+def _positive(kind: str, name: str, what: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise BoxError(f"{kind} box '{name}': {what} must be a positive integer, got {value!r}")
+    return value
+
+
+class Kind(Box):
+    """Base of the box kinds: a constructor per kind and the parameter shapes it needs."""
+
+    kind: ClassVar[str] = "Kind"
+    polynomial: ClassVar[bool] = False
+    """Whether the box computes a polynomial of its inputs (tensor semantics exist)."""
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of each named parameter this box reads from the store."""
+        return {}
+
+    def to_json(self) -> dict[str, Any]:
+        """The box as JSON: kind, name, spaces and hyperparameters."""
+        return {"kind": self.kind, "name": self.name, "dom": self.dom.to_json(),
+                "cod": self.cod.to_json(), "data": dict(self.data)}
+
+
+class Embed(Kind):
+    """Token ids (or one-hot rows) on ``tokens:V`` to vectors: ``y = W[i]`` or ``y = x W``."""
+
+    kind = "Embed"
+    polynomial = True
+
+    def __init__(self, name: str, dom: Space, cod: Space) -> None:
+        _check_name(self.kind, name)
+        super().__init__(name, _one_wire(self.kind, name, "input", dom),
+                         _one_wire(self.kind, name, "output", cod))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"W": (self.dom.dim, self.cod.dim)}
+
+
+class Linear(Kind):
+    """An affine map ``y = W x + b`` with ``W : out x in``."""
+
+    kind = "Linear"
+    polynomial = True
+
+    def __init__(self, name: str, dom: Space, cod: Space, bias: bool = False) -> None:
+        _check_name(self.kind, name)
+        super().__init__(name, _one_wire(self.kind, name, "input", dom),
+                         _one_wire(self.kind, name, "output", cod), {"bias": bool(bias)})
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = {"W": (self.cod.dim, self.dom.dim)}
+        if self.data["bias"]:
+            shapes["b"] = (self.cod.dim,)
+        return shapes
+
+
+class Unembed(Linear):
+    """The final map to logits; computes like :class:`Linear`, marked as the readout."""
+
+    kind = "Unembed"
+
+
+class Bilinear(Kind):
+    """A bilinear layer ``y = D((L x + l) * (R x + r)) + d`` through ``hidden`` units."""
+
+    kind = "Bilinear"
+    polynomial = True
+
+    def __init__(self, name: str, dom: Space, cod: Space, hidden: int, bias: bool = False) -> None:
+        _check_name(self.kind, name)
+        super().__init__(name, _one_wire(self.kind, name, "input", dom),
+                         _one_wire(self.kind, name, "output", cod),
+                         {"hidden": _positive(self.kind, name, "hidden", hidden), "bias": bool(bias)})
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        h, i, o = self.data["hidden"], self.dom.dim, self.cod.dim
+        shapes = {"L": (h, i), "R": (h, i), "D": (o, h)}
+        if self.data["bias"]:
+            shapes |= {"l": (h,), "r": (h,), "d": (o,)}
+        return shapes
+
+
+class Gated(Bilinear):
+    """A gated layer ``y = D(act(L x + l) * (R x + r)) + d`` (GLU, SwiGLU, GeGLU)."""
+
+    kind = "Gated"
+    polynomial = False
+
+    def __init__(self, name: str, dom: Space, cod: Space, hidden: int, activation: str = "silu",
+                 bias: bool = False) -> None:
+        super().__init__(name, dom, cod, hidden, bias)
+        if activation not in ELEMENTWISE:
+            raise BoxError(f"Gated box '{name}': unknown activation {activation!r}; "
+                           f"choose one of {', '.join(ELEMENTWISE)}")
+        self.data["activation"] = activation
+
+
+class Norm(Kind):
+    """RMS or layer normalisation over the wire, with an optional learned scale (and shift)."""
+
+    kind = "Norm"
+
+    def __init__(self, name: str, space: Space, norm: str = "rms", eps: float | None = 1e-5,
+                 affine: bool = True, bias: bool | None = None) -> None:
+        _check_name(self.kind, name)
+        _one_wire(self.kind, name, "space", space)
+        if norm not in NORMS:
+            raise BoxError(f"Norm box '{name}': norm must be one of {NORMS}, got {norm!r}")
+        if norm == "layer" and eps is None:
+            raise BoxError(f"Norm box '{name}': layer norm needs a numeric eps")
+        bias = (norm == "layer" and affine) if bias is None else bool(bias)
+        if bias and not affine:
+            raise BoxError(f"Norm box '{name}': a bias needs affine=True")
+        super().__init__(name, space, space, {"norm": norm, "eps": None if eps is None else float(eps),
+                                              "affine": bool(affine), "bias": bias})
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        n = self.dom.dim
+        shapes = {"weight": (n,)} if self.data["affine"] else {}
+        if self.data["bias"]:
+            shapes["bias"] = (n,)
+        return shapes
+
+
+class Elementwise(Kind):
+    """A pointwise function on every wire of ``space`` (``relu``, ``gelu``, ``square`` ...)."""
+
+    kind = "Elementwise"
+
+    def __init__(self, fn: str, space: Space, name: str | None = None) -> None:
+        if fn not in ELEMENTWISE:
+            raise BoxError(f"Elementwise box: unknown function {fn!r}; choose one of {', '.join(ELEMENTWISE)}")
+        name = _check_name(self.kind, name or fn)
+        if not isinstance(space, Space):
+            raise BoxError(f"Elementwise box '{name}': space must be a Space, got {space!r}")
+        super().__init__(name, space, space, {"fn": fn})
+
+    @property
+    def polynomial(self) -> bool:  # type: ignore[override]
+        return self.data["fn"] in ("identity", "square", "neg")
+
+
+class Copy(Kind):
+    """The copy spider ``x -> x @ ... @ x`` (``n`` copies; ``n = 0`` discards)."""
+
+    kind = "Copy"
+    polynomial = True
+
+    def __init__(self, space: Space, n: int = 2, name: str = "copy") -> None:
+        _one_wire(self.kind, name, "space", space)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise BoxError(f"Copy box '{name}': n must be a non-negative integer, got {n!r}")
+        super().__init__(_check_name(self.kind, name), space, Space(*[space.inside[0]] * n), {"n": n})
+
+
+class Add(Kind):
+    """The adding spider ``x @ ... @ x -> x`` (``n`` summands; ``n = 0`` is zero)."""
+
+    kind = "Add"
+    polynomial = True
+
+    def __init__(self, space: Space, n: int = 2, name: str = "add") -> None:
+        _one_wire(self.kind, name, "space", space)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise BoxError(f"Add box '{name}': n must be a non-negative integer, got {n!r}")
+        super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
+
+
+class Mul(Kind):
+    """The elementwise (Hadamard) product ``x @ ... @ x -> x`` of ``n`` wires."""
+
+    kind = "Mul"
+    polynomial = True
+
+    def __init__(self, space: Space, n: int = 2, name: str = "mul") -> None:
+        _one_wire(self.kind, name, "space", space)
+        _positive(self.kind, name, "n", n)
+        super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
+
+
+class Attention(Kind):
+    """Multi-head softmax self-attention over the sequence axis (``-2``) of ``space``."""
+
+    kind = "Attention"
+
+    def __init__(self, name: str, space: Space, heads: int, head_dim: int | None = None,
+                 causal: bool = True, bias: bool = False) -> None:
+        _check_name(self.kind, name)
+        d = _one_wire(self.kind, name, "space", space).dim
+        _positive(self.kind, name, "heads", heads)
+        if head_dim is None:
+            if d % heads:
+                raise BoxError(f"Attention box '{name}': {space} is not divisible into {heads} heads; "
+                               "give head_dim")
+            head_dim = d // heads
+        _positive(self.kind, name, "head_dim", head_dim)
+        super().__init__(name, space, space, {"heads": heads, "head_dim": head_dim,
+                                              "causal": bool(causal), "bias": bool(bias)})
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        d, inner = self.dom.dim, self.data["heads"] * self.data["head_dim"]
+        shapes = {"Wq": (inner, d), "Wk": (inner, d), "Wv": (inner, d), "Wo": (d, inner)}
+        if self.data["bias"]:
+            shapes |= {"bq": (inner,), "bk": (inner,), "bv": (inner,), "bo": (d,)}
+        return shapes
+
+
+class Opaque(Kind):
+    """Any torch module, declared with its spaces; computed but not analysed.
+
+    The module itself is not part of the box (boxes hold no tensors): pass it
+    here to have a :class:`~compinterp.Model` pick it up, or give it to the model.
+    """
+
+    kind = "Opaque"
+
+    def __init__(self, name: str, dom: Space, cod: Space, module: Any = None,
+                 description: str = "") -> None:
+        _check_name(self.kind, name)
+        for role, space in (("input", dom), ("output", cod)):
+            if not isinstance(space, Space):
+                raise BoxError(f"Opaque box '{name}': {role} must be a Space, got {space!r}")
+        description = description or (type(module).__name__ if module is not None else "")
+        super().__init__(name, dom, cod, {"description": description})
+        self.module = module
+
+
+KINDS: dict[str, type[Kind]] = {cls.kind: cls for cls in (
+    Embed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, Copy, Add, Mul, Attention, Opaque)}
+"""Every box kind by name, as written in files."""
+
+
+def box_to_json(box: Box) -> dict[str, Any]:
+    """A box (of any kind, or a swap) as JSON."""
+    if isinstance(box, Swap):
+        return {"kind": "Swap", "name": "swap", "dom": box.dom.to_json(), "cod": box.cod.to_json(),
+                "data": {}}
+    return box.to_json()
+
+
+def box_from_json(entry: dict[str, Any]) -> Box:
+    """Rebuild a box written by :func:`box_to_json`."""
+    kind = entry["kind"]
+    dom, cod = Space.from_json(entry["dom"]), Space.from_json(entry["cod"])
+    if kind == "Swap":
+        return Swap(dom[:1], dom[1:])
+    if kind not in KINDS:
+        raise BoxError(f"unknown box kind {kind!r} for box {entry.get('name')!r}; known: {', '.join(KINDS)}")
+    box = object.__new__(KINDS[kind])
+    Kind.__init__(box, entry["name"], dom, cod, entry.get("data") or {})
+    if kind == "Opaque":
+        box.module = None
+    return box
+
+
+def residual(block: Diagram) -> Diagram:
+    """The residual stream around a block ``f : x -> x``: ``copy >> f @ id >> add``.
+
+    >>> x = Space("x", 4)
+    >>> residual(Linear("f", x, x)).dom == x
+    True
+    """
+    if block.dom != block.cod or len(block.dom) != 1:
+        raise BoxError(f"residual() needs a block from one wire to the same wire, got {block.dom} -> {block.cod}")
+    x = block.dom
+    return Copy(x).then(block @ Id(x), Add(x))
+
+
+def chain(*diagrams: Diagram) -> Diagram:
+    """Compose many diagrams in one pass (``>>`` in a loop is quadratic)."""
+    if not diagrams:
+        raise BoxError("chain() needs at least one diagram")
+    return diagrams[0].then(*diagrams[1:])
