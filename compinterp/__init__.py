@@ -23,6 +23,10 @@ _EXPORTS = {
     **{name: "compinterp.errors" for name in (
         "CompinterpError", "CompositionError", "BoxError", "ParameterError", "InputError", "FormatError",
         "ImportTraceError")},
+    **{name: "compinterp.syntax" for name in ("diagram_to_json", "diagram_from_json")},
+    "read_diagram": "compinterp.files",
+    **{name: "compinterp.interpretation" for name in ("Interpretation", "maps")},
+    **{name: "compinterp.faithfulness" for name in ("check", "interchange", "FaithfulnessReport", "data")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -22,10 +22,12 @@ from compinterp.syntax.boxes import (
     residual,
 )
 from compinterp.syntax.diagram import Box, Diagram, Id, Swap, describe
+from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
 from compinterp.syntax.spaces import Space, Wire
 
 __all__ = [
     "ELEMENTWISE", "KINDS", "Add", "Attention", "Bilinear", "Box", "Copy", "Diagram", "Elementwise",
     "Embed", "Gated", "Id", "Kind", "Linear", "Mul", "Norm", "Opaque", "Space", "Swap", "Unembed",
     "Wire", "box_from_json", "box_to_json", "chain", "describe", "residual",
+    "diagram_from_json", "diagram_to_json",
 ]

@@ -290,17 +290,35 @@ def box_to_json(box: Box) -> dict[str, Any]:
 
 
 def box_from_json(entry: dict[str, Any]) -> Box:
-    """Rebuild a box written by :func:`box_to_json`."""
-    kind = entry["kind"]
+    """Rebuild a box written by :func:`box_to_json`, through its kind's constructor, so the
+    same checks apply as when it was declared."""
+    kind, name = entry["kind"], entry.get("name")
     dom, cod = Space.from_json(entry["dom"]), Space.from_json(entry["cod"])
+    data = dict(entry.get("data") or {})
     if kind == "Swap":
+        if len(dom) != 2 or cod != dom[1:] @ dom[:1]:
+            raise BoxError(f"a swap must go from x @ y to y @ x, got {dom} -> {cod}")
         return Swap(dom[:1], dom[1:])
     if kind not in KINDS:
-        raise BoxError(f"unknown box kind {kind!r} for box {entry.get('name')!r}; known: {', '.join(KINDS)}")
-    box = object.__new__(KINDS[kind])
-    Kind.__init__(box, entry["name"], dom, cod, entry.get("data") or {})
-    if kind == "Opaque":
-        box.module = None
+        raise BoxError(f"unknown box kind {kind!r} for box {name!r}; known: {', '.join(KINDS)}")
+    cls = KINDS[kind]
+    try:
+        if cls in (Norm, Attention):
+            box = cls(name, dom, **data)
+        elif cls is Elementwise:
+            box = cls(data.pop("fn"), dom, name, **data)
+        elif cls is Copy:
+            box = cls(dom, name=name, **data)
+        elif cls in (Add, Mul):
+            box = cls(cod, name=name, **data)
+        else:
+            box = cls(name, dom, cod, **data)
+    except (TypeError, KeyError) as err:
+        raise BoxError(f"its data {entry.get('data')!r} does not fit a {kind} box named {name!r} ({err})") from None
+    if box.dom != dom or box.cod != cod or box.data != entry.get("data", {}):
+        raise BoxError(f"its data {entry.get('data')!r} does not fit a {kind} box named {name!r} "
+                       f"declared as {dom} -> {cod}: a {kind} with these arguments is "
+                       f"{box.dom} -> {box.cod} with {box.data!r}")
     return box
 
 
