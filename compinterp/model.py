@@ -98,6 +98,10 @@ class Model(nn.Module):
                 given = params.get(name)
                 values = _checked(box, given) if given is not None else init_params(box, generator, dtype)
                 store.put(name, nn.ParameterDict({k: nn.Parameter(v) for k, v in values.items()}))
+            if name in params and (box.kind == "Opaque" or name not in store):
+                given = sorted(params[name]) if isinstance(params[name], Mapping) else type(params[name]).__name__
+                raise ParameterError(f"parameters {given} given for box '{name}' ({describe(box)}), which takes none"
+                                     + (": an Opaque box's module holds its own" if box.kind == "Opaque" else ""))
         self.params = store
         self._diagram = diagram
         self._rules = dict(rules or {})
@@ -130,7 +134,9 @@ class Model(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the diagram on batched inputs, one tensor per input wire."""
-        return self._plan(self.params._modules, *xs)
+        params = {name: m._parameters if type(m) is nn.ParameterDict else m
+                  for name, m in self.params._modules.items()}
+        return self._plan(params, *xs)
 
     def box_params(self, name: str) -> dict[str, torch.Tensor]:
         """The named parameters of box ``name``."""
@@ -168,6 +174,9 @@ class Model(nn.Module):
 
 def _checked(box: Kind, given: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Given parameters for ``box``, checked against its shapes and copied."""
+    if not isinstance(given, Mapping):
+        raise ParameterError(f"parameters of box '{box.name}' must be a mapping {{role: tensor}}, "
+                             f"got {type(given).__name__}")
     shapes = box.param_shapes()
     missing, extra = set(shapes) - set(given), set(given) - set(shapes)
     if missing or extra:
@@ -180,6 +189,8 @@ def _checked(box: Kind, given: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
         value = given[role]
         if not isinstance(value, torch.Tensor):
             raise ParameterError(f"box '{box.name}' parameter '{role}' must be a tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise ParameterError(f"box '{box.name}' parameter '{role}' must be floating point, got {value.dtype}")
         if tuple(value.shape) != shape:
             raise ParameterError(f"box '{box.name}' ({describe(box)}) parameter '{role}' has shape "
                                  f"{tuple(value.shape)}; expected {shape}")

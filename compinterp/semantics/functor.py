@@ -80,7 +80,7 @@ class Plan:
             if step is not None and step.key is not None and step.key not in params:
                 raise InputError(f"no parameters for box '{step.key}' ({describe(step.box)})") from None
             raise err
-        except (RuntimeError, IndexError, ValueError) as err:
+        except (RuntimeError, IndexError, ValueError, TypeError) as err:
             if step is None:
                 raise
             shapes = ", ".join(str(tuple(regs[i].shape)) if isinstance(regs[i], torch.Tensor) else "?"

@@ -121,10 +121,17 @@ def attention(heads: int, causal: bool, bias: bool, p: Params, x: torch.Tensor) 
     return (F.linear(z.transpose(-3, -2).flatten(-2), p["Wo"], p["bo"] if bias else None),)
 
 
-def opaque(module: Callable[..., Any], *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Call the wrapped module; a single tensor result becomes a one-tuple."""
+def opaque(dims: tuple[int, ...], module: Callable[..., Any], *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Call the wrapped module and check it returns one tensor per output wire, of the wire's last dimension."""
     out = module(*xs)
-    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    ok = len(outs) == len(dims) and all(
+        isinstance(y, torch.Tensor) and (not y.is_floating_point() or y.dim() > 0 and y.shape[-1] == d)
+        for y, d in zip(outs, dims))
+    if not ok:
+        found = ", ".join(str(tuple(y.shape)) if isinstance(y, torch.Tensor) else type(y).__name__ for y in outs)
+        raise ValueError(f"its module returned [{found}], expected {len(dims)} tensor(s) with last dimensions {dims}")
+    return outs
 
 
 def kernel(box: Box) -> Kernel:
@@ -151,6 +158,6 @@ def kernel(box: Box) -> Kernel:
     if kind == "Attention":
         return partial(attention, data["heads"], data["causal"], data["bias"])
     if kind == "Opaque":
-        return opaque
+        return partial(opaque, box.cod.dims)
     raise BoxError(f"no torch semantics for box '{box.name}' of kind {kind}: "
                    "give the functor a rule for it (TorchFunctor(rules={...}))")
