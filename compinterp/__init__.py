@@ -27,6 +27,11 @@ _EXPORTS = {
     "read_diagram": "compinterp.files",
     **{name: "compinterp.interpretation" for name in ("Interpretation", "maps")},
     **{name: "compinterp.faithfulness" for name in ("check", "interchange", "FaithfulnessReport", "data")},
+    **{name: "compinterp.semantics.tensor" for name in (
+        "tensor_semantics", "PolyNet", "NotPolynomialError", "why_not_polynomial")},
+    "symbolic": "compinterp.semantics.symbolic",
+    **{name: "compinterp.faithfulness.exact" for name in (
+        "exact_compare", "ExactResult", "fit_gaussian", "frobenius_cosine", "gaussian_inner")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

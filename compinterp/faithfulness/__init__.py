@@ -1,0 +1,7 @@
+"""Faithfulness: how far an explanation's squares are from commuting, per box and end to end."""
+
+from compinterp.faithfulness.check import check, interchange
+from compinterp.faithfulness.report import BoxRow, FaithfulnessReport, Metrics
+from compinterp import data
+
+__all__ = ["BoxRow", "FaithfulnessReport", "Metrics", "check", "data", "interchange"]

@@ -1,0 +1,366 @@
+"""The commutation checker: both paths of every square, per box and end to end, on streamed data.
+
+For each batch the model runs once through its compiled plan; after each box
+``f : A -> B`` the checker compares ``sigma_B([[f]]_M(a))`` with
+``[[S(f)]]_E(sigma_A(a))`` on the model's own activations ``a`` (the local square),
+and carries the explanation's own run ``[[S(diagram)]]_E(sigma(x))`` along, box by
+box, for the square of the whole diagram. Registers are freed as the plan frees
+them, so one batch of activations per wire (and side) is held at a time.
+
+>>> import torch
+>>> from compinterp.model import Model
+>>> from compinterp.interpretation import Interpretation
+>>> from compinterp.syntax import Space, Bilinear, Linear, residual
+>>> x, y = Space("x", 4), Space("y", 3)
+>>> model = Model(residual(Bilinear("mlp", x, x, hidden=8)) >> Linear("out", x, y))
+>>> report = check(model, Interpretation(model), torch.randn(64, 4), progress=False)
+>>> report.end_to_end.faithfulness, [row.metrics.fvu for row in report.boxes], report.worst_box
+(1.0, [0.0, 0.0, 0.0], None)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from compinterp.data import Batch, Source, as_source
+from compinterp.errors import BoxError, CompositionError, InputError
+from compinterp.faithfulness.distributed import all_reduce, world
+from compinterp.faithfulness.metrics import LogitMoments, Moments
+from compinterp.faithfulness.report import BoxRow, FaithfulnessReport
+from compinterp.interpretation import Interpretation
+from compinterp.interpretation.maps import Identity, Map
+from compinterp.model import Model
+from compinterp.semantics import Plan, Step
+from compinterp.syntax import Space, Wire, describe
+
+
+def check(model: Model, explanation: Interpretation | Model, data: Any, *, batch_size: int = 256,
+          device: str | torch.device | None = None, logits: bool | None = None,
+          progress: bool = True) -> FaithfulnessReport:
+    """How far each square of ``explanation`` is from commuting with ``model``, on ``data``.
+
+    Args:
+        model: the model explained.
+        explanation: an :class:`~compinterp.Interpretation` of ``model``, or a second
+            model with the same input and output spaces (a refinement: compared end
+            to end, with identity maps on inputs and outputs).
+        data: a tensor (one input), a tuple of tensors (inputs, then optionally
+            labels), a ``DataLoader``, a :mod:`compinterp.data` source such as
+            ``gaussian(n)``, or a spec string (``"gaussian:1000"``, ``"file.pt"``).
+        batch_size: batch size for tensors and generated data (a loader keeps its own).
+        device: where to run; the model and the explanation are moved there.
+            Default: where the model's parameters are.
+        logits: whether the output is logits (adds KL, top-1 agreement and loss
+            recovered); default: one output wire labelled ``logits...`` or made by
+            an ``Unembed`` box.
+        progress: show a progress bar (on rank 0).
+
+    Under ``torch.distributed``, each rank checks its shard of ``data`` and the
+    sums are all-reduced, so every rank returns the report of the whole data.
+    """
+    return _Squares(model, explanation).evaluate(as_source(data), None, batch_size, device, logits, progress)
+
+
+def interchange(model: Model, interpretation: Interpretation, base: Any, source: Any, wire: str, *,
+                output: int = 0, batch_size: int = 256, device: str | torch.device | None = None,
+                logits: bool | None = None, progress: bool = True) -> FaithfulnessReport:
+    """The check under an interchange intervention on ``wire`` (output ``output`` of that box).
+
+    For each pair of batches, the wire's value ``v`` on the ``source`` inputs is
+    patched into the model's run on ``base``, and ``sigma(v)`` into the
+    explanation's run on ``sigma(base)``; the report measures whether the two
+    still agree (every downstream square, and end to end). With logits,
+    ``end_to_end.top1`` is the interchange-intervention accuracy (IIA).
+    ``wire`` is a box's row name in a report (``"mlp0"``, ``"add#2"``); ``base``
+    and ``source`` take the forms ``check`` takes, with the same batch sizes.
+    """
+    squares = _Squares(model, interpretation)
+    if squares.images is None:
+        raise BoxError("an interchange needs an Interpretation that maps each box; "
+                       "a second model is compared only end to end")
+    if wire not in squares.labels:
+        raise BoxError(f"no box '{wire}' to intervene on; the model's boxes are {', '.join(squares.labels)}")
+    t = squares.labels.index(wire)
+    box = squares.steps[t].box
+    if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output < len(box.cod):
+        raise BoxError(f"box '{wire}' ({describe(box)}) has {len(box.cod)} output(s); output {output!r} does not exist")
+    patch = _Patch(t, output, as_source(source), box.cod.wires[output])
+    return squares.evaluate(as_source(base), patch, batch_size, device, logits, progress)
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """Set output ``output`` of step ``step`` to its value on the ``source`` batches."""
+
+    step: int
+    output: int
+    source: Source
+    wire: Wire
+
+
+class _Squares:
+    """The two sides of every square of a model and its explanation, compiled once."""
+
+    def __init__(self, model: Model, explanation: Interpretation | Model) -> None:
+        if not isinstance(model, Model):
+            raise BoxError(f"check() takes a compinterp Model first, got {type(model).__name__}")
+        self.model, self.explanation = model, explanation
+        self.plan: Plan = model.plan
+        self.steps: tuple[Step, ...] = self.plan.steps
+        uses, seen = Counter(step.box.name for step in self.steps), Counter[str]()
+        self.labels: list[str] = []
+        for step in self.steps:
+            seen[step.box.name] += 1
+            name = step.box.name
+            self.labels.append(f"{name}#{seen[name]}" if uses[name] > 1 else name)
+        self.sigma: list[Map | None] = [None] * self.plan.registers
+        self.wires: list[Wire | None] = [*model.dom.wires, *[None] * (self.plan.registers - len(model.dom))]
+        for step in self.steps:
+            for r, w in zip(step.outs, step.box.cod.wires):
+                self.wires[r] = w
+        if isinstance(explanation, Model):
+            if explanation.dom != model.dom or explanation.cod != model.cod:
+                raise CompositionError(f"cannot compare the model ({model.dom} -> {model.cod}) with a second model "
+                                       f"({explanation.dom} -> {explanation.cod}): a refinement must have the same "
+                                       "input and output spaces")
+            self.images: tuple[Plan, ...] | None = None
+            self.cod_dims = model.cod.dims
+            return
+        if not isinstance(explanation, Interpretation):
+            raise BoxError(f"check() compares a model with an Interpretation or a second Model, "
+                           f"got {type(explanation).__name__}")
+        if explanation.source != model.diagram:
+            raise CompositionError(f"the interpretation explains another diagram ({describe(explanation.source)}) "
+                                   f"than the model's ({describe(model.diagram)})")
+        self.images = tuple(explanation.plan(step.box) for step in self.steps)
+        self.e_params = explanation.explanation.params._modules
+        for r, w in enumerate(self.wires):
+            sigma = explanation.map_of(w) if w is not None else None
+            self.sigma[r] = None if isinstance(sigma, Identity) else sigma
+        self.out_dims = [explanation.space(step.box.cod).dims for step in self.steps]
+        self.cod_dims = explanation.space(model.cod).dims
+
+    def evaluate(self, source: Source, patch: _Patch | None, batch_size: int, device: str | torch.device | None,
+                 logits: bool | None, progress: bool) -> FaithfulnessReport:
+        """Stream ``source`` (this rank's shard) through both sides, reduce the sums, build the report."""
+        if device is not None:
+            device = torch.device(device)
+            self.model.to(device)
+            self.explanation.to(device)
+        params = [p for p in self.model.parameters() if p.is_floating_point()]
+        device = device or (params[0].device if params else torch.device("cpu"))
+        dtype = params[0].dtype if params else torch.float32
+        use_logits = self._logits(logits)
+        local = [Moments(dims, device) for dims in self.out_dims] if self.images is not None else []
+        whole = Moments(self.cod_dims, device)
+        logit = LogitMoments(self.cod_dims[0], device) if use_logits else None
+        count = torch.zeros(1, dtype=torch.float64, device=device)
+        rank, size = world()
+        batches: Iterator[Any] = source.batches(batch_size, self.model.dom.dims, rank, size)
+        if patch is not None:
+            batches = _paired(batches, patch.source.batches(batch_size, self.model.dom.dims, rank, size))
+        bar = tqdm(batches, total=source.num_batches(batch_size, rank, size), desc="check", unit="batch",
+                   disable=not progress or rank != 0, leave=False)
+        with torch.inference_mode():
+            for k, batch in enumerate(bar):
+                base, other = batch if patch is not None else (batch, None)
+                xs, labels = _inputs(base, self.model.dom, k, dtype, device)
+                if xs[0].dim() > 0 and xs[0].shape[0] == 0:
+                    continue
+                value = None
+                if patch is not None:
+                    value = self._capture(_inputs(other, self.model.dom, k, dtype, device)[0], patch)
+                ys_m, ys_e = self._batch(xs, local, value, patch)
+                whole.update(ys_m, ys_e)
+                if logit is not None:
+                    logit.update(ys_m[0], ys_e[0], _labels(labels, ys_m[0], k))
+                count += xs[0].shape[0] if xs[0].dim() > 0 else 1
+        buffers = [count, whole.buffer, *(m.buffer for m in local), *([logit.buffer] if logit else [])]
+        all_reduce(buffers)
+        return self._report(count, whole, local, logit, patch)
+
+    def _batch(self, xs: Sequence[torch.Tensor], local: list[Moments], value: torch.Tensor | None,
+               patch: _Patch | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """One batch through every square; returns ``sigma(M(x))`` and ``E(sigma(x))`` on the outputs."""
+        if self.images is None:
+            return _tuple(self.model(*xs)), _tuple(self.explanation(*xs))
+        n = self.plan.registers
+        model_regs: list[Any] = [*xs, *[None] * (n - len(xs))]
+        mapped = [self._map(r, x) for r, x in enumerate(model_regs)]
+        expl = list(mapped)
+        m_params = self.model.params._modules
+        for t, step in enumerate(self.steps):
+            outs = _call(step, m_params, [model_regs[i] for i in step.ins], "model")
+            for r, y in zip(step.outs, outs):
+                model_regs[r], mapped[r] = y, self._map(r, y)
+            label = self.labels[t]
+            image = _run(self.images[t], self.e_params, [mapped[i] for i in step.ins], label)
+            want = [mapped[r] for r in step.outs]
+            _same_shapes(want, image, label, step)
+            local[t].update(want, image)
+            if all(_equal(expl[i], mapped[i]) for i in step.ins):
+                e_outs = image
+            else:
+                e_outs = _run(self.images[t], self.e_params, [expl[i] for i in step.ins], label)
+            for r, y in zip(step.outs, e_outs):
+                expl[r] = y
+            if patch is not None and patch.step == t:
+                r = step.outs[patch.output]
+                if value.shape != model_regs[r].shape:
+                    raise InputError(f"the source batch gives {patch.wire.name} of shape {tuple(value.shape)} but "
+                                     f"the base batch has {tuple(model_regs[r].shape)}: base and source batches "
+                                     "must have the same shapes")
+                model_regs[r] = value
+                mapped[r] = expl[r] = self._map(r, value)
+            for r in step.free:
+                model_regs[r] = mapped[r] = expl[r] = None
+        return [mapped[r] for r in self.plan.outputs], [expl[r] for r in self.plan.outputs]
+
+    def _capture(self, xs: Sequence[torch.Tensor], patch: _Patch) -> torch.Tensor:
+        """The model's value of the patched wire on ``xs`` (the plan run up to that box)."""
+        regs: list[Any] = [*xs, *[None] * (self.plan.registers - len(xs))]
+        params = self.model.params._modules
+        for step in self.steps[:patch.step + 1]:
+            for r, y in zip(step.outs, _call(step, params, [regs[i] for i in step.ins], "model")):
+                regs[r] = y
+        return regs[self.steps[patch.step].outs[patch.output]]
+
+    def _map(self, r: int, x: torch.Tensor | None) -> torch.Tensor | None:
+        """``sigma`` of register ``r``'s wire applied to ``x``."""
+        sigma = self.sigma[r]
+        if sigma is None or x is None:
+            return x
+        try:
+            return sigma(x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            raise InputError(f"the {sigma.describe()} on wire {self.wires[r].name} failed on shape "
+                             f"{tuple(x.shape)}: {err}") from err
+
+    def _logits(self, logits: bool | None) -> bool:
+        """Whether the output is logits: as told, else one wire labelled ``logits*`` or made by ``Unembed``."""
+        if logits is not None:
+            if logits and len(self.cod_dims) != 1:
+                raise BoxError(f"logit metrics need one output wire; the model outputs {self.model.cod}")
+            return bool(logits)
+        if len(self.cod_dims) != 1:
+            return False
+        made = [s.box.kind for s in self.steps if self.plan.outputs[0] in s.outs]
+        return self.model.cod.wires[0].label.lower().startswith("logit") or made[-1:] == ["Unembed"]
+
+    def _report(self, count: torch.Tensor, whole: Moments, local: list[Moments], logit: LogitMoments | None,
+                patch: _Patch | None) -> FaithfulnessReport:
+        """Metrics from the reduced sums; boxes sorted worst first."""
+        samples = int(count.item())
+        if samples == 0:
+            raise InputError("the data holds no samples: nothing to check")
+        for label, m in [*((f"box '{l}'", m) for l, m in zip(self.labels, local)), ("the whole diagram", whole)]:
+            if not torch.isfinite(m.buffer).all():
+                raise InputError(f"the square of {label} has NaN or infinite values on this data: "
+                                 "the model or the explanation overflows there")
+        end = whole.metrics()
+        if logit is not None:
+            if 0 < logit.labelled < end.n:
+                raise InputError(f"labels came with {logit.labelled} of {end.n} outputs: give labels with every "
+                                 "batch or with none")
+            end = logit.fill(end, whole.mean())
+        rows = [BoxRow(label, step.box.kind, str(step.box.dom), str(step.box.cod), m.metrics())
+                for label, step, m in zip(self.labels, self.steps, local)]
+        rows.sort(key=lambda row: (-row.metrics.fvu, -row.metrics.rel_l2))
+        info = None if patch is None else {"wire": self.labels[patch.step], "output": patch.output,
+                                           "space": patch.wire.name}
+        return FaithfulnessReport(end, tuple(rows), samples, exact=False, intervention=info)
+
+
+def _paired(base: Iterator[Batch], source: Iterator[Batch]) -> Iterator[tuple[Batch, Batch]]:
+    """Base and source batches in lockstep; one running out first is an error."""
+    missing = object()
+    for k, (b, s) in enumerate(itertools.zip_longest(base, source, fillvalue=missing)):
+        if b is missing or s is missing:
+            raise InputError(f"the base and source data have different numbers of batches (one ends at batch {k})")
+        yield b, s
+
+
+def _inputs(batch: Batch, dom: Space, k: int, dtype: torch.dtype,
+            device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """One batch as the model's inputs (checked, cast, moved) and optional labels."""
+    n = len(dom)
+    if len(batch) not in (n, n + 1):
+        raise InputError(f"batch {k} of the data has {len(batch)} tensors; the model takes {n} input(s) ({dom}), "
+                         "optionally followed by labels")
+    xs = []
+    for i, (x, wire) in enumerate(zip(batch, dom.wires)):
+        if x.is_floating_point():
+            if x.dim() == 0 or x.shape[-1] != wire.dim:
+                raise InputError(f"batch {k}: input {i} ({wire.name}) has shape {tuple(x.shape)}; "
+                                 f"its last dimension must be {wire.dim}")
+            if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
+                raise InputError(f"batch {k}: input {i} ({wire.name}) contains NaN or infinite values")
+            x = x.to(device=device, dtype=dtype)
+        xs.append(x.to(device))
+    return xs, (batch[n].to(device) if len(batch) > n else None)
+
+
+def _labels(labels: torch.Tensor | None, logits: torch.Tensor, k: int) -> torch.Tensor | None:
+    """Labels checked against the logits they score."""
+    if labels is None:
+        return None
+    classes = logits.shape[-1]
+    if labels.is_floating_point() or labels.is_complex() or tuple(labels.shape) != tuple(logits.shape[:-1]):
+        raise InputError(f"batch {k}: labels must be integer class ids of shape {tuple(logits.shape[:-1])}, "
+                         f"got {labels.dtype} of shape {tuple(labels.shape)}")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
+        raise InputError(f"batch {k}: labels must lie in [0, {classes}), got values from "
+                         f"{labels.min().item()} to {labels.max().item()}")
+    return labels
+
+
+def _call(step: Step, params: Any, args: list[Any], side: str) -> tuple[torch.Tensor, ...]:
+    """Run one step's kernel, naming the box if it fails."""
+    try:
+        out = step.fn(params[step.key] if step.key is not None else None, *args)
+    except (RuntimeError, IndexError, ValueError, TypeError) as err:
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        raise InputError(f"{side} box '{step.box.name}' ({step.box.kind} {step.box.dom} -> {step.box.cod}) "
+                         f"failed on inputs of shape {shapes}: {err}") from err
+    if not isinstance(out, tuple) or len(out) != len(step.outs):
+        raise InputError(f"{side} box '{step.box.name}' ({describe(step.box)}): its kernel must return a tuple of "
+                         f"{len(step.outs)} tensor(s), got {type(out).__name__}")
+    return out
+
+
+def _run(plan: Plan, params: Any, args: list[Any], label: str) -> list[torch.Tensor]:
+    """Run a compiled image ``[[S(f)]]_E`` on its inputs."""
+    regs: list[Any] = [*args, *[None] * (plan.registers - len(args))]
+    for step in plan.steps:
+        for r, y in zip(step.outs, _call(step, params, [regs[i] for i in step.ins], f"explanation of '{label}':")):
+            regs[r] = y
+        for r in step.free:
+            regs[r] = None
+    return [regs[r] for r in plan.outputs]
+
+
+def _same_shapes(want: list[torch.Tensor], got: list[torch.Tensor], label: str, step: Step) -> None:
+    """The image's outputs have the shapes of the mapped model outputs."""
+    for i, (w, g) in enumerate(zip(want, got)):
+        if not isinstance(g, torch.Tensor) or g.shape != w.shape:
+            shape = tuple(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+            raise InputError(f"the explanation of box '{label}' ({describe(step.box)}) gives output {i} of shape "
+                             f"{shape}, but sigma of the model's output has shape {tuple(w.shape)}")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Whether two registers hold the same values (then a box gives the same outputs on both)."""
+    return a is b or (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                      and a.dtype == b.dtype and torch.equal(a, b))
+
+
+def _tuple(y: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    return list(y) if isinstance(y, tuple) else [y]
+
