@@ -1,0 +1,107 @@
+"""Exact check against a Monte-Carlo check of the same accuracy, side by side in one run.
+
+The model is one bilinear layer (d=256, hidden 1024, 10 outputs); the explanations are its
+per-output eigendecompositions truncated to the top ``keep`` eigenvectors (symmetric
+bilinear layers, DESIGN §2). Both checks measure the FVU of an explanation under
+``x ~ N(0, I)``:
+
+* exact: :func:`compinterp.faithfulness.exact.exact_compare`, from the weights;
+* Monte Carlo: batches of Gaussian inputs through both models (the data-based way),
+  with as many samples as a pilot run says are needed for a relative standard error of
+  ``target`` (1e-3) on the FVU (delta method for the ratio of two means).
+
+Run: ``.venv/bin/python benchmarks/bench_exact.py [--threads T] [--keep 16,64]`` (not part of the
+test suite). On a CPU shared with other jobs, ``--threads 1`` gives the steadier timings: with
+several threads the exact check's many small kernels wait on descheduled threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from compinterp.faithfulness.exact import exact_compare
+from compinterp.model import Model
+from compinterp.syntax import Bilinear, Space
+
+
+def eigen_explanation(model: Model, keep: int) -> Model:
+    """Per output ``c``, the top-``keep`` eigenvectors of ``B_c = sym(L^T diag(D_c) R)`` as a symmetric layer."""
+    p = {k: v.detach().double() for k, v in model.box_params("mlp").items()}
+    outputs = p["D"].shape[0]
+    rows, weights = [], torch.zeros(outputs, outputs * keep, dtype=torch.float64)
+    for c in range(outputs):
+        B = p["L"].T @ (p["D"][c][:, None] * p["R"])
+        lam, vec = torch.linalg.eigh((B + B.T) / 2)
+        top = lam.abs().argsort(descending=True)[:keep]
+        rows.append(vec[:, top].T)
+        weights[c, c * keep:(c + 1) * keep] = lam[top]
+    V = torch.cat(rows)
+    box = Bilinear("mlp", model.dom, model.cod, hidden=outputs * keep)
+    return Model(box, {"mlp": {"L": V.float(), "R": V.float(), "D": weights.float()}})
+
+
+def monte_carlo(model: Model, expl: Model, n: int, batch: int, seed: int) -> tuple[float, float]:
+    """FVU from ``n`` Gaussian samples (forward passes in the models' float32, sums in float64),
+    with its relative standard error (delta method for the ratio of two means)."""
+    gen = torch.Generator().manual_seed(seed)
+    errors, outputs = [], []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            x = torch.randn(min(batch, n - start), model.dom.dim, generator=gen)
+            y, z = model(x).double(), expl(x).double()
+            errors.append((y - z).square().sum(1))
+            outputs.append(y)
+    e, y = torch.cat(errors), torch.cat(outputs)
+    w = (y - y.mean(0)).square().sum(1)
+    ratio = e.mean() / w.mean()
+    influence = (e - ratio * w) / w.mean()
+    return ratio.item(), (influence.std() / math.sqrt(n) / ratio).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--outputs", type=int, default=10)
+    parser.add_argument("--keep", type=str, default="16,64,128", help="eigenvectors kept per output, one run each")
+    parser.add_argument("--target", type=float, default=1e-3, help="relative accuracy of the Monte-Carlo FVU")
+    parser.add_argument("--batch", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="exact timings taken after a warm-up (the median is reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = Model(Bilinear("mlp", Space("x", args.dim), Space("y", args.outputs), hidden=args.hidden), seed=0)
+    print(f"bilinear layer d={args.dim}, hidden={args.hidden}, outputs={args.outputs}, x ~ N(0, I); "
+          f"torch threads: {torch.get_num_threads()}")
+    print(f"{'explanation':<14}{'check':<13}{'FVU':>12}{'rel. error':>12}{'samples':>10}{'seconds':>10}")
+    for keep in map(int, args.keep.split(",")):
+        expl = eigen_explanation(model, keep)
+        exact_compare(model, expl)  # warm-up, as the pilot run warms up the Monte-Carlo check
+        exact_times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            result = exact_compare(model, expl)
+            exact_times.append(time.perf_counter() - start)
+        exact_s = sorted(exact_times)[len(exact_times) // 2]
+        pilot = 2 ** 15
+        _, pilot_se = monte_carlo(model, expl, pilot, args.batch, seed=1)
+        n = math.ceil(pilot * (pilot_se / args.target) ** 2)
+        start = time.perf_counter()
+        fvu_mc, se_mc = monte_carlo(model, expl, n, args.batch, seed=2)
+        mc_s = time.perf_counter() - start
+        name = f"top-{keep} eig"
+        print(f"{name:<14}{'exact':<13}{result.fvu:>12.6f}{'float64':>12}{'-':>10}{exact_s:>10.3f}")
+        print(f"{name:<14}{'Monte Carlo':<13}{fvu_mc:>12.6f}{se_mc:>12.1e}{n:>10,}{mc_s:>10.3f}")
+        print(f"{name:<14}exact is {mc_s / exact_s:.1f}x faster (target >= 20x); Monte Carlo is off the exact FVU by "
+              f"{abs(fvu_mc - result.fvu) / result.fvu:.1e} (relative)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""Exact, data-free faithfulness for polynomial diagrams, from the weights alone.
+
+Two polynomial diagrams with the same input and output spaces are compared through
+their tensor semantics (:mod:`compinterp.semantics.tensor`), never by sampling:
+
+* the Frobenius inner product of their symmetrised coefficient tensors
+  (:func:`frobenius_inner`, :func:`frobenius_cosine`);
+* the functional inner product ``E_x[f_c(x) g_c(x)]`` for ``x ~ N(mean, cov)``
+  (:func:`gaussian_inner`), by Isserlis/Wick moments;
+* from these, relative L2 error, FVU and faithfulness (:func:`exact_compare`); for
+  diagrams whose inputs are token ids (``Embed`` first), the measure is the uniform
+  one over all tokens, averaged exactly.
+
+The maths, with every formula a reader needs to check it, is in ``docs/exact.md``.
+
+>>> import torch
+>>> from compinterp.model import Model
+>>> from compinterp.syntax import Space, Bilinear
+>>> x, y = Space("x", 4), Space("y", 2)
+>>> model = Model(Bilinear("mlp", x, y, hidden=6), seed=0)
+>>> result = exact_compare(model, model)
+>>> result.exact, result.fvu, round(result.cosine, 12)
+(True, 0.0, 1.0)
+>>> A = torch.tensor([[1.0, 2.0], [0.0, 3.0]])
+>>> quad = Model(Bilinear("q", Space("x", 2), Space("y", 1), hidden=2),
+...              {"q": {"L": A, "R": torch.eye(2), "D": torch.ones(1, 2)}})
+>>> gaussian_inner(quad, quad)      # E[(x^T A x)^2] = tr(A)^2 + 2 ||A_sym||_F^2
+tensor([40.], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import opt_einsum
+import torch
+
+from compinterp.errors import CompinterpError, InputError
+from compinterp.semantics.tensor import NotPolynomialError, PolyNet, tensor_semantics, why_not_polynomial
+
+__all__ = ["ExactError", "ExactResult", "NotPolynomialError", "exact_compare", "fit_gaussian", "frobenius_cosine",
+           "frobenius_inner", "frobenius_norm", "gaussian_inner", "gaussian_mean", "why_not_polynomial"]
+
+F64 = torch.float64
+MAX_DEPTH = 2
+"""Deepest networks compared exactly: two Hadamard stages (degree 4; Gaussian moments of order 8)."""
+MAX_TOKEN_TUPLES = 2 ** 20
+"""Most token tuples averaged by enumeration; beyond, a Monte-Carlo estimate (and ``exact=False``)."""
+_SEARCH_ABOVE = 1e8
+"""Contractions the greedy path would cost more flops than this get an optimal (dynamic programming) path."""
+_CHEAP = 1e6
+"""Terms whose Gram form costs fewer flops than this are contracted in that form without comparing."""
+MC_SAMPLES = 2 ** 17
+"""Samples of the Monte-Carlo estimate used where the exact path is out of reach."""
+
+
+class ExactError(CompinterpError, ValueError):
+    """An exact computation is out of reach for these diagrams (too many Hadamard stages)."""
+
+
+# --------------------------------------------------------------------------------------------
+# The square chain: every stage as squares of linear forms, so Wick terms have symmetries.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Squares:
+    """``f(x^) = O t_K`` with ``t_0 = x^`` and ``t_k = (Q_k t_{k-1})**2`` (squares taken elementwise).
+
+    From a :class:`PolyNet` by ``(a)(b) = ((a + b)/2)**2 - ((a - b)/2)**2`` at every unit.
+    """
+
+    Qs: tuple[torch.Tensor, ...]
+    O: torch.Tensor
+
+
+def _squares(net: PolyNet) -> _Squares:
+    """The square chain of ``net``; rows that vanish (``L = R`` units) are dropped."""
+    Qs: list[torch.Tensor] = []
+    keep: torch.Tensor | None = None
+
+    def through(M: torch.Tensor) -> torch.Tensor:
+        """``M S`` for ``s = S t``: the previous stage read through its squares."""
+        return M if keep is None else torch.cat([M, -M], dim=1)[:, keep]
+
+    for L, R in net.stages:
+        L, R = through(L), through(R)
+        P = torch.cat([(L + R) / 2, (L - R) / 2])
+        keep = P.abs().amax(dim=1) > 0
+        Qs.append(P[keep])
+    return _Squares(tuple(Qs), through(net.out))
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One polynomial as a tensor network: ``ops`` (tensor, labels) times its leaves ``(V[unit] . x^)``.
+
+    ``leaf_units[p]`` is the label of the unit the ``p``-th leaf belongs to; every leaf reads
+    the same matrix ``V`` (``Q_1``, or ``O`` for a linear network), whose ``parts`` are made
+    once so that contractions can share them: ``"mean"`` ``V[:, 0]``, ``"noise"`` ``V[:, 1:]``,
+    ``"full"`` ``V``. ``group`` holds the permutations of leaf positions that leave the
+    network unchanged (swapping the two factors of a square).
+    """
+
+    ops: list[tuple[torch.Tensor, tuple[int, ...]]]
+    parts: dict[str, torch.Tensor]
+    leaf_units: list[int]
+    group: list[tuple[int, ...]]
+
+
+def _parts(V: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"mean": V[:, 0], "noise": V[:, 1:], "full": V}
+
+
+def _side(sq: _Squares, out: int, fresh: Iterator[int]) -> _Side:
+    """The network of ``sq`` with output label ``out`` and fresh unit labels."""
+    if not sq.Qs:
+        return _Side([], _parts(sq.O), [out], [(0,)])
+    ops: list[tuple[torch.Tensor, tuple[int, ...]]] = []
+    units: list[int] = []
+    swaps: list[dict[int, int]] = []
+
+    def node(k: int, u: int) -> list[int]:
+        """Leaves of ``t_k[u]``; records the swap of its two factors."""
+        if k == 1:
+            first = len(units)
+            units.extend([u, u])
+            left, right = [first], [first + 1]
+        else:
+            a, b = next(fresh), next(fresh)
+            ops.extend([(sq.Qs[k - 1], (u, a)), (sq.Qs[k - 1], (u, b))])
+            left, right = node(k - 1, a), node(k - 1, b)
+        swaps.append({**dict(zip(left, right)), **dict(zip(right, left))})
+        return left + right
+
+    top = next(fresh)
+    ops.append((sq.O.T.contiguous(), (top, out)))
+    node(len(sq.Qs), top)
+    n = len(units)
+    gens = [tuple(s.get(i, i) for i in range(n)) for s in swaps]
+    return _Side(ops, _parts(sq.Qs[0]), units, _closure(gens, n))
+
+
+def _closure(gens: Sequence[tuple[int, ...]], n: int) -> list[tuple[int, ...]]:
+    """The permutation group on ``range(n)`` generated by ``gens``."""
+    seen = {tuple(range(n))}
+    frontier = list(seen)
+    while frontier:
+        frontier = [q for p in frontier for g in gens if (q := tuple(g[i] for i in p)) not in seen]
+        seen.update(frontier)
+    return sorted(seen)
+
+
+def _product(a: Sequence[tuple[int, ...]], b: Sequence[tuple[int, ...]], swap: bool) -> list[tuple[int, ...]]:
+    """Permutations of the leaves of two sides: ``a`` on the first, ``b`` on the second, and
+    exchanging the sides when ``swap`` (the two sides are the same network)."""
+    n = len(a[0])
+    group = [p + tuple(n + i for i in q) for p in a for q in b]
+    if swap:
+        exchange = tuple(range(n, 2 * n)) + tuple(range(n))
+        group = group + [tuple(exchange[i] for i in p) for p in group]
+    return group
+
+
+# --------------------------------------------------------------------------------------------
+# Wick's theorem on the leaves, one einsum per orbit of pairings.
+# --------------------------------------------------------------------------------------------
+
+def _partial_matchings(items: Sequence[int]) -> Iterator[dict[int, int]]:
+    """Every way to pair some of ``items`` (unpaired items map to themselves)."""
+    if not items:
+        yield {}
+        return
+    first, rest = items[0], items[1:]
+    for m in _partial_matchings(rest):
+        yield {first: first, **m}
+    for k, other in enumerate(rest):
+        for m in _partial_matchings(rest[:k] + rest[k + 1:]):
+            yield {first: other, other: first, **m}
+
+
+def _orbits(matchings: Iterator[dict[int, int]], group: Sequence[tuple[int, ...]]) -> list[tuple[tuple[int, ...], int]]:
+    """Matchings up to the symmetries ``group``: one representative (partner tuple) per orbit, with its size."""
+    seen: set[tuple[int, ...]] = set()
+    orbits = []
+    for m in matchings:
+        partner = tuple(m[i] for i in range(len(m)))
+        if partner not in seen:
+            orbit = {_act(p, partner) for p in group}
+            seen |= orbit
+            orbits.append((partner, len(orbit)))
+    return orbits
+
+
+def _act(perm: tuple[int, ...], partner: tuple[int, ...]) -> tuple[int, ...]:
+    """The matching ``partner`` with its positions renamed by ``perm``."""
+    out = [0] * len(partner)
+    for i, j in enumerate(partner):
+        out[perm[i]] = perm[j]
+    return tuple(out)
+
+
+Bond = tuple[Any, ...]
+"""What a pairing leaves between units once its input index is summed: ``("mean", side, unit)`` for a
+singleton, ``("diag", side, unit)`` for the two leaves of one unit, ``("gram", side, side, unit, unit)``."""
+
+
+def _contract(sides: Sequence[_Side], partner: tuple[int, ...], part: str, out: int, fresh: Iterator[int],
+              cache: dict[tuple[Any, ...], torch.Tensor]) -> torch.Tensor:
+    """One Wick term: leaves paired by ``partner`` contract their ``part`` rows over the input index;
+    a leaf paired with itself (a singleton) reads the mean part ``V[:, 0]``.
+
+    The term is contracted in the cheaper of two forms (by opt_einsum's flop count): with the
+    leaves' input indices open, or with every pairing summed first into a Gram matrix, a
+    diagonal or a mean vector (kept in ``cache`` for the other terms, raised elementwise to
+    the number of times it occurs).
+    """
+    leaves = [(k, u) for k, side in enumerate(sides) for u in side.leaf_units]
+    open_ops = [op for side in sides for op in side.ops]
+    bonds: dict[Bond, int] = {}
+    for i, j in enumerate(partner):
+        (a, u), (b, v) = leaves[i], leaves[j]
+        if i == j:
+            open_ops.append((sides[a].parts["mean"], (u,)))
+            bond: Bond = ("mean", a, u)
+        elif i < j:
+            k = next(fresh)
+            open_ops.extend([(sides[a].parts[part], (u, k)), (sides[b].parts[part], (v, k))])
+            bond = ("diag", a, u) if (a, u) == (b, v) else ("gram", *min(((a, b, u, v), (b, a, v, u))))
+        else:
+            continue
+        bonds[bond] = bonds.get(bond, 0) + 1
+    closed = []
+    build = 0
+    for bond in bonds:
+        rows = sides[bond[1]].parts[part].shape
+        if bond[0] == "gram":
+            other = sides[bond[2]].parts[part].shape[0]
+            closed.append(((rows[0], other), bond[3:]))
+            if ("gram", *bond[1:3], 1) not in cache:
+                build += rows[0] * other * rows[1]
+        else:
+            closed.append(((rows[0],), bond[2:]))
+    closed += [(tuple(t.shape), labels) for side in sides for t, labels in side.ops]
+    closed_path, closed_cost = _path(closed, out)
+    open_path, open_cost = _path([(tuple(t.shape), labels) for t, labels in open_ops], out) \
+        if closed_cost + build > _CHEAP else (None, math.inf)
+    if open_cost <= closed_cost + build:
+        return opt_einsum.contract(_equation([labels for _, labels in open_ops], out), *(t for t, _ in open_ops),
+                                   optimize=open_path)
+    tensors = [_bond(sides, bond, power, part, cache) for bond, power in bonds.items()]
+    tensors += [t for side in sides for t, _ in side.ops]
+    return opt_einsum.contract(_equation([labels for _, labels in closed], out), *tensors, optimize=closed_path)
+
+
+def _equation(labels: Sequence[tuple[int, ...]], out: int) -> str:
+    """The einsum string of operands with integer ``labels`` and output ``out``."""
+    return ",".join("".join(map(opt_einsum.get_symbol, ls)) for ls in labels) + "->" + opt_einsum.get_symbol(out)
+
+
+def _path(ops: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], out: int) -> tuple[Any, float]:
+    """A contraction path for operands ``(shape, labels)`` and its flop count: greedy, or optimal
+    (dynamic programming) when the greedy one is expensive enough to pay for the search."""
+    eq, shapes = _equation([labels for _, labels in ops], out), [shape for shape, _ in ops]
+    path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="greedy")
+    if info.opt_cost > _SEARCH_ABOVE:
+        path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="dp")
+    return path, float(info.opt_cost)
+
+
+def _bond(sides: Sequence[_Side], bond: Bond, power: int, part: str,
+          cache: dict[tuple[Any, ...], torch.Tensor]) -> torch.Tensor:
+    """The tensor of a bond raised elementwise to ``power``, from ``cache`` when it was made before."""
+    key = (bond[0], *bond[1:3 if bond[0] == "gram" else 2], power)
+    if key not in cache:
+        if power > 1:
+            base = _bond(sides, bond, 1, part, cache)
+            cache[key] = base.square() if power == 2 else base ** power
+        elif bond[0] == "mean":
+            cache[key] = sides[bond[1]].parts["mean"]
+        elif bond[0] == "diag":
+            cache[key] = sides[bond[1]].parts[part].square().sum(1)
+        else:
+            cache[key] = sides[bond[1]].parts[part] @ sides[bond[2]].parts[part].T
+    return cache[key]
+
+
+def _wick(nets: Sequence[_Squares], mode: str) -> torch.Tensor:
+    """``E[prod_side f_side,c]`` per output ``c`` for one or two networks.
+
+    ``mode="gaussian"``: the leaves read ``z^ = (1, z)``, ``z ~ N(0, I)``: all partial pairings.
+    ``mode="frobenius"``: the leaves read a standard complex Gaussian ``w`` against ``conj(w)``:
+    pairings between the two sides only, giving ``k! <sym F, sym G>``.
+    """
+    labels = itertools.count()
+    out = next(labels)
+    sides = [_side(sq, out, labels) for sq in nets]
+    if len(sides) == 1:
+        group = sides[0].group
+        sizes = [len(sides[0].leaf_units)]
+    else:
+        group = _product(sides[0].group, sides[1].group, nets[0] is nets[1])
+        sizes = [len(s.leaf_units) for s in sides]
+    n = sum(sizes)
+    if mode == "gaussian":
+        matchings = _partial_matchings(list(range(n)))
+    else:
+        a = sizes[0]
+        matchings = ({**{i: a + s[i] for i in range(a)}, **{a + s[i]: i for i in range(a)}}
+                     for s in itertools.permutations(range(a)))
+    part = "noise" if mode == "gaussian" else "full"
+    total = torch.zeros(nets[0].O.shape[0], dtype=nets[0].O.dtype, device=nets[0].O.device)
+    cache: dict[tuple[Any, ...], torch.Tensor] = {}
+    with opt_einsum.shared_intermediates():
+        for partner, count in _orbits(matchings, group):
+            total = total + count * _contract(sides, partner, part, out, labels, cache)
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Measures: the Gaussian N(mean, cov), folded into the first maps.
+# --------------------------------------------------------------------------------------------
+
+def _net(f: Any) -> PolyNet:
+    """The float64 tensor semantics of a model (or a PolyNet as is)."""
+    return tensor_semantics(f, F64)
+
+
+def _same_spaces(f: PolyNet, g: PolyNet) -> None:
+    if f.dom != g.dom or f.cod != g.cod:
+        raise InputError(f"cannot compare {f.dom} -> {f.cod} with {g.dom} -> {g.cod}: "
+                         "the two diagrams need the same input and output spaces")
+
+
+def _no_tokens(f: PolyNet) -> None:
+    for wire, token in zip(f.dom.wires, f.tokens):
+        if token:
+            raise InputError(f"input wire {wire.name} carries token ids (one-hot rows in the tensor semantics), "
+                             "where a Gaussian measure is not meaningful; exact_compare averages over all tokens")
+
+
+def _whitening(n: int, mean: Any, cov: Any, dom: Any, device: torch.device) -> torch.Tensor:
+    """``C`` with ``x^ = C z^`` for ``x = mean + cov^{1/2} z``: ``C = [[1, 0], [mean, cov^{1/2}]]``."""
+    mu = torch.zeros(n, dtype=F64) if mean is None else torch.as_tensor(mean, dtype=F64).cpu()
+    if mu.shape != (n,):
+        raise InputError(f"mean has shape {tuple(mu.shape)}; the inputs {dom} need shape ({n},)")
+    if not torch.isfinite(mu).all():
+        raise InputError("mean holds NaN or infinite values")
+    if cov is None:
+        root = torch.eye(n, dtype=F64)
+    else:
+        sigma = torch.as_tensor(cov, dtype=F64).cpu()
+        if not torch.isfinite(sigma).all():
+            raise InputError("cov holds NaN or infinite values")
+        if sigma.shape == (n,):
+            sigma = torch.diag(sigma)
+        if sigma.shape != (n, n):
+            raise InputError(f"cov has shape {tuple(sigma.shape)}; the inputs {dom} need ({n}, {n}) "
+                             f"(or ({n},) for variances)")
+        if not torch.allclose(sigma, sigma.T, rtol=1e-8, atol=1e-12):
+            raise InputError("cov is not symmetric")
+        lam, vec = torch.linalg.eigh(sigma)
+        if n and lam.min() < -1e-9 * max(lam.abs().max().item(), 1e-300):
+            raise InputError(f"cov is not positive semi-definite (smallest eigenvalue {lam.min().item():.3g})")
+        root = vec * lam.clamp_min(0).sqrt()
+    C = torch.zeros(n + 1, n + 1, dtype=F64)
+    C[0, 0] = 1
+    C[1:, 0] = mu
+    C[1:, 1:] = root
+    return C.to(device)
+
+
+def _gaussian_squares(f: PolyNet, mean: Any, cov: Any) -> _Squares:
+    """The square chain of ``z^ -> f(C z^)``, reading standard normal ``z``."""
+    _no_tokens(f)
+    if mean is None and cov is None:
+        return _squares(f)
+    return _squares(f.substitute(_whitening(f.in_dim, mean, cov, f.dom, f.out.device)))
+
+
+def _check_depth(*nets: PolyNet) -> None:
+    for net in nets:
+        if net.depth > MAX_DEPTH:
+            raise ExactError(f"{net.dom} -> {net.cod} has {net.depth} Hadamard stages (degree {net.degree}); "
+                             f"exact moments are implemented up to {MAX_DEPTH} stages (degree {2 ** MAX_DEPTH})")
+
+
+def gaussian_inner(f: Any, g: Any, *, mean: Any = None, cov: Any = None) -> torch.Tensor:
+    """``E_x[f_c(x) g_c(x)]`` for each output ``c``, exactly, for ``x ~ N(mean, cov)`` (standard normal by default).
+
+    ``f`` and ``g`` are models (or :class:`PolyNet`) with the same spaces; ``mean`` and
+    ``cov`` cover all input wires side by side (``cov`` may be a vector of variances).
+    """
+    F, G = _net(f), _net(g)
+    _same_spaces(F, G)
+    _check_depth(F, G)
+    sf = _gaussian_squares(F, mean, cov)
+    return _wick([sf, sf] if f is g else [sf, _gaussian_squares(G, mean, cov)], "gaussian")
+
+
+def gaussian_mean(f: Any, *, mean: Any = None, cov: Any = None) -> torch.Tensor:
+    """``E_x[f_c(x)]`` for each output ``c``, exactly, for ``x ~ N(mean, cov)``."""
+    F = _net(f)
+    _check_depth(F)
+    return _wick([_gaussian_squares(F, mean, cov)], "gaussian")
+
+
+def frobenius_inner(f: Any, g: Any) -> torch.Tensor:
+    """``<sym F_c, sym G_c>_F`` for each output ``c``: the Frobenius inner product of the symmetrised
+    coefficient tensors over padded inputs ``(1, x)`` (the shallower network lifted to the common degree)."""
+    F, G = _net(f), _net(g)
+    _same_spaces(F, G)
+    _check_depth(F, G)
+    depth = max(F.depth, G.depth)
+    sf = _squares(F.lift(depth))
+    nets = [sf, sf] if f is g else [sf, _squares(G.lift(depth))]
+    return _wick(nets, "frobenius") / math.factorial(2 ** depth)
+
+
+def frobenius_norm(f: Any) -> float:
+    """``sqrt(sum_c ||sym F_c||_F^2)``."""
+    return math.sqrt(max(frobenius_inner(f, f).sum().item(), 0.0))
+
+
+def frobenius_cosine(f: Any, g: Any) -> float:
+    """``<sym F, sym G> / (||sym F|| ||sym G||)``, all outputs together; invariant to the weights' symmetries."""
+    fg, ff, gg = (frobenius_inner(a, b).sum().item() for a, b in ((f, g), (f, f), (g, g)))
+    return _cosine(fg, ff, gg)
+
+
+def fit_gaussian(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and covariance of ``samples`` ``(n, N)`` (all input wires side by side), for a data-aware
+    exact check."""
+    x = torch.as_tensor(samples, dtype=F64)
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise InputError(f"fit_gaussian needs samples of shape (n >= 2, N), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise InputError("fit_gaussian: the samples hold NaN or infinite values")
+    return x.mean(0), torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing two models.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExactResult:
+    """How close ``other`` is to ``model`` on a stated input measure, computed from the weights.
+
+    ``mse = E||f - g||^2``, ``rel_l2 = sqrt(mse / E||f||^2)``, ``fvu = mse / sum_c Var f_c``,
+    ``faithfulness = 1 - fvu``, ``cosine = E[f . g] / sqrt(E||f||^2 E||g||^2)`` (the cosine of
+    the two functions in ``L2`` of the measure, not a mean of per-input cosines). Per-output
+    values list the output dimensions of all output wires in order (``outputs`` names them).
+    ``exact`` is ``False`` only when a Monte-Carlo estimate stood in; ``note`` says so.
+    """
+
+    rel_l2: float
+    fvu: float
+    faithfulness: float
+    cosine: float
+    mse: float
+    outputs: tuple[str, ...]
+    per_output_fvu: tuple[float, ...]
+    per_output_rel_l2: tuple[float, ...]
+    measure: str
+    exact: bool
+    note: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON (``inf`` written as ``null``)."""
+        def num(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+        return {"exact": self.exact, "measure": self.measure, "note": self.note,
+                "end_to_end": {"faithfulness": num(self.faithfulness), "fvu": num(self.fvu),
+                               "rel_l2": num(self.rel_l2), "cosine": num(self.cosine), "mse": num(self.mse)},
+                "per_output": [{"output": o, "fvu": num(f), "rel_l2": num(r)}
+                               for o, f, r in zip(self.outputs, self.per_output_fvu, self.per_output_rel_l2)]}
+
+    def __str__(self) -> str:
+        head = "exact" if self.exact else "estimated"
+        return (f"{head} comparison under {self.measure}: faithfulness {self.faithfulness:.6g}, "
+                f"FVU {self.fvu:.3g}, rel. L2 {self.rel_l2:.3g}, cosine {self.cosine:.6g}"
+                + (f"\n{self.note}" if self.note else ""))
+
+
+def exact_compare(model: Any, other: Any, *, mean: Any = None, cov: Any = None,
+                  samples: int = MC_SAMPLES) -> ExactResult:
+    """Compare two polynomial models (or PolyNets) with the same spaces, exactly, without data.
+
+    Inputs are ``N(mean, cov)`` (standard normal by default; estimate both from data with
+    :func:`fit_gaussian` for a data-aware check), or, when the inputs are token ids feeding
+    ``Embed`` boxes, uniform over all tokens (and token tuples). Past the exact limits
+    (more than :data:`MAX_DEPTH` stages, more than :data:`MAX_TOKEN_TUPLES` token tuples)
+    a Monte-Carlo estimate from ``samples`` inputs stands in, with ``exact=False`` and a note.
+    Raises :class:`NotPolynomialError` naming the first non-polynomial box.
+    """
+    for m in (model, other):
+        reason = why_not_polynomial(m) if hasattr(m, "diagram") else None
+        if reason is not None:
+            raise NotPolynomialError(f"no exact comparison: {reason}")
+    f, g = _net(model), _net(other)
+    _same_spaces(f, g)
+    outputs = tuple(f"{w.name}[{i}]" for w in f.cod.wires for i in range(w.dim))
+    tokens = [a or b for a, b in zip(f.tokens, g.tokens)]
+    if any(tokens):
+        if not all(tokens):
+            real = [w.name for w, t in zip(f.dom.wires, tokens) if not t]
+            raise InputError(f"inputs {', '.join(real)} are real-valued while others are token ids; "
+                             "an exact measure for mixed inputs is not implemented")
+        if mean is not None or cov is not None:
+            raise InputError("mean and cov describe real-valued inputs, but these inputs are token ids")
+        moments, exact, note = _token_moments(f, g, samples)
+        measure = "uniform tokens"
+    else:
+        measure = "N(0, I)" if mean is None and cov is None else "N(mean, cov)"
+        if max(f.depth, g.depth) <= MAX_DEPTH:
+            sf, sg = _gaussian_squares(f, mean, cov), _gaussian_squares(g, mean, cov)
+            moments = (_wick([sf, sf], "gaussian"), _wick([sf, sg], "gaussian"), _wick([sg, sg], "gaussian"),
+                       _wick([sf], "gaussian"))
+            exact, note = True, "nothing approximated (Isserlis/Wick moments in float64)"
+        else:
+            C = _whitening(f.in_dim, mean, cov, f.dom, torch.device("cpu"))
+
+            def draw(gen: torch.Generator, n: int) -> torch.Tensor:
+                z = torch.randn(n, f.in_dim, dtype=F64, generator=gen)
+                return (torch.cat([torch.ones(n, 1, dtype=F64), z], 1) @ C.T).to(f.out.device)
+
+            moments, se = _sampled(f, g, draw, samples)
+            exact = False
+            note = (f"degree {max(f.degree, g.degree)} is past the exact limit (degree {2 ** MAX_DEPTH}): "
+                    f"Monte-Carlo estimate from {samples} samples, relative standard error of mse {se:.2g}")
+    return _result(moments, outputs, measure, exact, note)
+
+
+Moments = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+"""Per output ``c``: ``E f_c^2``, ``E f_c g_c``, ``E g_c^2``, ``E f_c``."""
+
+
+def _token_moments(f: PolyNet, g: PolyNet, samples: int) -> tuple[Moments, bool, str]:
+    """Moments under the uniform measure on token tuples: enumerated if there are few enough."""
+    vocab = list(f.dom.dims)
+    total = math.prod(vocab)
+    offsets = list(itertools.accumulate([1, *vocab[:-1]]))
+
+    def onehot(ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.zeros(ids.shape[0], f.in_dim + 1, dtype=F64)
+        rows[:, 0] = 1
+        rows.scatter_(1, ids + torch.tensor(offsets), 1.0)
+        return rows.to(f.out.device)
+
+    if total <= MAX_TOKEN_TUPLES:
+        sums = [f.out.new_zeros(f.out.shape[0]) for _ in range(4)]
+        for start in range(0, total, 2 ** 14):
+            flat = torch.arange(start, min(start + 2 ** 14, total))
+            ids = torch.stack(torch.unravel_index(flat, tuple(vocab)), 1) if vocab else flat[:, None]
+            _accumulate(sums, f, g, onehot(ids))
+        note = f"nothing approximated (exact average over all {total} token tuples)"
+        return tuple(s / total for s in sums), True, note
+
+    def draw(gen: torch.Generator, n: int) -> torch.Tensor:
+        return onehot(torch.stack([torch.randint(v, (n,), generator=gen) for v in vocab], 1))
+
+    moments, se = _sampled(f, g, draw, samples)
+    note = (f"{total} token tuples are too many to enumerate (limit {MAX_TOKEN_TUPLES}): Monte-Carlo estimate "
+            f"from {samples} uniform samples, relative standard error of mse {se:.2g}")
+    return moments, False, note
+
+
+def _accumulate(sums: list[torch.Tensor], f: PolyNet, g: PolyNet, padded: torch.Tensor) -> torch.Tensor:
+    """Add one batch to the sums of ``f^2, f g, g^2, f``; the per-row squared errors."""
+    a, b = f.apply(padded), g.apply(padded)
+    for s, v in zip(sums, (a * a, a * b, b * b, a)):
+        s += v.sum(0)
+    return (a - b).square().sum(1)
+
+
+def _sampled(f: PolyNet, g: PolyNet, draw: Any, n: int) -> tuple[Moments, float]:
+    """Monte-Carlo moments from ``n`` padded samples made by ``draw``; the relative standard error of mse."""
+    gen = torch.Generator().manual_seed(0)
+    sums = [f.out.new_zeros(f.out.shape[0]) for _ in range(4)]
+    err = f.out.new_zeros(2)
+    for start in range(0, n, 2 ** 13):
+        e = _accumulate(sums, f, g, draw(gen, min(2 ** 13, n - start)))
+        err += torch.stack([e.sum(), e.square().sum()])
+    mean = err[0] / n
+    sd = (err[1] / n - mean ** 2).clamp_min(0).sqrt()
+    se = (sd / math.sqrt(n) / mean).item() if mean > 0 else 0.0
+    return tuple(s / n for s in sums), se
+
+
+def _ratio(num: float, den: float) -> float:
+    """``num / den`` with ``0/0 = 0`` and ``x/0 = inf``."""
+    if den > 0:
+        return num / den
+    return 0.0 if num <= 0 else math.inf
+
+
+def _cosine(fg: float, ff: float, gg: float) -> float:
+    """``fg / sqrt(ff gg)``, 1 when both are zero and 0 when one is."""
+    if ff <= 0 or gg <= 0:
+        return 1.0 if ff <= 0 and gg <= 0 else 0.0
+    return fg / math.sqrt(ff * gg)
+
+
+def _result(moments: Moments, outputs: tuple[str, ...], measure: str, exact: bool, note: str) -> ExactResult:
+    """The metrics from the per-output moments (negative round-off clipped to zero)."""
+    ff, fg, gg, mf = moments
+    mse = (ff - 2 * fg + gg).clamp_min(0)
+    var = (ff - mf ** 2).clamp_min(0)
+    var = torch.where(var <= 1e-12 * ff, torch.zeros_like(var), var)
+    total_mse, total_var, total_ff = mse.sum().item(), var.sum().item(), ff.sum().item()
+    fvu = _ratio(total_mse, total_var)
+    return ExactResult(
+        rel_l2=math.sqrt(_ratio(total_mse, total_ff)), fvu=fvu, faithfulness=1 - fvu,
+        cosine=_cosine(fg.sum().item(), total_ff, gg.sum().item()), mse=total_mse, outputs=outputs,
+        per_output_fvu=tuple(_ratio(e, v) for e, v in zip(mse.tolist(), var.tolist())),
+        per_output_rel_l2=tuple(math.sqrt(_ratio(e, v)) for e, v in zip(mse.tolist(), ff.tolist())),
+        measure=measure, exact=exact, note=note)
