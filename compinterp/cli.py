@@ -20,6 +20,7 @@ from compinterp import __version__
 
 _EPILOG = """examples:
   compinterp info runs/digits
+  compinterp check runs/digits runs/explanation --data digits
   compinterp draw runs/digits -o digits.svg
 
 Run 'compinterp COMMAND --help' for a command's options and an example."""
@@ -71,6 +72,20 @@ def _parser() -> argparse.ArgumentParser:
                     "compinterp info runs/digits --json")
     info.add_argument("model", metavar="MODEL_DIR", help="a directory written by compinterp.save")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    check = _command(commands, "check", _check,
+                     "measure how faithful an explanation (or a second model) is to a model",
+                     "compinterp check runs/digits runs/refined --data digits --json")
+    check.add_argument("model", metavar="MODEL_DIR", help="the model explained (a directory written by compinterp.save)")
+    check.add_argument("explanation", metavar="EXPLANATION_OR_MODEL_DIR",
+                       help="a saved interpretation of the model, or a second model with the same input and "
+                            "output spaces (compared end to end)")
+    check.add_argument("--data", default="gaussian:10000", metavar="SPEC",
+                       help="digits (held-out digits), gaussian:N[:SEED], FILE.pt, or exact (from the weights "
+                            "alone, for polynomial models; default: gaussian:10000)")
+    check.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
+    check.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    check.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 
 
@@ -98,6 +113,21 @@ def _info(args: argparse.Namespace) -> None:
     from compinterp.files import info
     summary = info(args.model)
     print(json.dumps(summary, indent=1) if args.json else _table(summary))
+
+
+def _check(args: argparse.Namespace) -> None:
+    """``compinterp check``: the faithfulness report of an explanation or a second model."""
+    from compinterp.faithfulness import check
+    from compinterp.files import load
+    from compinterp.interpretation import Interpretation
+    from compinterp.interpretation.files import is_interpretation
+    from compinterp.tasks import data_from_spec
+    model = load(args.model)
+    other = Interpretation.load(args.explanation, model) if is_interpretation(args.explanation) \
+        else load(args.explanation)
+    data = "exact" if args.data == "exact" else data_from_spec(args.data)
+    report = check(model, other, data, batch_size=args.batch_size, device=args.device, progress=not args.json)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report)
 
 
 def _table(summary: dict[str, Any]) -> str:

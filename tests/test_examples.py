@@ -23,5 +23,8 @@ def test_quickstart(tmp_path: Path) -> None:
     assert numbers["reload_identical"] is True
     assert numbers["import_max_abs_diff"] <= 1e-5
     assert "Bilinear" in numbers["imported_box_kinds"] and "Opaque" not in numbers["imported_box_kinds"]
+    assert numbers["top16_worst_box"] == "mlp"
+    assert 0 < numbers["top16_faithfulness_digits"] < 1 and 0 < numbers["top16_faithfulness_exact_gaussian"] < 1
+    assert 0.5 < numbers["top16_top1_agreement_digits"] < 1
     assert (tmp_path / "model.svg").read_text().lstrip().startswith("<?xml")
     assert {"diagram.json", "weights.safetensors", "meta.json"} <= {p.name for p in (tmp_path / "model").iterdir()}

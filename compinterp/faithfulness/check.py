@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from compinterp.data import Batch, Source, as_source
 from compinterp.errors import BoxError, CompositionError, InputError
 from compinterp.faithfulness.distributed import all_reduce, world
+from compinterp.faithfulness.exact import exact_report
 from compinterp.faithfulness.metrics import LogitMoments, Moments
 from compinterp.faithfulness.report import BoxRow, FaithfulnessReport
 from compinterp.interpretation import Interpretation
@@ -53,7 +54,9 @@ def check(model: Model, explanation: Interpretation | Model, data: Any, *, batch
             to end, with identity maps on inputs and outputs).
         data: a tensor (one input), a tuple of tensors (inputs, then optionally
             labels), a ``DataLoader``, a :mod:`compinterp.data` source such as
-            ``gaussian(n)``, or a spec string (``"gaussian:1000"``, ``"file.pt"``).
+            ``gaussian(n)``, a spec string (``"gaussian:1000"``, ``"file.pt"``), or
+            ``"exact"``: compare end to end from the weights alone, when every box on
+            both sides is polynomial (see :func:`compinterp.faithfulness.exact.exact_report`).
         batch_size: batch size for tensors and generated data (a loader keeps its own).
         device: where to run; the model and the explanation are moved there.
             Default: where the model's parameters are.
@@ -65,6 +68,8 @@ def check(model: Model, explanation: Interpretation | Model, data: Any, *, batch
     Under ``torch.distributed``, each rank checks its shard of ``data`` and the
     sums are all-reduced, so every rank returns the report of the whole data.
     """
+    if isinstance(data, str) and data == "exact":
+        return exact_report(model, explanation)
     return _Squares(model, explanation).evaluate(as_source(data), None, batch_size, device, logits, progress)
 
 

@@ -40,6 +40,7 @@ import opt_einsum
 import torch
 
 from compinterp.errors import CompinterpError, InputError
+from compinterp.faithfulness.report import FaithfulnessReport, Metrics
 from compinterp.semantics.tensor import NotPolynomialError, PolyNet, tensor_semantics, why_not_polynomial
 
 __all__ = ["ExactError", "ExactResult", "NotPolynomialError", "exact_compare", "fit_gaussian", "frobenius_cosine",
@@ -619,3 +620,28 @@ def _result(moments: Moments, outputs: tuple[str, ...], measure: str, exact: boo
         per_output_fvu=tuple(_ratio(e, v) for e, v in zip(mse.tolist(), var.tolist())),
         per_output_rel_l2=tuple(math.sqrt(_ratio(e, v)) for e, v in zip(mse.tolist(), ff.tolist())),
         measure=measure, exact=exact, note=note)
+
+
+def exact_report(model: Any, explanation: Any, *, mean: Any = None, cov: Any = None) -> FaithfulnessReport:
+    """:func:`exact_compare` of ``model`` with a second model, or with an interpretation's
+    explanation when its maps on the input and output wires are identities, as a
+    :class:`~compinterp.faithfulness.FaithfulnessReport` marked ``exact`` (end to end only).
+
+    Its ``cosine`` is the cosine of the two functions in ``L2`` of the input measure, and
+    ``note`` names the measure and anything approximated.
+    """
+    from compinterp.interpretation import Interpretation
+    from compinterp.interpretation.maps import Identity
+
+    other = explanation
+    if isinstance(explanation, Interpretation):
+        for wire in (*model.dom.wires, *model.cod.wires):
+            if not isinstance(explanation.map_of(wire), Identity):
+                raise ExactError(f"no exact check: wire {wire.name} is mapped by {explanation.map_of(wire)!r}, "
+                                 "and the exact path compares end to end, so it needs identity maps on "
+                                 "the model's input and output wires; check on data instead")
+        other = explanation.explanation
+    result = exact_compare(model, other, mean=mean, cov=cov)
+    metrics = Metrics(fvu=result.fvu, rel_l2=result.rel_l2, cosine=result.cosine, n=0)
+    return FaithfulnessReport(metrics, (), samples=0, exact=result.exact,
+                              note=f"{result.measure}; {result.note}")

@@ -90,6 +90,7 @@ class FaithfulnessReport:
     samples: int
     exact: bool = False
     intervention: dict[str, Any] | None = None
+    note: str | None = None
 
     @property
     def worst_box(self) -> str | None:
@@ -112,11 +113,12 @@ class FaithfulnessReport:
              "end_to_end": {"faithfulness", "fvu", "rel_l2", "cosine", "n",
                             "kl", "top1", "loss_recovered", "ce_model", "ce_explanation", "ce_ablated"},
              "boxes": [{"box", "kind", "dom", "cod", "faithfulness", "fvu", "rel_l2", "cosine", "n", ...}],
-             "worst_box": str | null, "intervention": null | {"wire", "output", "space"}}
+             "worst_box": str | null, "intervention": null | {"wire", "output", "space"},
+             "note": str | null}
         """
         return {"exact": self.exact, "samples": self.samples, "end_to_end": self.end_to_end.to_json(),
                 "boxes": [row.to_json() for row in self.boxes], "worst_box": self.worst_box,
-                "intervention": self.intervention}
+                "intervention": self.intervention, "note": self.note}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FaithfulnessReport:
@@ -124,7 +126,7 @@ class FaithfulnessReport:
         try:
             rows = tuple(BoxRow(r["box"], r["kind"], r["dom"], r["cod"], Metrics.from_json(r)) for r in obj["boxes"])
             return cls(Metrics.from_json(obj["end_to_end"]), rows, int(obj["samples"]), bool(obj.get("exact", False)),
-                       obj.get("intervention"))
+                       obj.get("intervention"), obj.get("note"))
         except (KeyError, TypeError) as err:
             raise FormatError(f"bad faithfulness report JSON: missing or malformed {err}") from None
 
@@ -146,6 +148,8 @@ class FaithfulnessReport:
             lines.insert(3, "  " + extra)
         if self.boxes:
             lines.append(f"worst box: {self.worst_box or 'none (every square commutes)'}")
+        if self.note:
+            lines.append(self.note)
         return "\n".join(lines)
 
 
