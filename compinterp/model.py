@@ -123,6 +123,11 @@ class Model(nn.Module):
         return self._diagram.cod
 
     @property
+    def rules(self) -> dict[str, Rule]:
+        """The extra torch semantics by box kind this model was built with."""
+        return dict(self._rules)
+
+    @property
     def plan(self) -> Plan:
         """The compiled semantics."""
         return self._plan
