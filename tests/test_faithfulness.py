@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from support import Quadratic, quadratic, quadratic_rule
+
 import compinterp as ci
 from compinterp.data import gaussian, tensors
 from compinterp.errors import BoxError, CompositionError, FormatError, InputError
 from compinterp.faithfulness import FaithfulnessReport, check, interchange
 from compinterp.interpretation import Interpretation, maps
 from compinterp.model import Model
-from compinterp.syntax import Bilinear, Copy, Kind, Linear, Space, Unembed, chain, residual
+from compinterp.syntax import Bilinear, Copy, Linear, Space, Unembed, chain, residual
 
 F64 = torch.float64
 D, H, C, N = 6, 10, 5, 40
@@ -254,28 +255,12 @@ def test_sequence_inputs_count_every_position() -> None:
     assert report.box("attn").metrics.n == 24
 
 
-class Quadratic(Kind):
-    """A user-defined box ``y = D (L x)^2``."""
-
-    kind = "Quadratic"
-
-    def __init__(self, name: str, dom: Space, cod: Space, hidden: int) -> None:
-        super().__init__(name, dom, cod, {"hidden": hidden})
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"L": (self.data["hidden"], self.dom.dim), "D": (self.cod.dim, self.data["hidden"])}
-
-
-def quadratic(p: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor]:
-    return (F.linear(F.linear(x, p["L"]).square(), p["D"]),)
-
-
 def test_explanation_box_of_a_user_defined_kind(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     m = build()
     x, p = data[0], params_of(m)
     quad = {"L": p["mlp0"]["L"], "D": p["mlp0"]["D"]}
     interp = Interpretation(m, boxes={"mlp0": Quadratic("quad", X, X, hidden=H)}, params={"quad": quad},
-                            rules={"Quadratic": lambda box: partial(quadratic)})
+                            rules={"Quadratic": quadratic_rule})
     report = check(m, interp, x, progress=False)
     assert report.worst_box == "mlp0"
     assert_metrics(report.box("mlp0").metrics, expected(bil(p["mlp0"], x), quadratic(quad, x)[0]))

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from support import Quadratic, quadratic_rule
+
 from compinterp.errors import BoxError, CompositionError, FormatError, ParameterError
 from compinterp.interpretation import Interpretation, maps
 from compinterp.interpretation.files import is_interpretation, load
 from compinterp.model import Model
-from compinterp.syntax import Add, Bilinear, Copy, Elementwise, Kind, Linear, Opaque, Space, Unembed, chain, residual
+from compinterp.syntax import Add, Bilinear, Copy, Elementwise, Linear, Opaque, Space, Unembed, chain, residual
 
 F64 = torch.float64
 X, X2, LOGITS = Space("x", 4), Space("x", 3), Space("logits", 5)
@@ -39,26 +40,6 @@ def rotated(m: Model, q: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     p = m.box_params("mlp")
     return {"mlp_q": {"L": p["L"] @ q.T, "R": p["R"] @ q.T, "D": q @ p["D"]},
             "out_q": {"W": m.box_params("out")["W"] @ q.T}}
-
-
-class Quadratic(Kind):
-    """A user-defined box: ``y = D (L x)^2``."""
-
-    kind = "Quadratic"
-
-    def __init__(self, name: str, dom: Space, cod: Space, hidden: int) -> None:
-        super().__init__(name, dom, cod, {"hidden": hidden})
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {"L": (self.data["hidden"], self.dom.dim), "D": (self.cod.dim, self.data["hidden"])}
-
-
-def quadratic(p: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor]:
-    return (F.linear(F.linear(x, p["L"]).square(), p["D"]),)
-
-
-def quadratic_rule(box: Kind) -> partial:
-    return partial(quadratic)
 
 
 def test_identity_interpretation_is_the_model_itself() -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from support import assert_error
 
 from compinterp.errors import BoxError, CompinterpError, InputError, ParameterError
 from compinterp.model import Model, Store, named_boxes
@@ -44,16 +45,6 @@ def transformer() -> Model:
 def tokens(seed: int = 0) -> torch.Tensor:
     """A batch of 4 sequences of 6 token ids."""
     return torch.randint(0, 11, (4, 6), generator=torch.Generator().manual_seed(seed))
-
-
-def error(kind: type[Exception], make: Callable[[], object], *fragments: str) -> None:
-    """``make()`` raises ``kind`` with a one-line message naming every fragment."""
-    with pytest.raises(kind) as info:
-        make()
-    text = str(info.value)
-    assert "\n" not in text
-    for fragment in fragments:
-        assert fragment in text, f"{fragment!r} not in {text!r}"
 
 
 def test_forward_matches_a_hand_written_transformer() -> None:
@@ -173,17 +164,17 @@ def test_given_params_for_some_boxes_others_from_the_seed() -> None:
     ({"g": {"W": torch.zeros(2, 3)}}, ("'g'", "not in the diagram")),
 ])
 def test_bad_given_params_name_box_and_role(params: dict, fragments: tuple[str, ...]) -> None:
-    error(ParameterError, lambda: Model(Linear("f", X, Y, bias=True), params=params), *fragments)
+    assert_error(ParameterError, lambda: Model(Linear("f", X, Y, bias=True), params=params), *fragments)
 
 
 def test_params_for_a_box_without_parameters_are_an_error() -> None:
-    error(ParameterError, lambda: Model(Elementwise("relu", X), params={"relu": {"W": torch.zeros(3)}}),
+    assert_error(ParameterError, lambda: Model(Elementwise("relu", X), params={"relu": {"W": torch.zeros(3)}}),
           "'relu'", "'W'")
 
 
 @pytest.mark.parametrize("given", [torch.zeros(2, 3), {"W": torch.zeros(2, 3, dtype=torch.long)}])
 def test_malformed_given_params_are_parameter_errors(given: object) -> None:
-    error(ParameterError, lambda: Model(Linear("f", X, Y), params={"f": given}), "box 'f'")
+    assert_error(ParameterError, lambda: Model(Linear("f", X, Y), params={"f": given}), "box 'f'")
 
 
 @pytest.mark.parametrize("name", ["to", "train", "forward", "parameters", "state_dict", "params", "cuda", "float"])
@@ -220,15 +211,15 @@ def test_spiders_with_the_default_name_on_different_wires_coexist() -> None:
 
 
 def test_two_different_boxes_with_one_name_are_an_error() -> None:
-    error(BoxError, lambda: Model(Linear("f", X, X) >> Linear("f", X, Y)),
+    assert_error(BoxError, lambda: Model(Linear("f", X, X) >> Linear("f", X, Y)),
           "'f'", "Linear('f', x:3 -> x:3)", "Linear('f', x:3 -> y:2)")
-    error(BoxError, lambda: Model(Bilinear("m", X, X, hidden=2) >> Bilinear("m", X, X, hidden=3)), "'m'")
-    error(BoxError, lambda: Model(Linear("copy", X, X) >> Copy(X) >> Id(X) @ Copy(X, 0)), "'copy'")
+    assert_error(BoxError, lambda: Model(Bilinear("m", X, X, hidden=2) >> Bilinear("m", X, X, hidden=3)), "'m'")
+    assert_error(BoxError, lambda: Model(Linear("copy", X, X) >> Copy(X) >> Id(X) @ Copy(X, 0)), "'copy'")
 
 
 def test_opaque_box_needs_a_module() -> None:
-    error(ParameterError, lambda: Model(Opaque("blob", X, Y)), "Opaque box 'blob'", "modules=")
-    error(ParameterError, lambda: Model(Opaque("blob", X, Y), modules={"blob": lambda x: x}), "'blob'")
+    assert_error(ParameterError, lambda: Model(Opaque("blob", X, Y)), "Opaque box 'blob'", "modules=")
+    assert_error(ParameterError, lambda: Model(Opaque("blob", X, Y), modules={"blob": lambda x: x}), "'blob'")
 
 
 def test_opaque_module_from_the_box_or_from_modules() -> None:
@@ -258,16 +249,16 @@ def test_pickle_and_deepcopy_give_the_same_outputs() -> None:
 def test_box_params_and_repr() -> None:
     model = Model(Linear("f", X, Y, bias=True) >> Elementwise("relu", Y))
     assert set(model.box_params("f")) == {"W", "b"}
-    error(ParameterError, lambda: model.box_params("relu"), "'relu'", "f")
+    assert_error(ParameterError, lambda: model.box_params("relu"), "'relu'", "f")
     assert "x:3 -> y:2" in repr(model) and "8 parameters" in repr(model)
 
 
 def test_model_input_errors() -> None:
     model = transformer()
-    error(InputError, lambda: model(tokens(), tokens()), "expected 1 inputs", "got 2")
-    error(InputError, lambda: model(torch.randn(4, 6, 10)), "tok:11", "(4, 6, 10)")
-    error(InputError, lambda: model(torch.full((2, 3), 11)), "box 'emb'")
-    error(BoxError, lambda: Model("Linear('f', x, y)"), "Diagram", "str")  # type: ignore[arg-type]
+    assert_error(InputError, lambda: model(tokens(), tokens()), "expected 1 inputs", "got 2")
+    assert_error(InputError, lambda: model(torch.randn(4, 6, 10)), "tok:11", "(4, 6, 10)")
+    assert_error(InputError, lambda: model(torch.full((2, 3), 11)), "box 'emb'")
+    assert_error(BoxError, lambda: Model("Linear('f', x, y)"), "Diagram", "str")  # type: ignore[arg-type]
     assert issubclass(ParameterError, CompinterpError)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from support import assert_error
+
 from compinterp.errors import BoxError, CompinterpError, CompositionError
 from compinterp.syntax import (
     KINDS,
@@ -41,16 +43,8 @@ RESID, HIDDEN = Space("resid", 64), Space("hidden", 256)
 
 
 def raises(error: type[Exception], *fragments: str) -> Callable[[Callable[[], object]], str]:
-    """Run ``make`` and check it raises ``error`` with one line naming every fragment."""
-    def check(make: Callable[[], object]) -> str:
-        with pytest.raises(error) as info:
-            make()
-        message = str(info.value)
-        assert "\n" not in message
-        for fragment in fragments:
-            assert fragment in message, f"{fragment!r} not in {message!r}"
-        return message
-    return check
+    """``raises(error, *fragments)(make)``: :func:`support.assert_error` with ``make`` last."""
+    return lambda make: assert_error(error, make, *fragments)
 
 
 # --- spaces and wires ----------------------------------------------------------------------------
