@@ -61,11 +61,17 @@ def rotated(model: Model, seed: int = 0) -> Interpretation:
     return Interpretation(model, boxes=boxes, wires={"resid": maps.linear(q)}, params=params)
 
 
-def seconds(fn: Callable[[], object]) -> float:
-    """CPU seconds this process spends running ``fn``."""
-    start = time.process_time()
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds spent running ``fn``: this process's CPU time on the CPU, wall time (synchronised) on a GPU."""
+    if device.type == "cpu":
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    return time.process_time() - start
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -77,10 +83,12 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=784)
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = build(args.pixels, args.d, args.hidden, 10)
-    data = torch.randn(args.samples, args.pixels, generator=torch.Generator().manual_seed(1))
+    device = torch.device(args.device)
+    model = build(args.pixels, args.d, args.hidden, 10).to(device)
+    data = torch.randn(args.samples, args.pixels, generator=torch.Generator().manual_seed(1)).to(device)
 
     def forward() -> None:
         with torch.inference_mode():
@@ -89,7 +97,7 @@ def main() -> None:
 
     explanations = {"identity": Interpretation(model), "truncated (half hidden)": truncated(model, args.hidden // 2),
                     "rotated basis (sigma = q)": rotated(model), "second model (refinement)": truncated(model, 64).explanation}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model: pixels:{args.pixels} -> "
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; model: pixels:{args.pixels} -> "
           f"resid:{args.d}, 2 bilinear layers of {args.hidden} hidden units -> logits:10; "
           f"{args.samples} samples in batches of {args.batch}; median of {args.repeats}")
     forward()
@@ -97,8 +105,8 @@ def main() -> None:
         check(model, explanation, data[:args.batch], batch_size=args.batch, progress=False)
         fwd, chk = [], []
         for _ in range(args.repeats):
-            fwd.append(seconds(forward))
-            chk.append(seconds(lambda: check(model, explanation, data, batch_size=args.batch, progress=False)))
+            fwd.append(seconds(forward, device))
+            chk.append(seconds(lambda: check(model, explanation, data, batch_size=args.batch, progress=False), device))
         ratios = [c / f for c, f in zip(chk, fwd)]
         print(f"{name:28s} forward {min(fwd):.3f} s CPU   check = {statistics.median(ratios):.2f} forward passes "
               f"(median of paired ratios; ratio of minima {min(chk) / min(fwd):.2f})")

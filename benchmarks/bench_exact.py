@@ -44,14 +44,15 @@ def eigen_explanation(model: Model, keep: int) -> Model:
     return Model(box, {"mlp": {"L": V.float(), "R": V.float(), "D": weights.float()}})
 
 
-def monte_carlo(model: Model, expl: Model, n: int, batch: int, seed: int) -> tuple[float, float]:
-    """FVU from ``n`` Gaussian samples (forward passes in the models' float32, sums in float64),
-    with its relative standard error (delta method for the ratio of two means)."""
-    gen = torch.Generator().manual_seed(seed)
+def monte_carlo(model: Model, expl: Model, n: int, batch: int, seed: int,
+                device: torch.device) -> tuple[float, float]:
+    """FVU from ``n`` Gaussian samples (forward passes in the models' float32 on ``device``, sums in
+    float64), with its relative standard error (delta method for the ratio of two means)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
     errors, outputs = [], []
     with torch.no_grad():
         for start in range(0, n, batch):
-            x = torch.randn(min(batch, n - start), model.dom.dim, generator=gen)
+            x = torch.randn(min(batch, n - start), model.dom.dim, generator=gen, device=device)
             y, z = model(x).double(), expl(x).double()
             errors.append((y - z).square().sum(1))
             outputs.append(y)
@@ -73,7 +74,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="exact timings taken after a warm-up (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
+    parser.add_argument("--device", default="cpu", help="torch device of the Monte-Carlo forward passes")
     args = parser.parse_args()
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -91,11 +94,15 @@ def main() -> None:
             exact_times.append(time.perf_counter() - start)
         exact_s = sorted(exact_times)[len(exact_times) // 2]
         pilot = 2 ** 15
-        _, pilot_se = monte_carlo(model, expl, pilot, args.batch, seed=1)
+        on_device = model.to(device), expl.to(device)
+        _, pilot_se = monte_carlo(*on_device, pilot, args.batch, seed=1, device=device)
         n = math.ceil(pilot * (pilot_se / args.target) ** 2)
         start = time.perf_counter()
-        fvu_mc, se_mc = monte_carlo(model, expl, n, args.batch, seed=2)
+        fvu_mc, se_mc = monte_carlo(*on_device, n, args.batch, seed=2, device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         mc_s = time.perf_counter() - start
+        model, expl = model.cpu(), expl.cpu()
         name = f"top-{keep} eig"
         print(f"{name:<14}{'exact':<13}{result.fvu:>12.6f}{'float64':>12}{'-':>10}{exact_s:>10.3f}")
         print(f"{name:<14}{'Monte Carlo':<13}{fvu_mc:>12.6f}{se_mc:>12.1e}{n:>10,}{mc_s:>10.3f}")
