@@ -22,6 +22,7 @@ and builds the rewritten model; the search scores each by faithfulness and bits.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -69,6 +70,9 @@ def substitute(model: Model, images: Mapping[str, Diagram],
     """The functor sending box ``name`` to ``images[name]`` (same spaces) and every other box to itself.
 
     New boxes take their parameters from ``params`` (and ``modules``); boxes of the
-    model kept in an image, and every other box, keep copies of the model's own.
+    model kept in an image, and every other box, keep copies of the model's own
+    (``Opaque`` modules included), so the new model shares no tensor with the old.
     """
-    return Interpretation(model, boxes=images, params=params, modules=modules, rules=model.rules).explanation
+    own = {name: copy.deepcopy(model.params[name]) for name, box in model.boxes.items() if box.kind == "Opaque"}
+    return Interpretation(model, boxes=images, params=params, modules={**own, **(modules or {})},
+                          rules=model.rules).explanation

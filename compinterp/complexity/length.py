@@ -1,0 +1,259 @@
+"""Description length: the bits a reader must be told to rebuild an explanation, term by term.
+
+``structure`` (boxes and wiring), ``parameters`` (every stored number) and, given a
+reference model and data, ``error`` (the bits to correct the explanation's outputs to
+the reference's under a Gaussian noise model). ``docs/description_length.md`` writes
+out every term, with a worked example.
+
+>>> from compinterp.model import Model
+>>> from compinterp.syntax import Space, Linear
+>>> model = Model(Linear("f", Space("x", 4), Space("y", 2)), seed=0)
+>>> bits = description_length(model)
+>>> round(bits.structure, 3), bits.parameters, bits.error, round(bits.total, 3)
+(32.7, 262.0, 0.0, 294.7)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compinterp.complexity.codes import choice_bits, gamma_bits
+from compinterp.complexity.parameters import TensorCode, ordered_keys, parameter_codes
+from compinterp.complexity.structure import HEADER, structure_rows
+from compinterp.errors import FormatError, InputError
+from compinterp.faithfulness import check
+from compinterp.interpretation import Interpretation
+from compinterp.interpretation.maps import Identity
+from compinterp.model import Model
+from compinterp.syntax import Diagram
+
+MAP_KINDS = ("identity", "linear", "encoder_decoder", "function")
+"""The kinds of semantic map an interpretation's wire may carry."""
+
+MAPS = "(maps)"
+"""The name of the row holding the number of an interpretation's non-identity wire maps."""
+
+RESOLUTION = 0.01
+"""Default resolution ``delta`` of the error term, as a fraction of the reference outputs' standard deviation."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One row of the account: a box (or the diagram's header, or a wire map) and its bits."""
+
+    name: str
+    kind: str
+    structure: float
+    parameters: float
+    numbers: int
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"name", "kind", "structure", "parameters", "numbers"}``."""
+        return {"name": self.name, "kind": self.kind, "structure": self.structure,
+                "parameters": self.parameters, "numbers": self.numbers}
+
+
+@dataclass(frozen=True)
+class Bits:
+    """A description length in bits, each term separately; ``total`` is their sum.
+
+    ``error`` is ``error_per_example * examples`` (0 without a reference); an example is
+    one output vector. ``parts`` splits structure and parameters by box.
+    """
+
+    structure: float
+    parameters: float
+    error: float = 0.0
+    precision: int = 32
+    parts: tuple[Part, ...] = ()
+    error_per_example: float | None = None
+    examples: int = 0
+    resolution: float | None = None
+    fvu: float | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> float:
+        """``structure + parameters + error``."""
+        return self.structure + self.parameters + self.error
+
+    @property
+    def model(self) -> float:
+        """``structure + parameters``: the bits of the explanation itself, without the correction."""
+        return self.structure + self.parameters
+
+    def to_json(self) -> dict[str, Any]:
+        """The terms as JSON (an infinite error is ``null``)::
+
+            {"structure", "parameters", "error", "total", "precision", "error_per_example",
+             "examples", "resolution", "fvu", "parts": [{"name", "kind", "structure", "parameters",
+             "numbers"}], "notes"}
+        """
+        def finite(value: float | None) -> float | None:
+            return None if value is None or not math.isfinite(value) else value
+
+        return {"structure": self.structure, "parameters": self.parameters, "error": finite(self.error),
+                "total": finite(self.total), "precision": self.precision,
+                "error_per_example": finite(self.error_per_example), "examples": self.examples,
+                "resolution": self.resolution, "fvu": finite(self.fvu),
+                "parts": [part.to_json() for part in self.parts], "notes": list(self.notes)}
+
+    def __str__(self) -> str:
+        header = ("part", "kind", "structure", "parameters", "numbers")
+        rows = [(p.name, p.kind, f"{p.structure:,.1f}", f"{p.parameters:,.1f}", f"{p.numbers:,}") for p in self.parts]
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(5)]
+        lines = [f"description length (numbers at {self.precision} bits unless quantised)"]
+        for row in (header, *rows):
+            lines.append("  ".join([*(c.ljust(w) for c, w in zip(row[:2], widths)),
+                                    *(c.rjust(w) for c, w in zip(row[2:], widths[2:]))]))
+        lines += ["", f"structure   {self.structure:>14,.1f} bits", f"parameters  {self.parameters:>14,.1f} bits"]
+        if self.error_per_example is None:
+            lines.append(f"error       {0.0:>14,.1f} bits (no reference)")
+        else:
+            lines.append(f"error       {self.error:>14,.1f} bits ({self.error_per_example:,.2f} per example x "
+                         f"{self.examples:,}, FVU {self.fvu:.4g}, resolution {self.resolution:g} sd)")
+        lines.append(f"total       {self.total:>14,.1f} bits")
+        lines += list(self.notes)
+        return "\n".join(lines)
+
+
+def description_length(model_or_explanation: Model | Interpretation | str | os.PathLike[str], precision: int = 32,
+                       reference: Model | None = None, data: Any = None, *, resolution: float = RESOLUTION,
+                       examples: int | None = None, batch_size: int = 256,
+                       device: str | torch.device | None = None) -> Bits:
+    """The description length of a model, an interpretation (its explanation and wire maps),
+    or a model saved at a path (read without unpickling anything).
+
+    Args:
+        precision: bits per stored number that is not on a uniform grid.
+        reference: a model to correct the outputs to; with ``data`` (anything
+            :func:`compinterp.check` takes, or ``"exact"``) this adds the error term.
+        resolution: ``delta``, the precision the corrected outputs must reach, as a
+            fraction of the reference outputs' standard deviation.
+        examples: how many examples the error term is for with ``"exact"`` (default 1);
+            with data it is the number of output vectors checked.
+    """
+    if isinstance(model_or_explanation, (str, os.PathLike)):
+        diagram, tensors = _saved(Path(model_or_explanation))
+        maps: list[tuple[str, str, dict[str, torch.Tensor]]] = []
+        wires: int | None = None
+        explanation: Model | Interpretation | None = None
+    elif isinstance(model_or_explanation, Interpretation):
+        explanation = model_or_explanation
+        diagram, tensors = explanation.explanation.diagram, explanation.explanation.params.state_dict()
+        maps = [(wire, m.kind, m.state_dict()) for wire, m in explanation.maps.items() if not isinstance(m, Identity)]
+        wires = len(explanation.maps)
+    elif isinstance(model_or_explanation, Model):
+        explanation = model_or_explanation
+        diagram, tensors, maps, wires = explanation.diagram, explanation.params.state_dict(), [], None
+    else:
+        raise InputError(f"description_length() takes a Model, an Interpretation or a saved model's directory, "
+                         f"got {type(model_or_explanation).__name__}")
+    parts, notes = _parts(diagram, tensors, maps, wires, precision)
+    bits = Bits(structure=sum(p.structure for p in parts), parameters=sum(p.parameters for p in parts),
+                precision=precision, parts=tuple(parts), notes=tuple(notes))
+    if reference is None:
+        if data is not None:
+            raise InputError("data was given without a reference model: the error term compares the "
+                             "explanation with a reference, pass reference=...")
+        return bits
+    if explanation is None:
+        raise InputError("the error term needs the explanation itself: load the model first, then pass it")
+    if data is None:
+        raise InputError("a reference model was given without data: pass data=... (a tensor, gaussian:N, "
+                         "digits ...) or data='exact'")
+    return _with_error(bits, explanation, reference, data, resolution, examples, batch_size, device)
+
+
+def error_bits_per_number(fvu: float, resolution: float = RESOLUTION) -> float:
+    """``max(0, 1/2 log2(2 pi e fvu / resolution^2))``: bits per output number to correct a Gaussian
+    residual of variance ``sigma^2 = fvu * var`` at resolution ``delta = resolution * sd``.
+
+    >>> round(error_bits_per_number(0.01), 4)
+    5.369
+    >>> error_bits_per_number(0.0)
+    0.0
+    """
+    if not resolution > 0:
+        raise InputError(f"the error resolution must be positive, got {resolution!r}")
+    if fvu <= 0:
+        return 0.0
+    if math.isinf(fvu):
+        return math.inf
+    return max(0.0, 0.5 * math.log2(2 * math.pi * math.e * fvu / resolution ** 2))
+
+
+def _with_error(bits: Bits, explanation: Model | Interpretation, reference: Model, data: Any, resolution: float,
+                examples: int | None, batch_size: int, device: str | torch.device | None) -> Bits:
+    """``bits`` with the error term of ``explanation`` against ``reference`` on ``data``."""
+    report = check(reference, explanation, data, batch_size=batch_size, device=device, logits=False, progress=False)
+    fvu = report.end_to_end.fvu
+    if isinstance(data, str) and data == "exact":
+        count = 1 if examples is None else examples
+    else:
+        if examples is not None:
+            raise InputError("examples= is for the exact path; with data the error is for every output vector "
+                             "checked")
+        count = report.end_to_end.n
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise InputError(f"examples must be a non-negative integer, got {count!r}")
+    per_example = sum(reference.cod.dims) * error_bits_per_number(fvu, resolution)
+    return Bits(bits.structure, bits.parameters, per_example * count if count else 0.0, bits.precision, bits.parts,
+                per_example, count, resolution, fvu, bits.notes)
+
+
+def _parts(diagram: Diagram, tensors: Mapping[str, torch.Tensor], maps: list[tuple[str, str, dict[str, torch.Tensor]]],
+           wires: int | None, precision: int) -> tuple[list[Part], list[str]]:
+    """The rows of the account: the diagram's header, each box, then (for an interpretation) the
+    number of wire maps and each non-identity map."""
+    tensors = dict(tensors)
+    keys = ordered_keys(diagram, tensors)
+    owner = {key: key.split(".", 1)[0] for key in keys}
+    for wire, _, state in maps:
+        for role in sorted(state):
+            key = f"sigma[{wire}].{role}"
+            tensors[key], owner[key] = state[role], f"sigma[{wire}]"
+            keys.append(key)
+    codes = parameter_codes(tensors, keys, precision)
+    own: dict[str, list[TensorCode]] = {}
+    for key in keys:
+        own.setdefault(owner[key], []).append(codes[key])
+
+    def part(name: str, kind: str, structure: float) -> Part:
+        mine = own.get(name, [])
+        return Part(name, kind, structure, sum(c.bits for c in mine), sum(c.numbers for c in mine))
+
+    parts = [part(name, kind, bits) if name != HEADER else Part(name, kind, bits, 0.0, 0)
+             for name, kind, bits in structure_rows(diagram, precision)]
+    notes = []
+    if any(p.kind == "Opaque" for p in parts):
+        notes.append("note: an Opaque box's code is not counted, only its spaces and its module's tensors")
+    if wires is not None:
+        parts.append(Part(MAPS, "", float(gamma_bits(len(maps) + 1)), 0.0, 0))
+        for wire, kind, _ in maps:
+            parts.append(part(f"sigma[{wire}]", f"{kind} map", choice_bits(wires) + choice_bits(len(MAP_KINDS))))
+        if any(kind == "function" for _, kind, _ in maps):
+            notes.append("note: a function map's code is not counted")
+    return parts, notes
+
+
+def _saved(path: Path) -> tuple[Diagram, dict[str, torch.Tensor]]:
+    """The diagram and weights of a saved model, every checksum verified, nothing unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from compinterp.files import info, read_diagram
+
+    info(path)
+    diagram = read_diagram(path)
+    try:
+        return diagram, load_file(str(path / "weights.safetensors"))
+    except SafetensorError as err:
+        raise FormatError(f"{path / 'weights.safetensors'} is truncated or corrupted: {err}") from None

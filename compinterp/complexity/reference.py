@@ -1,0 +1,99 @@
+"""A reference model with its outputs kept, so that many candidates are compared with it cheaply.
+
+Comparing a candidate costs one forward pass of the candidate on the stored inputs
+(the reference ran once, when the :class:`Reference` was made), or, with
+``data="exact"``, one exact comparison from the weights. The metrics are those of
+:func:`compinterp.check` end to end (the same streaming sums).
+
+>>> import torch
+>>> from compinterp.model import Model
+>>> from compinterp.syntax import Space, Bilinear
+>>> x, y = Space("x", 4), Space("y", 2)
+>>> model = Model(Bilinear("mlp", x, y, hidden=6), seed=0)
+>>> reference = Reference(model, torch.randn(100, 4))
+>>> reference.compare(model).fvu, reference.samples, reference.exact
+(0.0, 100, False)
+>>> Reference(model, "exact").compare(Model(Bilinear("mlp", x, y, hidden=6), seed=1)).faithfulness < 0.5
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from compinterp.data import as_source
+from compinterp.errors import CompositionError, InputError
+from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
+from compinterp.faithfulness.metrics import Moments
+from compinterp.faithfulness.report import Metrics
+from compinterp.model import Model
+from compinterp.semantics.tensor import NotPolynomialError, PolyNet, tensor_semantics
+
+
+class Reference:
+    """The model every candidate is compared with, and the data (or ``"exact"``) to compare on.
+
+    With data, the inputs and the reference's outputs are read once and kept on
+    ``device`` (all of them: the data must fit in memory). With ``"exact"``, every
+    box of the reference (and of each candidate) must be polynomial, and the
+    reference's tensor semantics are built once.
+    """
+
+    def __init__(self, model: Model, data: Any, *, batch_size: int = 256,
+                 device: str | torch.device | None = None) -> None:
+        if not isinstance(model, Model):
+            raise InputError(f"a reference must be a compinterp Model, got {type(model).__name__}")
+        self.model = model
+        self.exact = isinstance(data, str) and data == "exact"
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        self.device = torch.device(device) if device is not None else (
+            params[0].device if params else torch.device("cpu"))
+        self.dtype = params[0].dtype if params else torch.float32
+        self.batches: list[tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]] = []
+        self.net: PolyNet | None = None
+        self.samples = 0
+        if self.exact:
+            reason = why_not_polynomial(model)
+            if reason is not None:
+                raise NotPolynomialError(f"no exact comparison with this model: {reason}; give data instead "
+                                         "(a tensor, gaussian:N, digits ...)")
+            self.net = tensor_semantics(model, torch.float64)
+            return
+        model.to(self.device)
+        n = len(model.dom)
+        with torch.inference_mode():
+            for batch in as_source(data).batches(batch_size, model.dom.dims):
+                xs = tuple(x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
+                           for x in batch[:n])
+                if len(xs) < n:
+                    raise InputError(f"a batch of the data holds {len(xs)} tensor(s) but the model takes "
+                                     f"{n} inputs ({model.dom})")
+                if xs[0].dim() == 0 or xs[0].shape[0] == 0:
+                    continue
+                self.batches.append((xs, _outputs(model(*xs))))
+                self.samples += xs[0].shape[0]
+        if self.samples == 0:
+            raise InputError("the data holds no samples: nothing to compare on")
+
+    def compare(self, candidate: Model) -> Metrics:
+        """End-to-end metrics of ``candidate`` against the reference (``n`` is 0 when exact)."""
+        if candidate.dom != self.model.dom or candidate.cod != self.model.cod:
+            raise CompositionError(f"cannot compare a candidate ({candidate.dom} -> {candidate.cod}) with the "
+                                   f"reference ({self.model.dom} -> {self.model.cod}): a refinement must keep the "
+                                   "input and output spaces")
+        if self.exact:
+            result = exact_compare(self.net, candidate)
+            return Metrics(fvu=result.fvu, rel_l2=result.rel_l2, cosine=result.cosine, n=0)
+        candidate.to(self.device)
+        moments = Moments(self.model.cod.dims, self.device)
+        with torch.inference_mode():
+            for xs, ys in self.batches:
+                moments.update(ys, _outputs(candidate(*xs)))
+        return moments.metrics()
+
+
+def _outputs(y: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """A model's outputs as a list, one tensor per output wire."""
+    return list(y) if isinstance(y, tuple) else [y]

@@ -1,0 +1,429 @@
+"""The search for shorter explanations: sequences of rewrites scored by faithfulness and bits.
+
+:func:`refine` explores sequences of rewrites (greedy, or a beam), scoring every
+candidate against the *original* model (exactly from the weights when ``data="exact"``,
+else on the data) and by its description length; it keeps the Pareto frontier of
+(bits, faithfulness) over every model it evaluated, and returns the shortest model that
+keeps the faithfulness bar, quantised to the fewest bits that still keep it. The
+strategy is written out in ``docs/search.md``.
+
+>>> import torch
+>>> from compinterp.model import Model
+>>> from compinterp.syntax import Space, Bilinear
+>>> model = Model(Bilinear("mlp", Space("x", 8), Space("y", 3), hidden=16), seed=0)
+>>> result = refine(model, 0.99, data="exact", passes=[], progress=False)
+>>> [str(rewrite) for rewrite in result.history], result.faithfulness >= 0.99
+(['quantise(*, bits=5)'], True)
+>>> round(result.ratio, 1)
+5.8
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from compinterp.complexity import Bits, Reference, description_length, smallest_width
+from compinterp.errors import FormatError, InputError
+from compinterp.model import Model
+from compinterp.refinement.base import Pass, Rewrite
+
+QUANTISE = "quantise"
+"""The name of the last step of a refinement: every parameter quantised to one width."""
+
+PLOT_FORMATS = (".png", ".svg")
+"""The file suffixes :meth:`Frontier.plot` writes."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluated model: its bits (structure and parameters), its faithfulness to the original,
+    and the rewrites that made it from the original."""
+
+    bits: float
+    faithfulness: float
+    history: tuple[Rewrite, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"bits", "faithfulness", "passes"}``, the rewrites as text (``eigen(mlp, k=4)``)."""
+        return {"bits": self.bits, "faithfulness": _finite(self.faithfulness),
+                "passes": [str(rewrite) for rewrite in self.history]}
+
+
+class Frontier:
+    """The Pareto frontier of (bits, faithfulness): the points no other point beats on both.
+
+    >>> points = [Point(10.0, 0.9, ()), Point(20.0, 0.8, ()), Point(30.0, 1.0, ()), Point(5.0, 0.5, ())]
+    >>> [(p.bits, p.faithfulness) for p in Frontier(points)]
+    [(5.0, 0.5), (10.0, 0.9), (30.0, 1.0)]
+    """
+
+    def __init__(self, points: Iterable[Point], min_faithfulness: float | None = None) -> None:
+        kept: list[Point] = []
+        for point in sorted(points, key=lambda p: (p.bits, -_key(p.faithfulness))):
+            if not kept or _key(point.faithfulness) > _key(kept[-1].faithfulness):
+                kept.append(point)
+        self.points = tuple(kept)
+        self.min_faithfulness = min_faithfulness
+
+    def __iter__(self) -> Iterator[Point]:
+        return iter(self.points)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __repr__(self) -> str:
+        return f"<Frontier of {len(self.points)} points>"
+
+    def best(self, min_faithfulness: float) -> Point | None:
+        """The point with the fewest bits that keeps ``min_faithfulness``, if any."""
+        return next((p for p in self.points if p.faithfulness >= min_faithfulness), None)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """``[{"bits", "faithfulness", "passes"}]``, fewest bits first."""
+        return [point.to_json() for point in self.points]
+
+    def plot(self, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+        """Draw the frontier (bits on a log axis against faithfulness, the bar dashed) to a PNG or
+        SVG file by its suffix, written atomically; returns the path."""
+        import matplotlib
+        from matplotlib.figure import Figure
+
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in PLOT_FORMATS:
+            raise FormatError(f"cannot plot to {path}: the file name must end in .png or .svg, "
+                              f"not {suffix or 'nothing'!r}")
+        if not path.parent.is_dir():
+            raise FormatError(f"cannot plot to {path}: the directory {path.parent} does not exist")
+        figure = Figure(figsize=(6.0, 4.0), facecolor="white")
+        axis = figure.add_subplot()
+        shown = [p for p in self.points if math.isfinite(p.faithfulness)]
+        bits, faith = [p.bits for p in shown], [p.faithfulness for p in shown]
+        axis.step(bits, faith, where="post", color="tab:blue", alpha=0.5)
+        axis.plot(bits, faith, "o", color="tab:blue", label="frontier")
+        if self.min_faithfulness is not None:
+            axis.axhline(self.min_faithfulness, color="tab:red", linestyle="--",
+                         label=f"bar {self.min_faithfulness:g}")
+            chosen = self.best(self.min_faithfulness)
+            if chosen is not None:
+                axis.plot([chosen.bits], [chosen.faithfulness], "*", color="tab:red", markersize=14, label="chosen")
+            floor = self.min_faithfulness - 4 * (1 - self.min_faithfulness)
+            if faith and min(faith) < floor:
+                axis.set_ylim(bottom=floor, top=1 + 0.2 * (1 - floor))
+        if bits and min(bits) > 0:
+            axis.set_xscale("log")
+        axis.set_xlabel("description length (bits)")
+        axis.set_ylabel("faithfulness (1 - FVU)")
+        axis.set_title(title or "refinement frontier")
+        axis.grid(True, alpha=0.3)
+        axis.legend(loc="lower right")
+        figure.tight_layout()
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        metadata = {"Date": None} if suffix == ".svg" else None
+        try:
+            with matplotlib.rc_context({"svg.fonttype": "none"}):
+                figure.savefig(partial, format=suffix[1:], dpi=100, facecolor="white", metadata=metadata)
+            os.replace(partial, path)
+        except OSError as err:
+            raise FormatError(f"cannot plot to {path}: {err.strerror or err}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """What :func:`refine` found: the refined ``model``, the ``frontier`` of everything evaluated,
+    the ``history`` of rewrites from the original to the model, and its bits and faithfulness."""
+
+    model: Model
+    frontier: Frontier
+    history: tuple[Rewrite, ...]
+    original_bits: float
+    refined_bits: float
+    faithfulness: float
+    min_faithfulness: float
+    exact: bool
+    evaluated: int
+    bits: Bits = field(repr=False)
+
+    @property
+    def ratio(self) -> float:
+        """``original_bits / refined_bits``: how many times shorter the refined model is."""
+        return self.original_bits / self.refined_bits
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON::
+
+            {"original_bits", "refined_bits", "ratio", "faithfulness", "min_faithfulness", "exact",
+             "evaluated", "frontier": [{"bits", "faithfulness", "passes"}],
+             "history": [{"pass", "box", "settings"}], "description_length": {...}}
+        """
+        return {"original_bits": self.original_bits, "refined_bits": self.refined_bits, "ratio": self.ratio,
+                "faithfulness": self.faithfulness, "min_faithfulness": self.min_faithfulness, "exact": self.exact,
+                "evaluated": self.evaluated, "frontier": self.frontier.to_json(),
+                "history": [rewrite.to_json() for rewrite in self.history],
+                "description_length": self.bits.to_json()}
+
+    def __str__(self) -> str:
+        how = "exact" if self.exact else "on the data"
+        lines = [f"refined: {self.original_bits:,.0f} -> {self.refined_bits:,.0f} bits ({self.ratio:.2f}x shorter), "
+                 f"faithfulness {self.faithfulness:.6f} ({how}; bar {self.min_faithfulness:g}), "
+                 f"{self.evaluated} models evaluated",
+                 "history: " + (" >> ".join(str(r) for r in self.history) or "(none: nothing shortened the model)"),
+                 "frontier (bits, faithfulness, rewrites):"]
+        lines += [f"  {p.bits:>14,.0f}  {p.faithfulness:>10.6f}  {' >> '.join(str(r) for r in p.history) or '(original)'}"
+                  for p in self.frontier]
+        return "\n".join(lines)
+
+
+def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
+           passes: Sequence[Pass | str] | None = None, budget: int = 500, beam: int = 1, seed: int = 0,
+           progress: bool = True, *, quantise: bool = True, precision: int = 32, batch_size: int = 256,
+           device: str | torch.device | None = None) -> RefineResult:
+    """Search for the shortest model that keeps ``min_faithfulness`` to ``model``.
+
+    Args:
+        model: the model to refine; every candidate is compared with it.
+        min_faithfulness: the bar, ``1 - FVU`` end to end; nothing below it is returned.
+        data: ``"exact"`` (from the weights, for polynomial models) or anything
+            :func:`compinterp.check` takes; it is read once and kept in memory.
+        passes: rewrite passes (objects with ``name``, ``candidates`` and ``apply``) or
+            their names; default ``compinterp.refinement.passes.default_passes()``.
+        budget: the most models evaluated (each rewritten or quantised candidate is one).
+        beam: 1 for greedy; more keeps that many sequences at every step.
+        seed: seeds torch's random numbers for the passes (the caller's state is restored).
+        progress: show a progress bar.
+        quantise: end with the fewest uniform bits (2..16) that keep the bar; candidates
+            are scored by their bits once quantised so.
+        precision: bits per stored number that is not quantised.
+        batch_size, device: how the data is run (the model is moved to ``device``, as :func:`check` does).
+    """
+    if not isinstance(model, Model):
+        raise InputError(f"refine() takes a compinterp Model, got {type(model).__name__}")
+    if isinstance(min_faithfulness, bool) or not isinstance(min_faithfulness, (int, float)) \
+            or not 0 <= min_faithfulness <= 1:
+        raise InputError(f"min_faithfulness must be a number from 0 to 1, got {min_faithfulness!r}")
+    for name, value in (("budget", budget), ("beam", beam)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    chosen = _passes(passes)
+    reference = Reference(model, data, batch_size=batch_size, device=device)
+    with torch.random.fork_rng(devices=_cuda(reference.device)):
+        torch.manual_seed(seed)
+        with tqdm(total=budget, desc="refine", unit="model", disable=not progress, leave=False) as bar:
+            search = _Search(reference, chosen, float(min_faithfulness), budget, quantise, precision, bar)
+            final = search.run(beam)
+    return RefineResult(model=final.model, frontier=Frontier(search.points, float(min_faithfulness)),
+                        history=final.history, original_bits=search.root_bits, refined_bits=final.bits,
+                        faithfulness=final.faithfulness, min_faithfulness=float(min_faithfulness),
+                        exact=reference.exact, evaluated=search.evaluated,
+                        bits=description_length(final.model, precision))
+
+
+@dataclass
+class _Scored:
+    """A model with its history, bits (structure and parameters) and faithfulness."""
+
+    model: Model
+    history: tuple[Rewrite, ...]
+    bits: float
+    faithfulness: float
+
+
+@dataclass
+class _Node:
+    """A float candidate and, once scored, its best quantised form: the search's unit."""
+
+    own: _Scored
+    quantised: _Scored | None = None
+
+    def final(self) -> _Scored:
+        """The quantised form when it is shorter, else the candidate itself."""
+        if self.quantised is not None and self.quantised.bits < self.own.bits:
+            return self.quantised
+        return self.own
+
+    @property
+    def score(self) -> float:
+        """The bits of :meth:`final`."""
+        return self.final().bits
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """The rewrites as a multiset: two orders of the same rewrites are one candidate."""
+        return tuple(sorted(json.dumps(r.to_json(), sort_keys=True) for r in self.own.history))
+
+
+class _Exhausted(Exception):
+    """The budget of evaluations is spent."""
+
+
+class _Search:
+    """The state of one search: the reference, the passes, and every point evaluated."""
+
+    def __init__(self, reference: Reference, passes: list[Pass], bar: float, budget: int, quantise: bool,
+                 precision: int, progress: Any) -> None:
+        self.reference, self.passes, self.bar, self.budget = reference, passes, bar, budget
+        self.quantise, self.precision, self.progress = quantise, precision, progress
+        self.points: list[Point] = []
+        self.evaluated = 0
+        self.root_bits = math.nan
+        self.best: _Scored | None = None
+
+    def measure(self, model: Model, history: tuple[Rewrite, ...]) -> _Scored:
+        """Score one model (one unit of the budget) and record its point."""
+        if self.evaluated >= self.budget:
+            raise _Exhausted
+        self.evaluated += 1
+        self.progress.update(1)
+        faithfulness = self.reference.compare(model).faithfulness
+        scored = _Scored(model, history, description_length(model, self.precision).model, faithfulness)
+        self.points.append(Point(scored.bits, faithfulness, history))
+        if faithfulness >= self.bar and (self.best is None or scored.bits < self.best.bits):
+            self.best = scored
+        return scored
+
+    def finish(self, node: _Node) -> _Node:
+        """Find the node's quantised form (when it keeps the bar and quantisation is on)."""
+        if not self.quantise or node.own.faithfulness < self.bar or node.quantised is not None:
+            return node
+        history = node.own.history
+
+        def faithfulness(width: int, quantised: Model) -> float:
+            rewrite = Rewrite(QUANTISE, "*", {"bits": width})
+            scored = self.measure(quantised, (*history, rewrite))
+            found[width] = scored
+            return scored.faithfulness
+
+        found: dict[int, _Scored] = {}
+        best = smallest_width(node.own.model, faithfulness, self.bar)
+        if best is not None:
+            node.quantised = found[best[0]]
+        return node
+
+    def run(self, beam: int) -> _Scored:
+        """Greedy (``beam == 1``) or beam search from the original; the model with the fewest bits
+        that keeps the bar among all those evaluated (the original when none does better)."""
+        root = _Node(self.measure(self.reference.model, ()))
+        self.root_bits = root.own.bits
+        root.own.faithfulness = max(root.own.faithfulness, self.bar)     # the original is its own reference
+        self.best = self.best or root.own
+        try:
+            frontier, seen = [self.finish(root)], {root.key}
+            while frontier:
+                children = []
+                for parent in frontier:
+                    for child in self.expand(parent):
+                        if child.score < parent.score and child.key not in seen:
+                            seen.add(child.key)
+                            children.append(child)
+                children.sort(key=lambda n: (n.score, -n.final().faithfulness))
+                frontier = children[:beam]
+                self.progress.set_postfix(bits=f"{self.best.bits:,.0f}", faithful=f"{self.best.faithfulness:.4f}")
+        except _Exhausted:
+            pass
+        return self.best
+
+    def expand(self, parent: _Node) -> list[_Node]:
+        """The best child of each group of rewrites the passes offer on ``parent``."""
+        children = []
+        for p in self.passes:
+            for group in _groups(p.candidates(parent.own.model)):
+                child = self.best_in_group(parent, p, group)
+                if child is not None:
+                    children.append(child)
+        return children
+
+    def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
+        """The best rewrite of one group (one pass on one box in one mode, mildest first).
+
+        Bisection finds the strongest rewrite that keeps the bar (assuming faithfulness
+        falls along the group); then the search walks back towards milder rewrites, 1, 2,
+        4 ... steps, while the score (bits once quantised) improves.
+        """
+        nodes: dict[int, _Node] = {}
+
+        def at(i: int) -> _Node:
+            if i not in nodes:
+                nodes[i] = _Node(self.measure(p.apply(parent.own.model, group[i]), (*parent.own.history, group[i])))
+            return nodes[i]
+
+        if at(0).own.faithfulness < self.bar:
+            return None
+        low, high = 0, len(group)
+        while high - low > 1:
+            middle = (low + high) // 2
+            if at(middle).own.faithfulness >= self.bar:
+                low = middle
+            else:
+                high = middle
+        best = self.finish(at(low))
+        step = 1
+        while low - step >= 0:
+            node = at(low - step)
+            if node.own.faithfulness >= self.bar:
+                node = self.finish(node)
+                if node.score >= best.score:
+                    break
+                best = node
+            step *= 2
+        return best
+
+
+def _groups(rewrites: Sequence[Rewrite]) -> list[list[Rewrite]]:
+    """Rewrites grouped by pass, box and their non-numeric settings (the mode), in order of first
+    appearance; within a group the numeric settings are the strength, mildest first."""
+    groups: dict[tuple[str, ...], list[Rewrite]] = {}
+    for rewrite in rewrites:
+        mode = tuple(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(rewrite.settings.items())
+                     if isinstance(v, bool) or not isinstance(v, (int, float)))
+        groups.setdefault((rewrite.pass_name, rewrite.box, *mode), []).append(rewrite)
+    return list(groups.values())
+
+
+def _passes(passes: Sequence[Pass | str] | None) -> list[Pass]:
+    """The passes to search with: the defaults, or each given pass (or pass name) checked."""
+    if passes is None:
+        from compinterp.refinement.passes import default_passes
+        return list(default_passes())
+    if isinstance(passes, str):
+        raise InputError(f"passes must be a list of passes or pass names, got the string {passes!r}")
+    chosen: list[Pass] = []
+    for p in passes:
+        if isinstance(p, str):
+            from compinterp.refinement.passes import PASSES
+            if p not in PASSES:
+                raise InputError(f"unknown pass {p!r}; the passes are {', '.join(PASSES)}")
+            p = PASSES[p]()
+        if not all(hasattr(p, attr) for attr in ("name", "candidates", "apply")):
+            raise InputError(f"{p!r} is not a rewrite pass: it needs name, candidates(model) and apply(model, rewrite)")
+        chosen.append(p)
+    return chosen
+
+
+def _cuda(device: torch.device) -> list[int]:
+    """The CUDA devices whose random state the search forks (none on other devices)."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _key(value: float) -> float:
+    """A faithfulness for ordering: NaN counts as the worst."""
+    return -math.inf if math.isnan(value) else value
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or ``None`` when it is not finite (JSON has no infinities)."""
+    return value if math.isfinite(value) else None
