@@ -32,6 +32,11 @@ _EXPORTS = {
     "symbolic": "compinterp.semantics.symbolic",
     **{name: "compinterp.faithfulness.exact" for name in (
         "exact_compare", "ExactResult", "fit_gaussian", "frobenius_cosine", "gaussian_inner")},
+    **{name: "compinterp.complexity" for name in ("description_length", "Bits", "quantise", "min_bits")},
+    **{name: "compinterp.refinement" for name in (
+        "refine", "RefineResult", "Frontier", "eigen", "lowrank", "cp", "prune", "fuse", "odt")},
+    **{name: "compinterp.tasks.train" for name in ("train", "TrainResult")},
+    **{name: "compinterp.models" for name in ("bilinear_mlp", "chi_net", "transformer")},
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -18,9 +18,15 @@ from typing import Any
 
 from compinterp import __version__
 
+TASK_NAMES = ("digits", "modular", "gates")
+"""The tasks ``compinterp train`` knows (``compinterp.tasks.train.TASKS``, named here so start-up imports no torch)."""
+
 _EPILOG = """examples:
+  compinterp demo --out runs/demo
+  compinterp train digits --out runs/digits
   compinterp info runs/digits
   compinterp check runs/digits runs/explanation --data digits
+  compinterp refine runs/digits --min-faithfulness 0.99 --out runs/refined
   compinterp draw runs/digits -o digits.svg
 
 Run 'compinterp COMMAND --help' for a command's options and an example."""
@@ -68,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     draw.add_argument("--fontsize", type=float, default=10, help="label size in points (default: 10)")
     draw.add_argument("--no-kinds", action="store_true", help="label boxes with their names only")
 
-    info = _command(commands, "info", _info, "describe a saved model: spaces, boxes, parameter counts",
+    info = _command(commands, "info", _info,
+                    "describe a saved model: spaces, boxes, parameter counts, description length",
                     "compinterp info runs/digits --json")
     info.add_argument("model", metavar="MODEL_DIR", help="a directory written by compinterp.save")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -86,6 +93,59 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
     check.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
     check.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+    refine = _command(commands, "refine", _refine,
+                      "search for a shorter model that stays faithful to a saved model, and save it",
+                      "compinterp refine runs/digits --min-faithfulness 0.99 --out runs/refined --data digits")
+    refine.add_argument("model", metavar="MODEL_DIR", help="the model to refine (a directory written by compinterp.save)")
+    refine.add_argument("--min-faithfulness", type=float, default=0.99, metavar="F",
+                        help="the bar: end-to-end faithfulness (1 - FVU) the refined model keeps (default: 0.99)")
+    refine.add_argument("--out", metavar="DIR", required=True, help="where to save the refined model")
+    refine.add_argument("--data", default="exact", metavar="SPEC",
+                        help="exact (from the weights alone, for polynomial models; the default), digits "
+                             "(held-out digits), gaussian:N[:SEED] or FILE.pt")
+    refine.add_argument("--passes", metavar="NAMES",
+                        help="comma-separated rewrite passes, e.g. eigen,lowrank,prune (default: the default passes)")
+    refine.add_argument("--beam", type=int, default=1, help="sequences kept at each step; 1 is greedy (default: 1)")
+    refine.add_argument("--budget", type=int, default=500, help="the most models evaluated (default: 500)")
+    refine.add_argument("--seed", type=int, default=0, help="seed of the passes' random numbers (default: 0)")
+    refine.add_argument("--no-quantise", action="store_true", help="keep full-precision parameters")
+    refine.add_argument("--plot", metavar="FILE", help="also draw the frontier to FILE (.png or .svg)")
+    refine.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
+    refine.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    refine.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    train = _command(commands, "train", _train,
+                     "train a task's model, report its held-out accuracy, and save it with train.json",
+                     "compinterp train digits --out runs/digits\n"
+                     "  compinterp train modular --out runs/modular --epochs 2000 --json\n"
+                     "  compinterp train gates --model chi --seed 1 --out runs/gates")
+    train.add_argument("task", choices=TASK_NAMES, help="digits (sklearn's 8x8 digits), modular ((a + b) mod 113, "
+                                                        "every pair) or gates (boolean gates of noisy bits)")
+    train.add_argument("--out", metavar="DIR", required=True, help="the model directory to write")
+    train.add_argument("--model", metavar="NAME",
+                       help="which architecture: mlp (the default), chi (digits, gates) or transformer (modular)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
+    train.add_argument("--epochs", type=int, help="passes over the training split (default: the task's recipe)")
+    train.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu or cuda (default: cpu)")
+    train.add_argument("--json", action="store_true", help="print the run's numbers as JSON")
+
+    demo = _command(commands, "demo", _demo,
+                    "train a digits model, check an eigen-explanation, refine it, and write an HTML report",
+                    "compinterp demo --out runs/demo\n"
+                    "  compinterp demo --out runs/demo --device cuda --json\n"
+                    "  compinterp demo --out runs/demo --min-faithfulness 0.999 --budget 100")
+    demo.add_argument("--out", metavar="DIR", default="runs/demo",
+                      help="where to write report.html, the models, results.json and figures (default: runs/demo); "
+                           "a digits model already trained there with the same settings is reused")
+    demo.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the digits model (default: 0)")
+    demo.add_argument("--k", type=int, default=8, help="eigenvectors per digit in the explanation (default: 8)")
+    demo.add_argument("--min-faithfulness", type=float, default=0.99, metavar="F",
+                      help="the refinement's bar on end-to-end faithfulness (default: 0.99)")
+    demo.add_argument("--budget", type=int, default=500, help="the most models the refinement evaluates (default: 500)")
+    demo.add_argument("--retrain", action="store_true", help="train a new model even if one is there")
+    demo.add_argument("--json", action="store_true", help="print the demo's numbers (results.json) as JSON")
     return parser
 
 
@@ -109,9 +169,11 @@ def _draw(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    """``compinterp info``: what a saved model holds, as a table or JSON."""
+    """``compinterp info``: what a saved model holds, and its description length, as a table or JSON."""
+    from compinterp.complexity import description_length
     from compinterp.files import info
     summary = info(args.model)
+    summary["description_length"] = description_length(args.model).to_json()
     print(json.dumps(summary, indent=1) if args.json else _table(summary))
 
 
@@ -130,6 +192,44 @@ def _check(args: argparse.Namespace) -> None:
     print(json.dumps(report.to_json(), indent=1) if args.json else report)
 
 
+def _refine(args: argparse.Namespace) -> None:
+    """``compinterp refine``: search for a shorter faithful model, save it, print the result."""
+    from compinterp.files import load, save
+    from compinterp.refinement.search import refine
+    from compinterp.tasks import data_from_spec
+    model = load(args.model)
+    data = "exact" if args.data == "exact" else data_from_spec(args.data)
+    passes = None if args.passes is None else [name.strip() for name in args.passes.split(",") if name.strip()]
+    result = refine(model, args.min_faithfulness, data, passes, budget=args.budget, beam=args.beam, seed=args.seed,
+                    progress=not args.json, quantise=not args.no_quantise, batch_size=args.batch_size,
+                    device=args.device)
+    path = save(result.model, args.out)
+    if args.plot:
+        result.frontier.plot(args.plot)
+    if args.json:
+        print(json.dumps(result.to_json() | {"out": str(path)}, indent=1))
+    else:
+        print(f"{result}\nwrote {path}" + (f" and {args.plot}" if args.plot else ""))
+
+
+def _train(args: argparse.Namespace) -> None:
+    """``compinterp train``: train a task's model, save it and its numbers, print them."""
+    from compinterp.tasks.train import check_output, train
+    check_output(args.out)
+    result = train(args.task, model=args.model, seed=args.seed, epochs=args.epochs, device=args.device,
+                   progress=not args.json)
+    path = result.save(args.out)
+    print(json.dumps(result.to_json() | {"out": str(path)}, indent=1) if args.json else f"{result}\nwrote {path}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """``compinterp demo``: the whole pipeline on the digits, into a report."""
+    from compinterp.demo import run
+    result = run(args.out, device=args.device, seed=args.seed, k=args.k, min_faithfulness=args.min_faithfulness,
+                 budget=args.budget, retrain=args.retrain, progress=not args.json)
+    print(json.dumps(result.numbers | {"report": str(result.report)}, indent=1) if args.json else result)
+
+
 def _table(summary: dict[str, Any]) -> str:
     """The output of ``compinterp info``: spaces, one line per box, and the parameter total."""
     def spaces(names: list[str]) -> str:
@@ -143,5 +243,12 @@ def _table(summary: dict[str, Any]) -> str:
              f"outputs {spaces(summary['cod'])}", ""]
     for row in (header, *rows):
         lines.append("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3].rjust(widths[3])]))
-    lines += ["", f"{summary['num_params']:,} parameters in {len(summary['boxes'])} boxes"]
+    lines.append("")
+    bits = summary.get("description_length")
+    if bits is not None:
+        lines += [f"description length (numbers at {bits['precision']} bits unless quantised)",
+                  f"  structure   {bits['structure']:>14,.1f} bits",
+                  f"  parameters  {bits['parameters']:>14,.1f} bits",
+                  f"  total       {bits['total']:>14,.1f} bits", *(f"  {note}" for note in bits["notes"]), ""]
+    lines.append(f"{summary['num_params']:,} parameters in {len(summary['boxes'])} boxes")
     return "\n".join(lines)
