@@ -1,0 +1,107 @@
+"""The report's figures, drawn headless on matplotlib figures of our own (never pyplot's).
+
+>>> import tempfile, torch
+>>> values = torch.tensor([[2.0, -1.0], [1.5, 0.5]])
+>>> vectors = torch.randn(2, 2, 64)
+>>> with tempfile.TemporaryDirectory() as tmp:
+...     path = save(eigenvector_figure(values, vectors, side=8), Path(tmp) / "eig.png")
+...     path.read_bytes()[:4]
+b'\\x89PNG'
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+import torch
+from matplotlib.figure import Figure
+
+from compinterp.errors import FormatError
+
+
+def save(figure: Figure, path: str | os.PathLike[str], dpi: float = 100) -> Path:
+    """Write ``figure`` to a PNG or SVG file by its suffix, atomically; returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise FormatError(f"cannot save a figure to {path}: the file name must end in .png or .svg")
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            figure.savefig(partial, format=suffix[1:], dpi=dpi, facecolor="white",
+                           metadata={"Date": None} if suffix == ".svg" else None)
+        os.replace(partial, path)
+    except OSError as err:
+        raise FormatError(f"cannot save a figure to {path}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def eigenvector_figure(values: torch.Tensor, vectors: torch.Tensor, *, side: int,
+                       names: Sequence[str] | None = None) -> Figure:
+    """A grid of eigenvectors as ``side x side`` images: row ``c`` holds class ``c``'s top eigenvectors
+    ``vectors[c, m]`` (red positive, blue negative, each on its own symmetric scale), titled with
+    their eigenvalues ``values[c, m]``."""
+    classes, k = values.shape
+    if vectors.shape != (classes, k, side * side):
+        raise FormatError(f"eigenvectors of shape {tuple(vectors.shape)} do not fit {classes} classes x {k} "
+                          f"components of {side}x{side} images")
+    names = list(names) if names is not None else [str(c) for c in range(classes)]
+    figure = Figure(figsize=(1.35 * k + 0.6, 1.45 * classes), facecolor="white")
+    grid = figure.subplots(classes, k, squeeze=False)
+    for c in range(classes):
+        for m in range(k):
+            axis = grid[c][m]
+            image = vectors[c, m].detach().double().cpu().reshape(side, side)
+            scale = float(image.abs().max()) or 1.0
+            axis.imshow(image.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(f"λ = {float(values[c, m]):+.3g}", fontsize=8)
+            if m == 0:
+                axis.set_ylabel(names[c], rotation=0, labelpad=14, fontsize=11, va="center")
+    figure.tight_layout(pad=0.4)
+    return figure
+
+
+def sweep_figure(ks: Sequence[int], curves: dict[str, Sequence[float]], *, bar: float | None = None,
+                 xlabel: str = "eigenvectors kept per class (k)") -> Figure:
+    """Faithfulness against ``k`` (log-2 axis), one line per measure in ``curves``, the bar dashed."""
+    figure = Figure(figsize=(6.0, 3.6), facecolor="white")
+    axis = figure.add_subplot()
+    for label, ys in curves.items():
+        axis.plot(list(ks), list(ys), "o-", label=label)
+    if bar is not None:
+        axis.axhline(bar, color="tab:red", linestyle="--", label=f"bar {bar:g}")
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(list(ks), [str(k) for k in ks])
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("faithfulness (1 - FVU)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def bits_figure(rows: Sequence[tuple[str, float, float]]) -> Figure:
+    """Description lengths as horizontal bars on a log axis, one per ``(label, structure bits,
+    parameter bits)``, each labelled with its total and its two terms."""
+    figure = Figure(figsize=(7.5, 0.65 * len(rows) + 1.2), facecolor="white")
+    axis = figure.add_subplot()
+    totals = [s + p for _, s, p in rows]
+    axis.barh([r[0] for r in rows], totals, color="tab:blue")
+    for y, (total, (_, structure, parameters)) in enumerate(zip(totals, rows)):
+        axis.text(total * 1.1, y, f"{total:,.0f} bits  ({structure:,.0f} structure + {parameters:,.0f} parameters)",
+                  va="center", fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlim(left=min(totals) / 3, right=max(totals) * 40)
+    axis.invert_yaxis()
+    axis.set_xlabel("description length, bits (log scale)")
+    axis.grid(True, axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,215 @@
+"""Training a task's model: AdamW over shuffled batches, deterministic for a seed, scored on held-out data.
+
+>>> from compinterp.tasks import gates
+>>> run = train(gates.task(), seed=0, epochs=30, progress=False)
+>>> run.test_accuracy > 0.95, run.epochs, run.model.dom.dims
+(True, 30, (6,))
+>>> sorted(TASKS)
+['digits', 'gates', 'modular']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import compinterp
+from compinterp.errors import FormatError, InputError
+from compinterp.model import Model
+from compinterp.tasks import digits, gates, modular
+from compinterp.tasks.task import Recipe, Task
+
+TASKS: Mapping[str, Callable[[], Task]] = MappingProxyType(
+    {"digits": digits.task, "modular": modular.task, "gates": gates.task})
+"""Each task's name and its factory (the real task with its default settings)."""
+
+RUN_FILE = "train.json"
+"""The file :meth:`TrainResult.save` writes beside the model, holding the run's numbers."""
+
+_EVAL_BATCH = 4096
+
+
+def get_task(task: str | Task) -> Task:
+    """The task named ``task`` (one of :data:`TASKS`), or ``task`` itself."""
+    if isinstance(task, Task):
+        return task
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; the tasks are {', '.join(TASKS)}")
+    return TASKS[task]()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained model and the numbers of its run (losses are the task's loss, averaged)."""
+
+    model: Model
+    task: str
+    model_name: str
+    seed: int
+    epochs: int
+    steps: int
+    recipe: Recipe
+    options: Mapping[str, Any]
+    train_loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    device: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The run as JSON (what ``train.json`` holds)."""
+        return {"task": self.task, "model": self.model_name, "seed": self.seed, "epochs": self.epochs,
+                "steps": self.steps, "recipe": self.recipe.to_json(), "options": dict(self.options),
+                "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
+                "test_loss": self.test_loss, "test_accuracy": self.test_accuracy,
+                "seconds": self.seconds, "device": self.device, "parameters": self.model.num_params(),
+                "compinterp_version": compinterp.__version__}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model to directory ``path`` (:func:`compinterp.save`) and the numbers to
+        ``path/train.json``."""
+        from compinterp.files import save
+
+        path = save(self.model, path)
+        (Path(path) / RUN_FILE).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return Path(path)
+
+    def __str__(self) -> str:
+        return (f"{self.task} ({self.model_name}, {self.model.num_params():,} parameters), seed {self.seed}, "
+                f"{self.epochs} epochs in {self.seconds:.1f} s on {self.device}: held-out accuracy "
+                f"{self.test_accuracy:.4f} (train {self.train_accuracy:.4f}, loss {self.train_loss:.3g})")
+
+
+def read_run(path: str | Path) -> dict[str, Any] | None:
+    """The numbers of the run saved in model directory ``path``, or ``None`` if it has none."""
+    file = Path(path) / RUN_FILE
+    if not file.is_file():
+        return None
+    try:
+        run = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise FormatError(f"cannot read {file}: {err}") from None
+    if not isinstance(run, dict):
+        raise FormatError(f"{file}: expected a JSON object, got {type(run).__name__}")
+    return run
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device, checked to exist here (a one-line error otherwise).
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("gpu0")
+    Traceback (most recent call last):
+    ...
+    compinterp.errors.InputError: device 'gpu0' is not a torch device here (use e.g. cpu, cuda, cuda:1, mps)
+    """
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as err:
+        if isinstance(device, str):
+            raise InputError(f"device {device!r} is not a torch device here "
+                             "(use e.g. cpu, cuda, cuda:1, mps)") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise InputError(f"device {device} is not available here: {reason}") from None
+    return device
+
+
+def check_output(path: str | Path) -> Path:
+    """``path`` as a place a model can be saved to (absent, empty, or a model directory), before any work."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "meta.json").is_file())):
+        raise FormatError(f"cannot save a model to {path}: it is a file or a non-empty directory that is not "
+                          "a compinterp model")
+    return path
+
+
+def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: int | None = None,
+          device: str | torch.device = "cpu", progress: bool = True, recipe: Recipe | None = None) -> TrainResult:
+    """Train ``model`` (default: the task's default) on ``task``'s training split and score it on both splits.
+
+    The model's parameters start from ``seed`` and the batches are shuffled by a generator
+    seeded with ``seed``, so a run is a function of its arguments (on a given device).
+    ``epochs`` overrides the recipe's epochs; ``recipe`` replaces the recipe.
+    """
+    task = get_task(task)
+    name = task.model_name(model)
+    recipe = recipe or task.recipe(name)
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
+    if isinstance(recipe.epochs, bool) or not isinstance(recipe.epochs, int) or recipe.epochs < 0:
+        raise InputError(f"epochs must be a non-negative integer, got {recipe.epochs!r}")
+    device = resolve_device(device)
+    train_data = [t.to(device) for t in task.data("train", name)]
+    test_data = [t.to(device) for t in task.data("test", name)]
+    net = Model(task.build(name), seed=seed).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                  betas=recipe.betas)
+    n = len(train_data[0])
+    size = n if recipe.batch_size is None else recipe.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    steps, start = 0, time.perf_counter()
+    bar = tqdm(range(recipe.epochs), desc=f"train {task.name}", unit="epoch", disable=not progress,
+               dynamic_ncols=True)
+    net.train()
+    for _ in bar:
+        order = torch.randperm(n, generator=generator).to(device) if size < n else None
+        for first in range(0, n, size):
+            rows = order[first:first + size] if order is not None else slice(None)
+            *xs, labels = (t[rows] for t in train_data)
+            loss = _loss(task.loss, net(*xs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
+    net.eval()
+    seconds = time.perf_counter() - start
+    train_loss, train_accuracy = evaluate(net, task.loss, train_data)
+    test_loss, test_accuracy = evaluate(net, task.loss, test_data)
+    return TrainResult(net, task.name, name, seed, recipe.epochs, steps, recipe, dict(task.options), train_loss,
+                       train_accuracy, test_loss, test_accuracy, seconds, str(device))
+
+
+def evaluate(model: Model, loss: str, data: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``data`` (inputs, then labels) under loss ``loss``:
+    for ``cross_entropy`` the fraction of labelled positions whose argmax is the label, for
+    ``binary`` the fraction of targets on the right side of 0."""
+    *xs, labels = data
+    total_loss, right, count = 0.0, 0.0, 0
+    with torch.inference_mode():
+        for first in range(0, len(labels), _EVAL_BATCH):
+            batch = [t[first:first + _EVAL_BATCH] for t in xs]
+            y, target = model(*batch), labels[first:first + _EVAL_BATCH]
+            if loss == "binary":
+                total_loss += F.binary_cross_entropy_with_logits(y, target, reduction="sum").item()
+                right += ((y > 0) == target.bool()).sum().item()
+                count += target.numel()
+            else:
+                flat, ids = y.reshape(-1, y.shape[-1]), target.reshape(-1)
+                keep = ids != modular.IGNORE
+                total_loss += F.cross_entropy(flat[keep], ids[keep], reduction="sum").item()
+                right += (flat[keep].argmax(-1) == ids[keep]).sum().item()
+                count += int(keep.sum())
+    if count == 0:
+        return math.nan, math.nan
+    return total_loss / count, right / count
+
+
+def _loss(kind: str, y: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The task's training loss on one batch."""
+    if kind == "binary":
+        return F.binary_cross_entropy_with_logits(y, labels)
+    return F.cross_entropy(y.reshape(-1, y.shape[-1]), labels.reshape(-1), ignore_index=modular.IGNORE)
