@@ -35,6 +35,8 @@ _EXPORTS = {
     **{name: "compinterp.complexity" for name in ("description_length", "Bits", "quantise", "min_bits")},
     **{name: "compinterp.refinement" for name in (
         "refine", "RefineResult", "Frontier", "eigen", "lowrank", "cp", "prune", "fuse", "odt")},
+    **{name: "compinterp.refinement.dictionary" for name in (
+        "SAE", "Transcoder", "BilinearAE", "sae", "transcoder", "bilinear_ae")},
     **{name: "compinterp.tasks.train" for name in ("train", "TrainResult")},
     **{name: "compinterp.models" for name in ("bilinear_mlp", "chi_net", "transformer")},
 }

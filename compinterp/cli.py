@@ -106,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
                              "(held-out digits), gaussian:N[:SEED] or FILE.pt")
     refine.add_argument("--passes", metavar="NAMES",
                         help="comma-separated rewrite passes, e.g. eigen,lowrank,prune (default: the default passes)")
+    refine.add_argument("--pass", dest="dictionary", choices=("sae", "transcoder", "bilinear_ae"),
+                        help="search with one dictionary pass, trained on --data (see docs/dictionary.md)")
+    refine.add_argument("--wire", metavar="BOX", help="with --pass: the box whose output wire (or, for a "
+                                                     "transcoder, which box) the dictionary refines")
+    refine.add_argument("--widths", metavar="F,...", help="with --pass: dictionary widths to try (e.g. 64,32)")
+    refine.add_argument("--ks", metavar="K,...", help="with --pass: active features per example to try (e.g. 8,4)")
+    refine.add_argument("--steps", type=int, default=1000, help="with --pass: training steps (default: 1000)")
     refine.add_argument("--beam", type=int, default=1, help="sequences kept at each step; 1 is greedy (default: 1)")
     refine.add_argument("--budget", type=int, default=500, help="the most models evaluated (default: 500)")
     refine.add_argument("--seed", type=int, default=0, help="seed of the passes' random numbers (default: 0)")
@@ -200,6 +207,11 @@ def _refine(args: argparse.Namespace) -> None:
     model = load(args.model)
     data = "exact" if args.data == "exact" else data_from_spec(args.data)
     passes = None if args.passes is None else [name.strip() for name in args.passes.split(",") if name.strip()]
+    if args.dictionary is not None:
+        from compinterp.refinement.dictionary import make_pass
+        passes = [make_pass(args.dictionary, data, None if args.wire is None else [args.wire],
+                            widths=_ints(args.widths, "--widths"), ks=_ints(args.ks, "--ks"), steps=args.steps,
+                            batch_size=args.batch_size, device=args.device, progress=not args.json)]
     result = refine(model, args.min_faithfulness, data, passes, budget=args.budget, beam=args.beam, seed=args.seed,
                     progress=not args.json, quantise=not args.no_quantise, batch_size=args.batch_size,
                     device=args.device)
@@ -210,6 +222,20 @@ def _refine(args: argparse.Namespace) -> None:
         print(json.dumps(result.to_json() | {"out": str(path)}, indent=1))
     else:
         print(f"{result}\nwrote {path}" + (f" and {args.plot}" if args.plot else ""))
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of positive integers (``--widths 64,32``), or ``None``."""
+    from compinterp.errors import InputError
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise InputError(f"{option} takes positive integers separated by commas, got {text!r}")
+    return values
 
 
 def _train(args: argparse.Namespace) -> None:

@@ -1,0 +1,108 @@
+"""Time per training step of the same TopK SAE on the same activations: our pass's trainer vs a hand-written loop.
+
+Activations are the sklearn digits (``compinterp.tasks.digits``) through the first box
+(``embed``, seed-initialised) of a small bilinear network, collected once. Both
+trainers fit ``z = TopK_k(relu(E (x - b_dec) + b_enc))``, ``x_hat = D z + b_dec``
+with Adam and decoder columns renormalised after every step, on the same batches,
+alternating rounds; the median of paired per-step ratios is printed, and the time
+per step of the whole ``SAE`` pass (streaming the activations from the model) too.
+SAELens is not used: ``pip install sae-lens`` pulls transformer-lens and its tree,
+which does not install quickly here, so the reference is the hand-written loop.
+
+    .venv/bin/python benchmarks/bench_sae.py [--device cpu] [--width 1024] [--k 32] [--batch 1024] [--steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Iterator
+
+import torch
+from torch.nn import functional as F
+
+from compinterp.model import Model
+from compinterp.refinement.dictionary import SAE, Dictionary, train
+from compinterp.syntax import Bilinear, Linear, Space, chain, residual
+from compinterp.tasks import digits
+
+
+def hand_written(x_batches: list[torch.Tensor], width: int, k: int, lr: float, seed: int) -> None:
+    """A plain torch TopK SAE loop over ``x_batches``, one Adam step per batch."""
+    d = x_batches[0].shape[1]
+    g = torch.Generator().manual_seed(seed)
+    dec = F.normalize(torch.randn(d, width, generator=g), dim=0).to(x_batches[0].device).requires_grad_()
+    enc = dec.detach().T.clone().requires_grad_()
+    b_enc = torch.zeros(width, device=dec.device, requires_grad=True)
+    b_dec = x_batches[0].mean(0).clone().requires_grad_()
+    opt = torch.optim.Adam([dec, b_dec, enc, b_enc], lr=lr)
+    for x in x_batches:
+        pre = F.linear(x - b_dec, enc, b_enc).relu()
+        top = pre.topk(k, dim=-1)
+        z = torch.zeros_like(pre).scatter(-1, top.indices, top.values)
+        loss = (F.linear(z, dec, b_dec) - x).pow(2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            dec /= dec.norm(dim=0).clamp_min(1e-12)
+
+
+def ours(x_batches: list[torch.Tensor], width: int, k: int, lr: float, seed: int) -> None:
+    """The dictionary passes' trainer on the same batches."""
+    def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return ((x, x) for x in x_batches)
+    train(Dictionary("topk", x_batches[0].shape[1], x_batches[0].shape[1], width, k, seed=seed), stream,
+          steps=len(x_batches), lr=lr, progress=False)
+
+
+def timed(fn, *args) -> float:
+    """Seconds ``fn(*args)`` takes, synchronising CUDA."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(*args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--width", type=int, default=1024)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    x, _ = digits.load("train", 0)
+    pixels, hidden = Space("pixels", 64), Space("hidden", 256)
+    model = Model(chain(Linear("embed", pixels, hidden), residual(Bilinear("mlp", hidden, hidden, hidden=256)),
+                        Linear("out", hidden, Space("logits", 10))), seed=0).to(device)
+    rows = x.repeat((args.batch * args.steps) // len(x) + 1, 1)[:args.batch * args.steps].to(device)
+    with torch.no_grad():
+        batches = [F.linear(chunk, model.box_params("embed")["W"]) for chunk in rows.split(args.batch)]
+    sae = SAE(rows, ["embed"], widths=[args.width], ks=[args.k], steps=args.steps, batch_size=args.batch,
+              device=device, progress=False)
+    pairs = []
+    for _ in range(args.rounds):
+        a = timed(ours, batches, args.width, args.k, 1e-3, 0)
+        b = timed(hand_written, batches, args.width, args.k, 1e-3, 0)
+        pairs.append((a, b))
+    whole = timed(sae.fit, model, sae.candidates(model)[0])
+    print(f"device {device}, d {batches[0].shape[1]}, width {args.width}, k {args.k}, batch {args.batch}, "
+          f"{args.steps} steps x {args.rounds} rounds")
+    print(f"ours         {statistics.median(a for a, _ in pairs) / args.steps * 1e3:8.3f} ms/step")
+    print(f"hand-written {statistics.median(b for _, b in pairs) / args.steps * 1e3:8.3f} ms/step")
+    print(f"ratio ours/hand (median of paired rounds) {statistics.median(a / b for a, b in pairs):.3f}")
+    print(f"whole SAE pass, streaming from the model  {whole / args.steps * 1e3:8.3f} ms/step")
+
+
+if __name__ == "__main__":
+    main()

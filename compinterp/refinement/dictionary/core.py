@@ -1,0 +1,243 @@
+"""What the dictionary passes share: streamed activations, the dictionary module, its training and its diagram.
+
+A dictionary maps ``x`` (on wire ``A``) to ``F`` sparse features and decodes them
+linearly onto ``B`` (``B = A`` for autoencoders):
+
+* ``topk``: ``z = TopK_k(relu(E (x - b_dec) + b_enc))`` (``- b_dec`` for autoencoders only); ``relu``: ``z = relu(E (x - b_dec) + b_enc)``
+  trained with an L1 penalty ``l1 * sum_f |z_f|``;
+* ``bilinear``: ``z_f = (l_f . x + l0_f)(r_f . x + r0_f)`` (quadratic features), the
+  ``k`` of largest magnitude kept;
+
+and ``x_hat = D z + b_dec`` with the columns of ``D`` (``"out feat"``) kept at unit norm.
+
+>>> import torch
+>>> d = Dictionary("topk", 6, 6, width=12, k=2, seed=0)
+>>> recon, z = d(torch.randn(5, 6))
+>>> recon.shape, int((z != 0).sum(-1).max())
+(torch.Size([5, 6]), 2)
+>>> torch.allclose(d.decoder.norm(dim=0), torch.ones(12))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from compinterp.data import as_source
+from compinterp.errors import InputError
+from compinterp.model import Model
+from compinterp.refinement.dictionary.topk import TopK
+from compinterp.semantics import Plan
+from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, chain
+
+KINDS = ("topk", "relu", "bilinear")
+"""The encoders a dictionary may have."""
+
+FEATURES = "features"
+"""The name of the feature wire a dictionary adds (``features:F``)."""
+
+
+def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
+                    device: str | torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Stream ``(input, output)`` of box ``box`` (its first use; one input and one output wire)
+    batch by batch, running the model's plan only up to that box; nothing is kept between batches.
+    The model is moved to ``device`` (default: where its parameters are), as :func:`compinterp.check` does."""
+    target = model.boxes.get(box)
+    if target is None:
+        raise InputError(f"no box named '{box}' in the model; boxes: {', '.join(model.boxes)}")
+    if len(target.dom) != 1 or len(target.cod) != 1:
+        raise InputError(f"box '{box}' ({target.dom} -> {target.cod}) must have one input and one output "
+                         "wire for a dictionary")
+    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    model = model.to(device)
+    params = {name: m._parameters if type(m) is nn.ParameterDict else m for name, m in model.params._modules.items()}
+    dtype = next(model.parameters(), torch.empty(0)).dtype
+    plan, n = model.plan, len(model.dom)
+    for batch in as_source(data).batches(batch_size, model.dom.dims):
+        xs = [x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype) for x in batch[:n]]
+        with torch.no_grad():
+            pair = _run_to(plan, params, xs, box)
+        yield pair
+
+
+def _run_to(plan: Plan, params: Any, xs: list[torch.Tensor], box: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``plan`` on ``xs`` up to the first step of ``box``: its input and output."""
+    regs: list[Any] = [*xs, *([None] * (plan.registers - len(xs)))]
+    for step in plan.steps:
+        p = params[step.key] if step.key is not None else None
+        if step.box.name == box:
+            return regs[step.ins[0]], step.fn(p, regs[step.ins[0]])[0]
+        for r, y in zip(step.outs, step.fn(p, *[regs[i] for i in step.ins])):
+            regs[r] = y
+    raise InputError(f"box '{box}' is not computed by the model's plan (it is a copy or a swap)")
+
+
+class Dictionary(nn.Module):
+    """A sparse dictionary ``d_in -> F -> d_out`` (see the module docstring), initialised from ``seed``;
+    ``centre`` (autoencoders) subtracts ``b_dec`` from the input before encoding."""
+
+    def __init__(self, kind: str, d_in: int, d_out: int, width: int, k: int | None = None, *,
+                 l1: float = 1e-3, centre: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise InputError(f"unknown dictionary kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
+            raise InputError(f"the dictionary width must be a positive integer, got {width!r}")
+        if kind != "relu" and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= width):
+            raise InputError(f"a {kind} dictionary needs k from 1 to its width {width}, got {k!r}")
+        self.kind, self.k, self.l1, self.width = kind, k, float(l1), width
+        self.centre = centre and kind != "bilinear" and d_in == d_out
+        g = torch.Generator().manual_seed(seed)
+        dec = F.normalize(torch.randn(d_out, width, generator=g), dim=0)
+        self.decoder = nn.Parameter(dec)
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        if kind == "bilinear":
+            self.left = nn.Parameter(torch.randn(width, d_in, generator=g) / math.sqrt(d_in))
+            self.right = nn.Parameter(torch.randn(width, d_in, generator=g) / math.sqrt(d_in))
+            self.b_left = nn.Parameter(torch.ones(width))
+            self.b_right = nn.Parameter(torch.zeros(width))
+        else:
+            enc = dec.T.clone() if d_in == d_out else F.normalize(torch.randn(width, d_in, generator=g), dim=1)
+            self.encoder = nn.Parameter(enc)
+            self.b_enc = nn.Parameter(torch.zeros(width))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The sparse features ``z`` of ``x``."""
+        if self.kind == "bilinear":
+            z = F.linear(x, self.left, self.b_left) * F.linear(x, self.right, self.b_right)
+        else:
+            pre = F.linear(x - self.b_dec if self.centre else x, self.encoder, self.b_enc).relu()
+            if self.kind == "relu":
+                return pre
+            z = pre
+        if self.k is None or self.k >= self.width:
+            return z
+        index = (z.abs() if self.kind == "bilinear" else z).topk(self.k, dim=-1).indices
+        return torch.zeros_like(z).scatter(-1, index, z.gather(-1, index))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_hat, z)``: the reconstruction ``D z + b_dec`` and the features."""
+        z = self.encode(x)
+        return F.linear(z, self.decoder, self.b_dec), z
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean squared error of ``y_hat`` against ``y`` (summed over the wire), plus the L1 term for
+        ``relu``; and the features ``z``."""
+        y_hat, z = self(x)
+        loss = (y_hat - y).pow(2).sum(-1).mean()
+        return (loss + self.l1 * z.abs().sum(-1).mean() if self.kind == "relu" else loss), z
+
+    @torch.no_grad()
+    def resample(self, dead: torch.Tensor, x: torch.Tensor, y: torch.Tensor, optimiser: torch.optim.Optimizer) -> None:
+        """Point the ``dead`` features' decoder columns at the residuals of the worst-reconstructed
+        rows of ``(x, y)``, their encoders at those inputs, and reset their optimiser state."""
+        count = min(int(dead.sum()), x.shape[0])
+        if count == 0:
+            return
+        index = dead.nonzero().squeeze(1)[:count]
+        error = y - self(x)[0]
+        worst = error.pow(2).sum(-1).topk(count).indices
+        self.decoder[:, index] = F.normalize(error[worst], dim=1).T
+        source = F.normalize(x[worst] - x.mean(0), dim=1)
+        scale = 0.2 * (self.left if self.kind == "bilinear" else self.encoder).norm(dim=1).mean()
+        if self.kind == "bilinear":
+            self.left[index] = source * scale
+        else:
+            self.encoder[index] = source * scale
+            self.b_enc[index] = 0.0
+        for p in optimiser.param_groups[0]["params"]:
+            state = optimiser.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state and state[key].shape[0] == self.width:
+                    state[key][index] = 0.0
+                elif key in state and state[key].dim() == 2 and state[key].shape[1] == self.width:
+                    state[key][:, index] = 0.0
+
+    @torch.no_grad()
+    def normalise(self) -> None:
+        """Rescale the decoder's columns to unit norm (the encoder takes up the scale where it can)."""
+        norms = self.decoder.norm(dim=0).clamp_min(1e-12)
+        self.decoder /= norms
+        if self.kind == "bilinear":
+            self.left *= norms[:, None]
+            self.b_left *= norms
+        else:
+            self.encoder *= norms[:, None]
+            self.b_enc *= norms
+
+    def diagram(self, name: str, dom: Space, cod: Space) -> Diagram:
+        """The dictionary as boxes ``dom -> features:F -> cod``, named ``{name}_enc``, ``{name}_dec`` ..."""
+        feat = Space(FEATURES, self.width)
+        sparse = [] if self.k is None or self.k >= self.width else [TopK(f"{name}_topk", feat, self.k,
+                                                                          absolute=self.kind == "bilinear")]
+        if self.kind == "bilinear":
+            encode = chain(Copy(dom, name=f"{name}_copy"),
+                           Linear(f"{name}_left", dom, feat, bias=True) @ Linear(f"{name}_right", dom, feat, bias=True),
+                           Mul(feat, name=f"{name}_mul"))
+        else:
+            encode = chain(Linear(f"{name}_enc", dom, feat, bias=True), Elementwise("relu", feat, f"{name}_relu"))
+        return chain(encode, *sparse, Linear(f"{name}_dec", feat, cod, bias=True))
+
+    def params(self, name: str) -> dict[str, dict[str, torch.Tensor]]:
+        """The parameters of :meth:`diagram`'s boxes (the ``b_dec`` shift folded into the encoder's bias)."""
+        out = {f"{name}_dec": {"W": self.decoder.detach().clone(), "b": self.b_dec.detach().clone()}}
+        if self.kind == "bilinear":
+            return out | {f"{name}_left": {"W": self.left.detach().clone(), "b": self.b_left.detach().clone()},
+                          f"{name}_right": {"W": self.right.detach().clone(), "b": self.b_right.detach().clone()}}
+        bias = self.b_enc.detach().clone()
+        if self.centre:
+            bias = bias - self.encoder.detach() @ self.b_dec.detach()
+        return out | {f"{name}_enc": {"W": self.encoder.detach().clone(), "b": bias}}
+
+
+def train(dictionary: Dictionary, stream: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], *,
+          steps: int = 1000, lr: float = 3e-3, resample_every: int = 100, progress: bool = True,
+          desc: str = "dictionary") -> list[float]:
+    """Fit ``dictionary`` by Adam on ``(x, y)`` batches from ``stream()`` (restarted as often as ``steps``
+    needs), decoder columns renormalised after every step; the losses, one per step.
+
+    Every ``resample_every`` steps in the first half, features that never fired since the last
+    such point are re-aimed at the worst-reconstructed examples of the batch (dead-feature resampling).
+
+    The decoder's bias starts at the first batch's mean of ``y``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    optimiser = torch.optim.Adam(dictionary.parameters(), lr=lr)
+    fired: torch.Tensor | None = None
+    losses: list[torch.Tensor] = []
+    with tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False) as bar:
+        while len(losses) < steps:
+            seen = len(losses)
+            for x, y in stream():
+                if not losses:
+                    device = x.device
+                    dictionary.to(device)
+                    with torch.no_grad():
+                        dictionary.b_dec.copy_(y.reshape(-1, y.shape[-1]).mean(0))
+                x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+                loss, z = dictionary.loss(x, y)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                dictionary.normalise()
+                fired = (z.detach() != 0).any(0) if fired is None else fired | (z.detach() != 0).any(0)
+                if (len(losses) + 1) % resample_every == 0:
+                    if len(losses) < steps // 2:
+                        dictionary.resample(~fired, x, y, optimiser)
+                    fired = None
+                losses.append(loss.detach())
+                bar.update()
+                if len(losses) == steps:
+                    break
+            if len(losses) == seen:
+                raise InputError("the data gave no batches to train the dictionary on")
+    return torch.stack(losses).tolist()
+
