@@ -4,7 +4,6 @@ description length in ``info``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,9 @@ from compinterp.model import Model
 from compinterp.syntax import Bilinear, Elementwise, Linear, Space
 from compinterp.tasks import digits
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PIXELS, DIGITS = Space("pixels", 64), Space("digits", 10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small kernels run fastest on one thread, above all on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -50,6 +42,7 @@ def test_refine_json_saves_a_faithful_shorter_model(capsys: pytest.CaptureFixtur
     out_dir = tmp_path / "refined"
     code, out, err = run(capsys, "refine", str(model_dir), "--min-faithfulness", "0.99", "--out", str(out_dir),
                          "--passes", "eigen,prune", "--json")
+
     assert (code, err) == (0, "")
     result = json.loads(out)
     assert {"original_bits", "refined_bits", "faithfulness", "frontier", "out"} <= set(result)

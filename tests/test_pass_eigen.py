@@ -3,7 +3,6 @@ Gaussian error in closed form, monotone faithfulness where the maths says so, an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,15 +13,9 @@ from compinterp.model import Model
 from compinterp.refinement.passes import Eigen, eigen
 from compinterp.syntax import Bilinear, Linear, Space, Unembed, chain, residual
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sym_tensor(L: torch.Tensor, R: torch.Tensor, D: torch.Tensor) -> torch.Tensor:

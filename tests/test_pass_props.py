@@ -3,7 +3,6 @@ no tensor with the input, leaves the input alone, and equals the input at a loss
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -25,22 +24,16 @@ from compinterp.syntax import (
     residual,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices: one thread avoids contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @st.composite
 def models(draw: st.DrawFn) -> Model:
     """A small model: optional Linear embedding, a Bilinear (or Gated) layer in a residual stream or not,
     optionally a second layer after it (a chain), an optional read-out; random widths and biases."""
+
     width = st.integers(1, 5)
     n = draw(st.integers(2, 5))
     x = Space("x", n)

@@ -3,7 +3,6 @@ materialised tensors, hand-written torch, and monotone exact faithfulness where 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,15 +16,9 @@ from compinterp.refinement.passes.graph import Net
 from compinterp.syntax import (Add, Attention, Bilinear, Copy, Embed, Gated, Id, Linear, Space, Swap, Unembed, chain,
                                residual)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def sym_tensor(model: Model, name: str) -> torch.Tensor:

@@ -9,7 +9,6 @@ search is tested against the ``Pass`` protocol alone.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,8 @@ from compinterp.refinement.base import Rewrite, substitute
 from compinterp.refinement.search import Frontier, Point, refine
 from compinterp.semantics.tensor import NotPolynomialError
 from compinterp.syntax import Bilinear, Elementwise, Linear, Space
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 X, Y = Space("x", 8), Space("y", 3)
 
@@ -78,15 +79,6 @@ def hand_fvu(model: Model, other: Model, x: torch.Tensor) -> float:
     with torch.no_grad():
         y, z = model(x).double(), other(x).double()
     return ((y - z) ** 2).sum().item() / ((y - y.mean(0)) ** 2).sum().item()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small kernels run fastest on one thread, above all on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -209,10 +210,7 @@ def _boxes(rec: Recognizer, pieces: list[Piece], wires: dict[fx.Node, Space],
             continue
         build = piece.build
         if piece.kind == "Linear" and has_embed and outputs.count(piece.out) == 1 and not readers[piece.out]:
-            bias = "b" in piece.params
-
-            def build(n: str, dom: Space, cod: Space, bias: bool = bias) -> Kind:
-                return Unembed(n, dom, cod, bias=bias)
+            build = partial(Unembed, bias="b" in piece.params)
 
         box = claim(piece.name, piece.key, build, space(piece.ins), wires[piece.out])
         if piece.params:
