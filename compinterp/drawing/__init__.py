@@ -57,14 +57,17 @@ def draw(diagram_or_model: Any, path: str | os.PathLike[str], *, kinds: bool = T
     diagram = getattr(diagram_or_model, "diagram", diagram_or_model)
     if not isinstance(diagram, Diagram):
         raise BoxError(f"draw() takes a compinterp Diagram or Model, got {type(diagram_or_model).__name__}")
-    path = Path(path)
+    path = _target(path, "draw to")
+    return save_figure(_figure(_relabelled(diagram, kinds), figsize, fontsize, wire_labels), path, dpi=dpi,
+                       verb="draw to")
+
+
+def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: float = 100, verb: str = "save a figure to") -> Path:
+    """Write a matplotlib ``figure`` to a PNG or SVG file by its suffix, atomically (a partial file
+    renamed into place, so a failure leaves what was there); returns the path. SVGs keep their text
+    as text and carry no date, so the same figure gives the same file."""
+    path = _target(path, verb)
     suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise FormatError(f"cannot draw to {path}: the file name must end in .png or .svg, "
-                          f"not {suffix or 'nothing'!r}")
-    if not path.parent.is_dir():
-        raise FormatError(f"cannot draw to {path}: the directory {path.parent} does not exist")
-    figure = _figure(_relabelled(diagram, kinds), figsize, fontsize, wire_labels)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     metadata = {"Date": None} if suffix == ".svg" else None
     try:
@@ -72,9 +75,20 @@ def draw(diagram_or_model: Any, path: str | os.PathLike[str], *, kinds: bool = T
             figure.savefig(partial, format=suffix[1:], dpi=dpi, facecolor="white", metadata=metadata)
         os.replace(partial, path)
     except OSError as err:
-        raise FormatError(f"cannot draw to {path}: {err.strerror or err}") from None
+        raise FormatError(f"cannot {verb} {path}: {err.strerror or err}") from None
     finally:
         partial.unlink(missing_ok=True)
+    return path
+
+
+def _target(path: str | os.PathLike[str], verb: str) -> Path:
+    """``path`` as a Path, if it names a PNG or SVG file in an existing directory."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise FormatError(f"cannot {verb} {path}: the file name must end in .png or .svg, not {suffix or 'nothing'!r}")
+    if not path.parent.is_dir():
+        raise FormatError(f"cannot {verb} {path}: the directory {path.parent} does not exist")
     return path
 
 

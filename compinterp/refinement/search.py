@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from compinterp.complexity import Bits, Reference, description_length, smallest_width
-from compinterp.errors import FormatError, InputError
+from compinterp.errors import InputError
 from compinterp.model import Model
 from compinterp.refinement.base import Pass, Rewrite
 
 QUANTISE = "quantise"
 """The name of the last step of a refinement: every parameter quantised to one width."""
-
-PLOT_FORMATS = (".png", ".svg")
-"""The file suffixes :meth:`Frontier.plot` writes."""
 
 
 @dataclass(frozen=True)
@@ -95,16 +91,10 @@ class Frontier:
     def plot(self, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
         """Draw the frontier (bits on a log axis against faithfulness, the bar dashed) to a PNG or
         SVG file by its suffix, written atomically; returns the path."""
-        import matplotlib
         from matplotlib.figure import Figure
 
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in PLOT_FORMATS:
-            raise FormatError(f"cannot plot to {path}: the file name must end in .png or .svg, "
-                              f"not {suffix or 'nothing'!r}")
-        if not path.parent.is_dir():
-            raise FormatError(f"cannot plot to {path}: the directory {path.parent} does not exist")
+        from compinterp.drawing import save_figure
+
         figure = Figure(figsize=(6.0, 4.0), facecolor="white")
         axis = figure.add_subplot()
         shown = [p for p in self.points if math.isfinite(p.faithfulness)]
@@ -128,17 +118,7 @@ class Frontier:
         axis.grid(True, alpha=0.3)
         axis.legend(loc="lower right")
         figure.tight_layout()
-        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-        metadata = {"Date": None} if suffix == ".svg" else None
-        try:
-            with matplotlib.rc_context({"svg.fonttype": "none"}):
-                figure.savefig(partial, format=suffix[1:], dpi=100, facecolor="white", metadata=metadata)
-            os.replace(partial, path)
-        except OSError as err:
-            raise FormatError(f"cannot plot to {path}: {err.strerror or err}") from None
-        finally:
-            partial.unlink(missing_ok=True)
-        return path
+        return save_figure(figure, path, verb="plot to")
 
 
 @dataclass(frozen=True)
