@@ -5,14 +5,16 @@ per-output eigendecompositions truncated to the top ``keep`` eigenvectors (symme
 bilinear layers, DESIGN §2). Both checks measure the FVU of an explanation under
 ``x ~ N(0, I)``:
 
-* exact: :func:`compinterp.faithfulness.exact.exact_compare`, from the weights;
+* exact: :func:`compinterp.faithfulness.exact.exact_compare`, from the weights (for this one-stage
+  layer, the closed form on the per-output quadratic forms ``A_c``; ``--engine`` also times the
+  general Wick engine on the same pair, side by side);
 * Monte Carlo: batches of Gaussian inputs through both models (the data-based way),
   with as many samples as a pilot run says are needed for a relative standard error of
   ``target`` (1e-3) on the FVU (delta method for the ratio of two means).
 
-Run: ``.venv/bin/python benchmarks/bench_exact.py [--threads T] [--keep 16,64]`` (not part of the
-test suite). On a CPU shared with other jobs, ``--threads 1`` gives the steadier timings: with
-several threads the exact check's many small kernels wait on descheduled threads.
+Run: ``.venv/bin/python benchmarks/bench_exact.py [--threads T] [--keep 16,64] [--engine]`` (not part
+of the test suite). On a CPU shared with other jobs, ``--threads 1`` gives the steadier timings: with
+several threads every kernel waits on the slowest, descheduled thread.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from unittest import mock
 
 import torch
 
+from compinterp.faithfulness import exact
 from compinterp.faithfulness.exact import exact_compare
 from compinterp.model import Model
+from compinterp.semantics.tensor import tensor_semantics
 from compinterp.syntax import Bilinear, Space
 
 
@@ -63,6 +68,18 @@ def monte_carlo(model: Model, expl: Model, n: int, batch: int, seed: int,
     return ratio.item(), (influence.std() / math.sqrt(n) / ratio).item()
 
 
+def timed(model: Model, expl: Model, repeats: int) -> tuple[exact.ExactResult, float]:
+    """The exact check and its median time over ``repeats`` runs after a warm-up (as the pilot run
+    warms up the Monte-Carlo check); every run does its full work (nothing is kept between calls)."""
+    exact_compare(model, expl)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = exact_compare(model, expl)
+        times.append(time.perf_counter() - start)
+    return result, sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=256)
@@ -75,6 +92,8 @@ def main() -> None:
                         help="exact timings taken after a warm-up (the median is reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
     parser.add_argument("--device", default="cpu", help="torch device of the Monte-Carlo forward passes")
+    parser.add_argument("--engine", action="store_true",
+                        help="also time the exact check with the closed form for one stage switched off")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
@@ -86,13 +105,11 @@ def main() -> None:
     print(f"{'explanation':<14}{'check':<13}{'FVU':>12}{'rel. error':>12}{'samples':>10}{'seconds':>10}")
     for keep in map(int, args.keep.split(",")):
         expl = eigen_explanation(model, keep)
-        exact_compare(model, expl)  # warm-up, as the pilot run warms up the Monte-Carlo check
-        exact_times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            result = exact_compare(model, expl)
-            exact_times.append(time.perf_counter() - start)
-        exact_s = sorted(exact_times)[len(exact_times) // 2]
+        closed = exact._closed_form_pays([tensor_semantics(model), tensor_semantics(expl)], [(0, 0), (0, 1), (1, 1)])
+        result, exact_s = timed(model, expl, args.repeats)
+        if args.engine:
+            with mock.patch.object(exact, "_closed_form_pays", return_value=False):
+                engine, engine_s = timed(model, expl, args.repeats)
         pilot = 2 ** 15
         on_device = model.to(device), expl.to(device)
         _, pilot_se = monte_carlo(*on_device, pilot, args.batch, seed=1, device=device)
@@ -104,7 +121,11 @@ def main() -> None:
         mc_s = time.perf_counter() - start
         model, expl = model.cpu(), expl.cpu()
         name = f"top-{keep} eig"
-        print(f"{name:<14}{'exact':<13}{result.fvu:>12.6f}{'float64':>12}{'-':>10}{exact_s:>10.3f}")
+        print(f"{name:<14}{'exact':<13}{result.fvu:>12.6f}{'float64':>12}{'-':>10}{exact_s:>10.3f}"
+              f"   ({'closed form, one stage' if closed else 'Wick engine'})")
+        if args.engine:
+            print(f"{name:<14}{'exact, Wick':<13}{engine.fvu:>12.6f}{'float64':>12}{'-':>10}{engine_s:>10.3f}"
+                  f"   (closed form off: {engine_s / exact_s:.1f}x the time)")
         print(f"{name:<14}{'Monte Carlo':<13}{fvu_mc:>12.6f}{se_mc:>12.1e}{n:>10,}{mc_s:>10.3f}")
         print(f"{name:<14}exact is {mc_s / exact_s:.1f}x faster (target >= 20x); Monte Carlo is off the exact FVU by "
               f"{abs(fvu_mc - result.fvu) / result.fvu:.1e} (relative)")

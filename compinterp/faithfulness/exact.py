@@ -6,7 +6,8 @@ their tensor semantics (:mod:`compinterp.semantics.tensor`), never by sampling:
 * the Frobenius inner product of their symmetrised coefficient tensors
   (:func:`frobenius_inner`, :func:`frobenius_cosine`);
 * the functional inner product ``E_x[f_c(x) g_c(x)]`` for ``x ~ N(mean, cov)``
-  (:func:`gaussian_inner`), by Isserlis/Wick moments;
+  (:func:`gaussian_inner`), by Isserlis/Wick moments (for networks of one Hadamard stage, in
+  closed form on each output's quadratic form where that is cheaper);
 * from these, relative L2 error, FVU and faithfulness (:func:`exact_compare`); for
   diagrams whose inputs are token ids (``Embed`` first), the measure is the uniform
   one over all tokens, averaged exactly.
@@ -57,6 +58,11 @@ _CHEAP = 1e6
 """Terms whose Gram form costs fewer flops than this are contracted in that form without comparing."""
 MC_SAMPLES = 2 ** 17
 """Samples of the Monte-Carlo estimate used where the exact path is out of reach."""
+MAX_QUADRATIC = 2 ** 24
+"""Most numbers in the ``outputs x (N + 1) x (N + 1)`` matrices of the closed form for one-stage networks."""
+_BATCH = 2 ** 22
+"""Numbers (32 MB) in the weighted operand of one batched product of the closed form (outputs x units x
+(N + 1)): one product for most layers, memory bounded for the largest."""
 
 
 class ExactError(CompinterpError, ValueError):
@@ -116,10 +122,11 @@ def _parts(V: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"mean": V[:, 0], "noise": V[:, 1:], "full": V}
 
 
-def _side(sq: _Squares, out: int, fresh: Iterator[int]) -> _Side:
-    """The network of ``sq`` with output label ``out`` and fresh unit labels."""
+def _side(sq: _Squares, out: int, fresh: Iterator[int], parts: dict[str, torch.Tensor]) -> _Side:
+    """The network of ``sq`` with output label ``out`` and fresh unit labels; its leaves read ``parts``
+    (of ``Q_1``, or of ``O`` for a linear network)."""
     if not sq.Qs:
-        return _Side([], _parts(sq.O), [out], [(0,)])
+        return _Side([], parts, [out], [(0,)])
     ops: list[tuple[torch.Tensor, tuple[int, ...]]] = []
     units: list[int] = []
     swaps: list[dict[int, int]] = []
@@ -142,7 +149,7 @@ def _side(sq: _Squares, out: int, fresh: Iterator[int]) -> _Side:
     node(len(sq.Qs), top)
     n = len(units)
     gens = [tuple(s.get(i, i) for i in range(n)) for s in swaps]
-    return _Side(ops, _parts(sq.Qs[0]), units, _closure(gens, n))
+    return _Side(ops, parts, units, _closure(gens, n))
 
 
 def _closure(gens: Sequence[tuple[int, ...]], n: int) -> list[tuple[int, ...]]:
@@ -209,8 +216,13 @@ Bond = tuple[Any, ...]
 singleton, ``("diag", side, unit)`` for the two leaves of one unit, ``("gram", side, side, unit, unit)``."""
 
 
+Paths = dict[tuple[Any, ...], tuple[Any, float]]
+"""Contraction paths found during one computation, by operands and output: the moments of two networks
+of the same shapes repeat the same contractions (never kept from one call to the next)."""
+
+
 def _contract(sides: Sequence[_Side], partner: tuple[int, ...], part: str, out: int, fresh: Iterator[int],
-              cache: dict[tuple[Any, ...], torch.Tensor]) -> torch.Tensor:
+              cache: dict[tuple[Any, ...], torch.Tensor], paths: Paths) -> torch.Tensor:
     """One Wick term: leaves paired by ``partner`` contract their ``part`` rows over the input index;
     a leaf paired with itself (a singleton) reads the mean part ``V[:, 0]``.
 
@@ -241,13 +253,13 @@ def _contract(sides: Sequence[_Side], partner: tuple[int, ...], part: str, out: 
         if bond[0] == "gram":
             other = sides[bond[2]].parts[part].shape[0]
             closed.append(((rows[0], other), bond[3:]))
-            if ("gram", *bond[1:3], 1) not in cache:
+            if _key(sides, bond, 1, part)[0] not in cache:
                 build += rows[0] * other * rows[1]
         else:
             closed.append(((rows[0],), bond[2:]))
     closed += [(tuple(t.shape), labels) for side in sides for t, labels in side.ops]
-    closed_path, closed_cost = _path(closed, out)
-    open_path, open_cost = _path([(tuple(t.shape), labels) for t, labels in open_ops], out) \
+    closed_path, closed_cost = _path(closed, out, paths)
+    open_path, open_cost = _path([(tuple(t.shape), labels) for t, labels in open_ops], out, paths) \
         if closed_cost + build > _CHEAP else (None, math.inf)
     if open_cost <= closed_cost + build:
         return opt_einsum.contract(_equation([labels for _, labels in open_ops], out), *(t for t, _ in open_ops),
@@ -262,35 +274,51 @@ def _equation(labels: Sequence[tuple[int, ...]], out: int) -> str:
     return ",".join("".join(map(opt_einsum.get_symbol, ls)) for ls in labels) + "->" + opt_einsum.get_symbol(out)
 
 
-def _path(ops: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], out: int) -> tuple[Any, float]:
+def _path(ops: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], out: int, paths: Paths) -> tuple[Any, float]:
     """A contraction path for operands ``(shape, labels)`` and its flop count: greedy, or optimal
     (dynamic programming) when the greedy one is expensive enough to pay for the search."""
-    eq, shapes = _equation([labels for _, labels in ops], out), [shape for shape, _ in ops]
-    path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="greedy")
-    if info.opt_cost > _SEARCH_ABOVE:
-        path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="dp")
-    return path, float(info.opt_cost)
+    key = (tuple(ops), out)
+    if key not in paths:
+        eq, shapes = _equation([labels for _, labels in ops], out), [shape for shape, _ in ops]
+        path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="greedy")
+        if info.opt_cost > _SEARCH_ABOVE:
+            path, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize="dp")
+        paths[key] = path, float(info.opt_cost)
+    return paths[key]
+
+
+def _key(sides: Sequence[_Side], bond: Bond, power: int, part: str) -> tuple[tuple[Any, ...], bool]:
+    """The cache key of a bond's tensor: by the matrices it reads, so sides that share them share it
+    (the two sides of ``E[f f]``, the leaves of one side); and whether it is the transpose of the cached one."""
+    name = "mean" if bond[0] == "mean" else part
+    if bond[0] != "gram":
+        return (bond[0], id(sides[bond[1]].parts[name]), power), False
+    a, b = id(sides[bond[1]].parts[part]), id(sides[bond[2]].parts[part])
+    return ("gram", min(a, b), max(a, b), power), a > b
 
 
 def _bond(sides: Sequence[_Side], bond: Bond, power: int, part: str,
           cache: dict[tuple[Any, ...], torch.Tensor]) -> torch.Tensor:
     """The tensor of a bond raised elementwise to ``power``, from ``cache`` when it was made before."""
-    key = (bond[0], *bond[1:3 if bond[0] == "gram" else 2], power)
+    key, flip = _key(sides, bond, power, part)
     if key not in cache:
         if power > 1:
             base = _bond(sides, bond, 1, part, cache)
+            base = base.T if flip else base  # as cached
             cache[key] = base.square() if power == 2 else base ** power
         elif bond[0] == "mean":
             cache[key] = sides[bond[1]].parts["mean"]
         elif bond[0] == "diag":
             cache[key] = sides[bond[1]].parts[part].square().sum(1)
         else:
-            cache[key] = sides[bond[1]].parts[part] @ sides[bond[2]].parts[part].T
-    return cache[key]
+            first, second = (bond[2], bond[1]) if flip else (bond[1], bond[2])
+            cache[key] = sides[first].parts[part] @ sides[second].parts[part].T
+    return cache[key].T if flip else cache[key]
 
 
-def _wick(nets: Sequence[_Squares], mode: str) -> torch.Tensor:
-    """``E[prod_side f_side,c]`` per output ``c`` for one or two networks.
+def _wick(nets: Sequence[_Squares], mode: str, paths: Paths | None = None) -> torch.Tensor:
+    """``E[prod_side f_side,c]`` per output ``c`` for one or two networks (``paths`` may be shared by the
+    calls of one computation).
 
     ``mode="gaussian"``: the leaves read ``z^ = (1, z)``, ``z ~ N(0, I)``: all partial pairings.
     ``mode="frobenius"``: the leaves read a standard complex Gaussian ``w`` against ``conj(w)``:
@@ -298,7 +326,8 @@ def _wick(nets: Sequence[_Squares], mode: str) -> torch.Tensor:
     """
     labels = itertools.count()
     out = next(labels)
-    sides = [_side(sq, out, labels) for sq in nets]
+    parts = {id(sq): _parts(sq.Qs[0] if sq.Qs else sq.O) for sq in nets}
+    sides = [_side(sq, out, labels, parts[id(sq)]) for sq in nets]
     if len(sides) == 1:
         group = sides[0].group
         sizes = [len(sides[0].leaf_units)]
@@ -315,10 +344,96 @@ def _wick(nets: Sequence[_Squares], mode: str) -> torch.Tensor:
     part = "noise" if mode == "gaussian" else "full"
     total = torch.zeros(nets[0].O.shape[0], dtype=nets[0].O.dtype, device=nets[0].O.device)
     cache: dict[tuple[Any, ...], torch.Tensor] = {}
+    paths = {} if paths is None else paths
     with opt_einsum.shared_intermediates():
         for partner, count in _orbits(matchings, group):
-            total = total + count * _contract(sides, partner, part, out, labels, cache)
+            total = total + count * _contract(sides, partner, part, out, labels, cache, paths)
     return total
+
+
+# --------------------------------------------------------------------------------------------
+# One stage in closed form: every output a quadratic form of z^ = (1, z).
+# --------------------------------------------------------------------------------------------
+
+Quadratic = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""``f_c(z^) = a_c + 2 b_c . z + z^T M_c z`` as ``(E f_c, b, M)``: means ``(outputs,)``, ``b`` ``(outputs, N)``,
+``M`` ``(outputs, N, N)`` symmetric (views into ``A``)."""
+
+
+def _quadratic(net: PolyNet) -> Quadratic:
+    """The quadratic form of every output of a network of at most one stage, for ``z ~ N(0, I)``.
+
+    ``f_c(z^) = z^T A_c z^`` with ``A_c = sym(L^T diag(O_c) R)`` (``sym(e_0 O_c^T)`` for a linear
+    network). When every output reads few of the units (an explanation with a few units per
+    output), each product only takes those, padded to the same count with zero weights.
+    The outputs go through batched products of :data:`_BATCH` numbers of operand each: on a shared
+    CPU every parallel kernel waits for its slowest thread, so fewer kernels are steadier.
+    """
+    O = 0.5 * net.out  # the 1/2 of sym
+    outputs, n = O.shape[0], net.in_dim + 1
+    if not net.stages:
+        X = O.new_zeros(outputs, n, n)
+        X[:, 0, :] = O
+    else:
+        (L, R), = net.stages
+        used = O != 0
+        k = int(used.sum(1).max()) if outputs else 0
+        units: torch.Tensor | None = None
+        if k < 0.75 * O.shape[1]:  # output c reads units[c] (used ones first), weighted O[c, units[c]]
+            units = torch.sort((~used).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+            O = O.gather(1, units)
+        else:
+            k = O.shape[1]
+        X = O.new_empty(outputs, n, n) if k else O.new_zeros(outputs, n, n)
+        step = max(1, _BATCH // max(1, k * n))
+        for start in range(0, outputs if k else 0, step):
+            part = slice(start, start + step)
+            if units is None:
+                left, right = L.expand(O[part].shape[0], -1, -1), O[part, :, None] * R
+            else:
+                left, right = L[units[part]], R[units[part]] * O[part, :, None]
+            torch.bmm(left.mT, right, out=X[part])
+    A = X + X.mT
+    M = A[:, 1:, 1:]
+    return A[:, 0, 0] + M.diagonal(dim1=1, dim2=2).sum(1), A[:, 1:, 0], M
+
+
+def _quadratic_products(forms: Sequence[Quadratic]) -> torch.Tensor:
+    """``E[f_a,c f_b,c] = E f_a,c E f_b,c + 4 b_a,c . b_b,c + 2 <M_a,c, M_b,c>_F`` (Isserlis for quadratic
+    forms) for every pair of ``forms``, as ``(outputs, forms, forms)``: two batched Gram products."""
+    means = torch.stack([form[0] for form in forms], 1)
+    b = torch.stack([form[1] for form in forms], 1)
+    M = torch.stack([form[2] for form in forms], 1).flatten(2)
+    return (means[:, :, None] * means[:, None, :] + 4 * torch.bmm(b, b.mT)) + 2 * torch.bmm(M, M.mT)
+
+
+def _square_rows(net: PolyNet, lower: bool) -> int:
+    """The rows of ``Q_1`` (``O`` for a linear network) in the square chain, without making it: one per
+    unit with ``L = R``, two per other unit; a lower bound (one per unit) if ``lower``, else exact when
+    all units have ``L = R`` (a symmetric layer) and an upper bound otherwise."""
+    if not net.stages:
+        return net.out.shape[0]
+    L, R = net.stages[0]
+    return L.shape[0] if lower or torch.equal(L, R) else 2 * L.shape[0]
+
+
+def _closed_form_pays(nets: Sequence[PolyNet], pairs: Sequence[tuple[int, int]]) -> bool:
+    """Whether the products ``pairs`` of ``nets`` cost fewer multiply-adds in closed form (building each
+    ``A_c``: ``(N + 1)^2`` per nonzero of ``O``) than in the Wick engine's Gram form (``Q_1 Q_1'^T``
+    and its reduction over outputs), and the closed form's matrices fit: at most :data:`MAX_QUADRATIC`
+    numbers, or no more than the largest Gram matrix the engine would make instead."""
+    if any(net.depth > 1 for net in nets):
+        return False
+    n, outputs = nets[0].in_dim + 1, nets[0].out.shape[0]
+    units = [_square_rows(net, True) for net in nets]
+    if outputs * n * n > max(MAX_QUADRATIC, *(units[a] * units[b] for a, b in pairs)):
+        return False
+    forms = sum(int((net.out != 0).sum()) * n * n for net in nets if net.stages) + len(pairs) * outputs * n * n
+
+    def gram(rows: Sequence[int]) -> int:
+        return sum(rows[a] * rows[b] * (n + outputs) for a, b in pairs)
+
+    return forms <= gram(units) or forms <= gram([_square_rows(net, False) for net in nets])
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,12 +489,36 @@ def _whitening(n: int, mean: Any, cov: Any, dom: Any, device: torch.device) -> t
     return C.to(device)
 
 
-def _gaussian_squares(f: PolyNet, mean: Any, cov: Any) -> _Squares:
-    """The square chain of ``z^ -> f(C z^)``, reading standard normal ``z``."""
-    _no_tokens(f)
+def _gaussian_nets(nets: Sequence[PolyNet], mean: Any, cov: Any) -> list[PolyNet]:
+    """The networks ``z^ -> f(C z^)``, reading standard normal ``z``."""
+    for net in nets:
+        _no_tokens(net)
     if mean is None and cov is None:
-        return _squares(f)
-    return _squares(f.substitute(_whitening(f.in_dim, mean, cov, f.dom, f.out.device)))
+        return list(nets)
+    C = _whitening(nets[0].in_dim, mean, cov, nets[0].dom, nets[0].out.device)
+    return [net.substitute(C) for net in nets]
+
+
+def _gaussian_moments(nets: Sequence[PolyNet], pairs: Sequence[tuple[int, int]], mean: Any = None, cov: Any = None,
+                      closed: bool | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """``E[f_a,c f_b,c]`` for each pair ``(a, b)`` of ``nets``, and ``E[f_0,c]``, under ``N(mean, cov)``.
+
+    Networks of at most one stage use the closed form for quadratic forms where it is cheaper
+    (``closed=None``; ``True`` or ``False`` forces a path), the rest the Wick engine.
+    """
+    nets = _gaussian_nets(nets, mean, cov)
+    if closed is None:
+        closed = _closed_form_pays(nets, pairs)
+    if closed:
+        if any(net.depth > 1 for net in nets):
+            raise ExactError("the closed form is for networks of at most one Hadamard stage")
+        forms = [_quadratic(net) for net in nets]
+        products = _quadratic_products(forms)
+        return [products[:, a, b] for a, b in pairs], forms[0][0]
+    chains = [_squares(net) for net in nets]
+    paths: Paths = {}
+    return ([_wick([chains[a], chains[b]], "gaussian", paths) for a, b in pairs],
+            _wick(chains[:1], "gaussian", paths))
 
 
 def _check_depth(*nets: PolyNet) -> None:
@@ -398,15 +537,15 @@ def gaussian_inner(f: Any, g: Any, *, mean: Any = None, cov: Any = None) -> torc
     F, G = _net(f), _net(g)
     _same_spaces(F, G)
     _check_depth(F, G)
-    sf = _gaussian_squares(F, mean, cov)
-    return _wick([sf, sf] if f is g else [sf, _gaussian_squares(G, mean, cov)], "gaussian")
+    products, _ = _gaussian_moments([F] if f is g else [F, G], [(0, 0)] if f is g else [(0, 1)], mean, cov)
+    return products[0]
 
 
 def gaussian_mean(f: Any, *, mean: Any = None, cov: Any = None) -> torch.Tensor:
     """``E_x[f_c(x)]`` for each output ``c``, exactly, for ``x ~ N(mean, cov)``."""
     F = _net(f)
     _check_depth(F)
-    return _wick([_gaussian_squares(F, mean, cov)], "gaussian")
+    return _wick([_squares(_gaussian_nets([F], mean, cov)[0])], "gaussian")
 
 
 def frobenius_inner(f: Any, g: Any) -> torch.Tensor:
@@ -518,9 +657,12 @@ def exact_compare(model: Any, other: Any, *, mean: Any = None, cov: Any = None,
     else:
         measure = "N(0, I)" if mean is None and cov is None else "N(mean, cov)"
         if max(f.depth, g.depth) <= MAX_DEPTH:
-            sf, sg = _gaussian_squares(f, mean, cov), _gaussian_squares(g, mean, cov)
-            moments = (_wick([sf, sf], "gaussian"), _wick([sf, sg], "gaussian"), _wick([sg, sg], "gaussian"),
-                       _wick([sf], "gaussian"))
+            if model is other:
+                (ff,), mf = _gaussian_moments([f], [(0, 0)], mean, cov)
+                moments = (ff, ff, ff, mf)
+            else:
+                (ff, fg, gg), mf = _gaussian_moments([f, g], [(0, 0), (0, 1), (1, 1)], mean, cov)
+                moments = (ff, fg, gg, mf)
             exact, note = True, "nothing approximated (Isserlis/Wick moments in float64)"
         else:
             C = _whitening(f.in_dim, mean, cov, f.dom, torch.device("cpu"))
