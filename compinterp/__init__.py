@@ -19,7 +19,7 @@ _EXPORTS = {
     "draw": "compinterp.drawing",
     **{name: "compinterp.syntax" for name in (
         "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "Linear", "Unembed", "Bilinear", "Gated",
-        "Norm", "Elementwise", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
+        "Norm", "Elementwise", "TopK", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
     **{name: "compinterp.errors" for name in (
         "CompinterpError", "CompositionError", "BoxError", "ParameterError", "InputError", "FormatError",
         "ImportTraceError")},

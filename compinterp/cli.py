@@ -105,14 +105,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="exact (from the weights alone, for polynomial models; the default), digits "
                              "(held-out digits), gaussian:N[:SEED] or FILE.pt")
     refine.add_argument("--passes", metavar="NAMES",
-                        help="comma-separated rewrite passes, e.g. eigen,lowrank,prune (default: the default passes)")
+                        help="comma-separated rewrite passes, e.g. eigen,lowrank,prune or eigen,sae (the dictionary "
+                             "passes sae, transcoder and bilinear_ae train on --data; default: the default passes)")
     refine.add_argument("--pass", dest="dictionary", choices=("sae", "transcoder", "bilinear_ae"),
-                        help="search with one dictionary pass, trained on --data (see docs/dictionary.md)")
-    refine.add_argument("--wire", metavar="BOX", help="with --pass: the box whose output wire (or, for a "
-                                                     "transcoder, which box) the dictionary refines")
-    refine.add_argument("--widths", metavar="F,...", help="with --pass: dictionary widths to try (e.g. 64,32)")
-    refine.add_argument("--ks", metavar="K,...", help="with --pass: active features per example to try (e.g. 8,4)")
-    refine.add_argument("--steps", type=int, default=1000, help="with --pass: training steps (default: 1000)")
+                        help="add one dictionary pass, trained on --data (alone unless --passes is given; see "
+                             "docs/dictionary.md)")
+    refine.add_argument("--wire", metavar="BOX", help="dictionary passes: the box whose output wire (or, for a "
+                                                     "transcoder, which box) the dictionary refines (default: every "
+                                                     "box with one input and one output wire)")
+    refine.add_argument("--widths", metavar="F,...", help="dictionary passes: widths to try (default: 64,32,16)")
+    refine.add_argument("--ks", metavar="K,...", help="dictionary passes: active features per example to try "
+                                                       "(default: 8,4,2)")
+    refine.add_argument("--steps", type=int, help="dictionary passes: training steps (default: 1000)")
     refine.add_argument("--beam", type=int, default=1, help="sequences kept at each step; 1 is greedy (default: 1)")
     refine.add_argument("--budget", type=int, default=500, help="the most models evaluated (default: 500)")
     refine.add_argument("--seed", type=int, default=0, help="seed of the passes' random numbers (default: 0)")
@@ -201,17 +205,25 @@ def _check(args: argparse.Namespace) -> None:
 
 def _refine(args: argparse.Namespace) -> None:
     """``compinterp refine``: search for a shorter faithful model, save it, print the result."""
+    from compinterp.errors import InputError
     from compinterp.files import load, save
+    from compinterp.refinement.dictionary import NAMES, make_pass
     from compinterp.refinement.search import refine
     from compinterp.tasks import data_from_spec
     model = load(args.model)
     data = "exact" if args.data == "exact" else data_from_spec(args.data)
-    passes = None if args.passes is None else [name.strip() for name in args.passes.split(",") if name.strip()]
+    names = None if args.passes is None else [name.strip() for name in args.passes.split(",") if name.strip()]
     if args.dictionary is not None:
-        from compinterp.refinement.dictionary import make_pass
-        passes = [make_pass(args.dictionary, data, None if args.wire is None else [args.wire],
-                            widths=_ints(args.widths, "--widths"), ks=_ints(args.ks, "--ks"), steps=args.steps,
-                            batch_size=args.batch_size, device=args.device, progress=not args.json)]
+        names = [*(names or []), args.dictionary]
+    options = {"widths": _ints(args.widths, "--widths"), "ks": _ints(args.ks, "--ks"),
+               "steps": None if args.steps is None else _ints(str(args.steps), "--steps")[0]}
+    if not any(name in NAMES for name in names or []) and (args.wire is not None or any(options.values())):
+        raise InputError("--wire, --widths, --ks and --steps set the dictionary passes "
+                         f"({', '.join(NAMES)}): name one with --pass or --passes")
+    passes = None if names is None else [
+        make_pass(name, data, None if args.wire is None else [args.wire], batch_size=args.batch_size,
+                  device=args.device, progress=not args.json, **{k: v for k, v in options.items() if v is not None})
+        if name in NAMES else name for name in names]
     result = refine(model, args.min_faithfulness, data, passes, budget=args.budget, beam=args.beam, seed=args.seed,
                     progress=not args.json, quantise=not args.no_quantise, batch_size=args.batch_size,
                     device=args.device)

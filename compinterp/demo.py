@@ -5,8 +5,9 @@ sklearn's digits (or reuses the one already in ``out/model``), draws its diagram
 declares an eigen-explanation (each digit's logit is a sum of squares of a few
 eigenvectors, ``logit_c(x) ~ sum_m lambda_cm (v_cm . x)^2``) and checks it for
 faithfulness on the held-out digits and exactly, runs the refinement search for the
-shortest model that keeps a faithfulness bar, and writes ``out/report.html`` with
-the models, ``results.json`` and the figures beside it.
+shortest model that keeps a faithfulness bar, trains a TopK sparse autoencoder on the
+wire ``out`` and describes its top features, and writes ``out/report.html`` with the
+models, ``results.json`` and the figures beside it.
 
 The explanation of the classifier ``pixels -> mlp (Bilinear) -> out -> unembed -> logits``:
 
@@ -49,9 +50,10 @@ from compinterp.faithfulness.exact import exact_compare, fit_gaussian
 from compinterp.files import load
 from compinterp.interpretation import Interpretation, maps
 from compinterp.model import Model
+from compinterp.refinement.dictionary import SAE, features, score
 from compinterp.refinement.search import refine
 from compinterp.report import demo_report
-from compinterp.report.figures import bits_figure, eigenvector_figure, save, sweep_figure
+from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, save, sweep_figure
 from compinterp.syntax import Bilinear, Id
 from compinterp.tasks import digits
 from compinterp.tasks.train import check_output, read_run, resolve_device, train
@@ -64,6 +66,13 @@ RESULTS = "results.json"
 
 SWEEP = (1, 2, 4, 8, 16)
 """The eigenvectors per class the demo's sweep tries."""
+
+SAE_SETTINGS = {"box": "mlp", "width": 32, "k": 4, "steps": 600, "lr": 3e-3, "seed": 0}
+"""The demo's sparse autoencoder: on the output wire of ``box``, ``width`` features, ``k`` active (TopK),
+trained for ``steps`` Adam steps on the training digits."""
+
+SHOWN_FEATURES, TOP_DIGITS = 6, 6
+"""How many features the report shows, and how many top-activating held-out digits for each."""
 
 
 def class_spectrum(model: Model, box: str = "mlp", readout: str = "unembed") -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +144,10 @@ class DemoResult:
                 f"({refined['ratio']:.1f}x shorter) at faithfulness {refined['faithfulness']:.4f} "
                 f"(bar {refined['min_faithfulness']:g}); held-out accuracy of the refined model "
                 f"{refined['held_out_accuracy']:.4f}\n"
+                f"dictionary: TopK SAE on {n['dictionary']['wire']} ({n['dictionary']['width']} features, "
+                f"k={n['dictionary']['k']}): faithfulness {n['dictionary']['local']:.4f} local (reconstruction), "
+                f"{n['dictionary']['end_to_end']:.4f} end to end on held-out digits; "
+                f"{n['dictionary']['bits']['total']:,.0f} bits (code, dictionary, error)\n"
                 f"done in {n['seconds']['total']:.0f} s; report: {self.report}")
 
 
@@ -181,10 +194,14 @@ def run(out: str | Path = DEFAULT_OUT, *, device: str | torch.device = "cpu", se
     mark = time.perf_counter()
     numbers["refinement"] = _refine(out, model, declared, data, min_faithfulness, budget, device, progress)
     clock["refine"] = time.perf_counter() - mark
+    # 4. A dictionary: a TopK SAE on the wire out, its faithfulness, its bits and its top features.
+    mark = time.perf_counter()
+    numbers["dictionary"] = _dictionary(out, model, data, device, progress)
+    clock["dictionary"] = time.perf_counter() - mark
 
     numbers["figures"] = {name: f"figures/{name}.{ext}" for name, ext in (
         ("model", "svg"), ("explanation", "svg"), ("refined", "svg"), ("eigenvectors", "png"),
-        ("sweep", "png"), ("frontier", "png"), ("bits", "png"))}
+        ("sweep", "png"), ("frontier", "png"), ("bits", "png"), ("dictionary", "svg"), ("features", "png"))}
     numbers["report"] = "report.html"
     numbers["seconds"] = clock | {"total": time.perf_counter() - start}
     (out / RESULTS).write_text(json.dumps(numbers, indent=1) + "\n")
@@ -273,6 +290,44 @@ def _refine(out: Path, model: Model, declared: Interpretation, data: dict[str, t
             "held_out": check(model, refined.model, data["test"], progress=False, device=device).to_json(),
             "exact_check": check(model, refined.model, "exact").to_json(),
             "held_out_accuracy": _accuracy(refined.model, *data["test"]), "parameters": refined.model.num_params()}
+
+
+def _dictionary(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...]], device: torch.device,
+                progress: bool) -> dict[str, Any]:
+    """A TopK SAE (:data:`SAE_SETTINGS`) on the output wire of the bilinear layer, trained on the training
+    digits; checked (its local square, the reconstruction, and end to end) and scored in bits on the held-out
+    digits; its top features (by how often they fire times the size of their effect on the logits) described
+    by their decoder direction, top-activating held-out digits and effect. The refined model is saved, drawn."""
+
+    s = SAE_SETTINGS
+    figures = out / "figures"
+    sae = SAE(data["train"], [s["box"]], widths=[s["width"]], ks=[s["k"]], steps=s["steps"], lr=s["lr"],
+              seed=s["seed"], device=device, progress=progress)
+    rewrite = sae.candidates(model)[0]
+    dictionary = sae.fit(model, rewrite)
+    point = score(model, sae, rewrite, dictionary, data["test"], device=device)
+    refined = point.model
+    refined.save(out / "dictionary")
+    refined.draw(figures / "dictionary.svg")
+    x, y = data["test"]
+    view = features(model, sae, rewrite, dictionary, data["test"], top=TOP_DIGITS)
+    shown = sorted(view, key=lambda f: (-f.active * float(f.effect.norm()), f.index))[:SHOWN_FEATURES]
+    labels = [[int(y[(x == row).all(-1)][0]) for row in f.top_inputs] for f in shown]
+    save(feature_figure([f.direction for f in shown], [f.top_inputs for f in shown],
+                        [[f"{label}  ({value:.2f})" for label, value in zip(digits_, f.top_values.tolist())]
+                         for f, digits_ in zip(shown, labels)],
+                        [f.effect for f in shown], [f"feature {f.index}\n{f.active} digits" for f in shown],
+                        side=digits.SIDE, top=TOP_DIGITS), figures / "features.png")
+    with_code = description_length(refined, data=data["test"], device=device)
+    return {"path": "dictionary", **s, "wire": str(model.boxes[s["box"]].cod), "kind": "topk",
+            "trained_on": "digits training split", "checked_on": "held-out digits", "l0": point.l0,
+            "local": point.local, "end_to_end": point.end_to_end,
+            "held_out_accuracy": _accuracy(refined, *data["test"]), "bits": point.bits.to_json(),
+            "model_bits": {"original": description_length(model).model, "with_dictionary": with_code.model,
+                           "code": with_code.code},
+            "features": [{"index": f.index, "active": f.active, "top_values": f.top_values.tolist(),
+                          "top_labels": digits_, "effect": f.effect.tolist(), "direction": f.direction.tolist()}
+                         for f, digits_ in zip(shown, labels)]}
 
 
 def _accuracy(model: Model, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -139,9 +139,11 @@ class Model(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the diagram on batched inputs, one tensor per input wire."""
-        params = {name: m._parameters if type(m) is nn.ParameterDict else m
-                  for name, m in self.params._modules.items()}
-        return self._plan(params, *xs)
+        return self._plan(self.plan_params(), *xs)
+
+    def plan_params(self) -> dict[str, Any]:
+        """The parameters as the plan reads them: box name -> its tensors by role, or an Opaque box's module."""
+        return {name: m._parameters if type(m) is nn.ParameterDict else m for name, m in self.params._modules.items()}
 
     def box_params(self, name: str) -> dict[str, torch.Tensor]:
         """The named parameters of box ``name``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -127,6 +128,46 @@ def test_refinement_recomputed(demo: tuple[Path, dict[str, Any], dict[str, Any]]
     assert r["ratio"] == pytest.approx(r["original_bits"] / r["refined_bits"]) and r["ratio"] > 2
 
 
+def test_dictionary_recomputed(demo: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
+    """The TopK SAE on the wire out, saved in ``dictionary/``: its reconstruction, sparsity, code bits and
+    top features recomputed by hand from the weights on the held-out digits."""
+    out, numbers, _ = demo
+    d = numbers["dictionary"]
+    model, refined = ci.load(out / "model"), ci.load(out / "dictionary")
+    assert (d["box"], d["wire"], d["kind"]) == ("mlp", "out:64", "topk")
+    assert [b.name for b in refined.diagram.boxes] == ["mlp", "mlp_enc", "mlp_relu", "mlp_topk", "mlp_dec", "unembed"]
+    x, y = digits.load("test")
+    p = {k: v.detach().double() for k, v in model.box_params("mlp").items()}
+    enc, dec = ({k: v.detach().double() for k, v in refined.box_params(name).items()} for name in ("mlp_enc", "mlp_dec"))
+    h = (x.double() @ p["L"].T) * (x.double() @ p["R"].T) @ p["D"].T             # the wire out
+    pre = (h @ enc["W"].T + enc["b"]).relu()
+    kth = pre.sort(-1, descending=True).values[:, d["k"] - 1:d["k"]]
+    z = torch.where((pre >= kth) & (pre > 0), pre, 0.0)                            # TopK, by hand
+    recon = z @ dec["W"].T + dec["b"]
+    assert 1 - fvu(h, recon) == pytest.approx(d["local"], abs=1e-4)
+    with torch.no_grad():
+        logits, guess = model(x), refined(x)
+    assert 1 - fvu(logits, guess) == pytest.approx(d["end_to_end"], abs=1e-4)
+    assert (guess.argmax(-1) == y).sum().item() / len(y) == pytest.approx(d["held_out_accuracy"])
+    l0 = (z != 0).sum(-1).double().mean().item()
+    assert l0 == pytest.approx(d["l0"]) and l0 <= d["k"]
+    assert d["bits"]["code"] == pytest.approx(len(y) * l0 * (8 + math.log2(d["width"])))
+    assert d["model_bits"]["code"] == pytest.approx(d["bits"]["code"])
+    assert d["model_bits"]["with_dictionary"] == pytest.approx(description_length(refined).model + d["bits"]["code"])
+    assert d["model_bits"]["original"] == pytest.approx(description_length(model).model)
+    U = model.box_params("unembed")["W"].detach().double()
+    assert len(d["features"]) == 6
+    for f in d["features"]:
+        i, fired = f["index"], z[:, f["index"]] != 0
+        assert f["active"] == int(fired.sum()) > 0
+        top, shown = z[:, i].sort(descending=True), min(6, f["active"])
+        assert f["top_values"] == pytest.approx(top.values[:shown].tolist(), rel=1e-4)
+        assert f["top_labels"] == y[top.indices[:shown]].tolist()
+        assert f["direction"] == pytest.approx(dec["W"][:, i].tolist(), abs=1e-6)
+        effect = (z[fired, i, None] * dec["W"][:, i]).mean(0) @ U.T               # downstream of out is linear
+        assert f["effect"] == pytest.approx(effect.tolist(), abs=1e-3)
+
+
 def test_report_has_every_section_and_is_self_contained(demo: tuple[Path, dict[str, Any], dict[str, Any]]) -> None:
     out, numbers, _ = demo
     page = (out / "report.html").read_text()
@@ -137,6 +178,11 @@ def test_report_has_every_section_and_is_self_contained(demo: tuple[Path, dict[s
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
     assert f"{numbers['refinement']['ratio']:.1f}x" in page
     assert f"{numbers['model']['test_accuracy']:.4f}" in page
+    section = page[page.index('<section id="dictionary">'):page.index('<section id="description-length">')]
+    assert "<h2>Dictionary features</h2>" in section and section.count("<img ") == 2
+    assert f"{numbers['dictionary']['local']:.6g}" in section and f"{numbers['dictionary']['end_to_end']:.6g}" in section
+    for f in numbers["dictionary"]["features"]:
+        assert f"<td>{' '.join(str(label) for label in f['top_labels'])}</td>" in section
 
 
 def test_a_second_run_reuses_the_model(demo: tuple[Path, dict[str, Any], dict[str, Any]], tmp_path: Path) -> None:

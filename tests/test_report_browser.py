@@ -66,7 +66,7 @@ def test_report_loads_offline_without_errors_and_shows_each_section(report: Path
     assert result["errors"] == [] and result["broken"] == [] and result["fetched"] == []
     assert result["sections"] == list(SECTIONS)
     assert result["images"] == page.count("<img ")
-    for title in ("At a glance", "Eigenvectors per digit", "Description length"):
+    for title in ("At a glance", "Eigenvectors per digit", "Dictionary features", "Description length"):
         assert title in done.stdout
 
 

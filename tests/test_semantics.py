@@ -33,6 +33,7 @@ from compinterp.syntax import (
     Opaque,
     Space,
     Swap,
+    TopK,
     Unembed,
     residual,
 )
@@ -116,6 +117,19 @@ def attention_by_hand(p: Mapping[str, torch.Tensor], x: torch.Tensor, heads: int
     return torch.einsum("dk,...sk->...sd", p["Wo"], mixed.flatten(-2)) + (p["bo"] if bias else 0)
 
 
+def topk_by_hand(x: torch.Tensor, k: int, absolute: bool) -> torch.Tensor:
+    """Row by row: keep the entries whose rank (by value, or by magnitude) is below ``k``, then a ReLU unless
+    ``absolute``."""
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.zeros_like(rows)
+    for r, row in enumerate(rows):
+        key = row.abs() if absolute else row
+        for i in range(row.shape[0]):
+            if int((key > key[i]).sum()) < k:
+                out[r, i] = row[i] if absolute else max(row[i].item(), 0.0)
+    return out.reshape(x.shape)
+
+
 def box_by_hand(box: Box, p: Any, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """What ``box`` computes, written out independently of the library's kernels."""
     kind, data = box.kind, box.data
@@ -148,6 +162,8 @@ def box_by_hand(box: Box, p: Any, xs: Sequence[torch.Tensor]) -> list[torch.Tens
         return [y * (p["weight"] if data["affine"] else 1) + (p["bias"] if data["bias"] else 0)]
     if kind == "Elementwise":
         return [by_hand(data["fn"], x) for x in xs]
+    if kind == "TopK":
+        return [topk_by_hand(xs[0], data["k"], data["absolute"])]
     if kind == "Copy":
         return [xs[0]] * data["n"]
     if kind == "Add":
@@ -319,6 +335,15 @@ def test_elementwise_on_every_wire(fn: str) -> None:
     torch.testing.assert_close(b, by_hand(fn, z))
 
 
+@pytest.mark.parametrize("absolute", [False, True])
+def test_topk_keeps_the_k_largest(absolute: bool) -> None:
+    box = TopK("top", Z, 2, absolute=absolute)
+    x = randn(3, 5, 4, seed=1)
+    y = run(box, {}, x)[0]
+    torch.testing.assert_close(y, topk_by_hand(x, 2, absolute))
+    assert int((y != 0).sum(-1).max()) <= 2 and (absolute or bool((y >= 0).all()))
+
+
 def test_spiders_swap_and_discard() -> None:
     a, b, c = randn(2, 3, seed=1), randn(2, 3, seed=2), randn(2, 3, seed=3)
     close(run(Copy(X, 3), {}, a), [a, a, a])
@@ -392,6 +417,7 @@ POOL: tuple[Box, ...] = (
     Norm("ln_z", Z, norm="layer"),
     Elementwise("tanh", X),
     Elementwise("square", Y @ Z, name="sq_yz"),
+    TopK("top_z", Z, 2),
     Attention("attn_z", Z, heads=2),
     Opaque("mix", X @ Y, Z),
 )

@@ -19,7 +19,7 @@ from compinterp.semantics.symbolic import symbolic
 from compinterp.semantics.tensor import NotPolynomialError, PolyNet, TensorFunctor, tensor_semantics, \
     why_not_polynomial
 from compinterp.syntax import (Add, Attention, Bilinear, Copy, Elementwise, Embed, Gated, Id, Linear, Mul, Norm,
-                               Opaque, Space, Swap, Unembed, chain, residual)
+                               Opaque, Space, Swap, TopK, Unembed, chain, residual)
 
 F64 = torch.float64
 X, H, Y, T = Space("x", 3), Space("h", 4), Space("y", 2), Space("tok", 6)
@@ -159,6 +159,8 @@ NOT_POLYNOMIAL = {
     "Attention": (Attention("attn", X, heads=1),
                   "box 'attn' (Attention x:3 -> x:3) is not polynomial: softmax attention is not a polynomial"),
     "Gated": (Gated("glu", X, X, hidden=2), "box 'glu' (Gated x:3 -> x:3) is not polynomial: its gate applies silu"),
+    "TopK": (TopK("top", X, 2), "box 'top' (TopK x:3 -> x:3) is not polynomial: keeping the k largest features is "
+                                "not a polynomial"),
     "Elementwise": (Elementwise("relu", X, name="act"),
                     "box 'act' (Elementwise x:3 -> x:3) is not polynomial: relu is not a polynomial (only identity, "
                     "neg and square are)"),

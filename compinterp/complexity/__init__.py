@@ -8,8 +8,10 @@ from compinterp.complexity.length import Bits, Part, description_length, error_b
 from compinterp.complexity.parameters import WIDTHS, TensorCode, grid_width, parameter_codes, tensor_code
 from compinterp.complexity.quantise import min_bits, quantise, quantise_tensor, smallest_width
 from compinterp.complexity.reference import Reference
+from compinterp.complexity.sparse import Code, code_bits, measure_codes, sparse_layers
 from compinterp.complexity.structure import hyper_bits, structure_rows
 
-__all__ = ["WIDTHS", "Bits", "Part", "Reference", "TensorCode", "choice_bits", "description_length",
-           "error_bits_per_number", "gamma_bits", "grid_width", "hyper_bits", "log2_binomial", "min_bits",
-           "parameter_codes", "quantise", "quantise_tensor", "smallest_width", "structure_rows", "tensor_code"]
+__all__ = ["WIDTHS", "Bits", "Code", "Part", "Reference", "TensorCode", "choice_bits", "code_bits", "description_length",
+           "error_bits_per_number", "gamma_bits", "grid_width", "hyper_bits", "log2_binomial", "measure_codes",
+           "min_bits", "parameter_codes", "quantise", "quantise_tensor", "smallest_width", "sparse_layers",
+           "structure_rows", "tensor_code"]

@@ -6,7 +6,8 @@ example, by naming the active features and their values:
     code = examples * L0 * (b + log2 F)
 
 bits, each active feature costing ``log2 F`` bits for its index and ``b`` for its
-value. The dictionary's own boxes cost their parameter bits (as in
+value (:mod:`compinterp.complexity.sparse`, the same code that
+:func:`~compinterp.complexity.description_length` counts given data). The dictionary's own boxes cost their parameter bits (as in
 :func:`~compinterp.complexity.description_length`), and the reconstruction's residual
 costs ``error_bits_per_number(fvu)`` per corrected number. See ``docs/dictionary.md``.
 
@@ -20,7 +21,6 @@ costs ``error_bits_per_number(fvu)`` per corrected number. See ``docs/dictionary
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -30,17 +30,9 @@ from compinterp.complexity.length import (
     description_length,
     error_bits_per_number,
 )
+from compinterp.complexity.sparse import code_bits
 from compinterp.errors import InputError
 from compinterp.model import Model
-
-
-def code_bits(l0: float, width: int, value_bits: int = 8) -> float:
-    """``L0 * (b + log2 F)``: bits per example to name ``l0`` active features out of ``width``, ``b`` bits each."""
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise InputError(f"the dictionary width must be a positive integer, got {width!r}")
-    if not l0 >= 0 or not value_bits >= 0:
-        raise InputError(f"L0 and the bits per value must be non-negative, got {l0!r} and {value_bits!r}")
-    return float(l0) * (value_bits + math.log2(width))
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,17 @@
 """Description length: the bits a reader must be told to rebuild an explanation, term by term.
 
-``structure`` (boxes and wiring), ``parameters`` (every stored number) and, given a
-reference model and data, ``error`` (the bits to correct the explanation's outputs to
-the reference's under a Gaussian noise model). ``docs/description_length.md`` writes
-out every term, with a worked example.
+``structure`` (boxes and wiring), ``parameters`` (every stored number), given data the
+``code`` of any sparse layer (a dictionary's features, ``examples * L0 * (b + log2 F)``,
+see :mod:`compinterp.complexity.sparse`) and, given a reference model and data, ``error``
+(the bits to correct the explanation's outputs to the reference's under a Gaussian noise
+model). ``docs/description_length.md`` writes out every term, with a worked example.
 
 >>> from compinterp.model import Model
 >>> from compinterp.syntax import Space, Linear
 >>> model = Model(Linear("f", Space("x", 4), Space("y", 2)), seed=0)
 >>> bits = description_length(model)
 >>> round(bits.structure, 3), bits.parameters, bits.error, round(bits.total, 3)
-(32.7, 262.0, 0.0, 294.7)
+(32.807, 262.0, 0.0, 294.807)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ import torch
 
 from compinterp.complexity.codes import choice_bits, gamma_bits
 from compinterp.complexity.parameters import TensorCode, ordered_keys, parameter_codes
+from compinterp.complexity.sparse import Code, measure_codes, sparse_layers
 from compinterp.complexity.structure import HEADER, structure_rows
+from compinterp.data import as_source
 from compinterp.errors import FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.interpretation import Interpretation
@@ -39,6 +42,9 @@ MAP_KINDS = ("identity", "linear", "encoder_decoder", "function")
 
 MAPS = "(maps)"
 """The name of the row holding the number of an interpretation's non-identity wire maps."""
+
+_NO_CODE = "note: the per-example code"
+"""How the note saying that sparse layers' code is not counted begins."""
 
 RESOLUTION = 0.01
 """Default resolution ``delta`` of the error term, as a fraction of the reference outputs' standard deviation."""
@@ -65,7 +71,8 @@ class Bits:
     """A description length in bits, each term separately; ``total`` is their sum.
 
     ``error`` is ``error_per_example * examples`` (0 without a reference); an example is
-    one output vector. ``parts`` splits structure and parameters by box.
+    one output vector. ``parts`` splits structure and parameters by box; ``codes`` holds the
+    code of each sparse layer (none without data).
     """
 
     structure: float
@@ -78,32 +85,45 @@ class Bits:
     resolution: float | None = None
     fvu: float | None = None
     notes: tuple[str, ...] = ()
+    codes: tuple[Code, ...] = ()
+
+    @property
+    def code(self) -> float:
+        """The bits of ``codes``, all sparse layers together."""
+        return sum((c.bits for c in self.codes), 0.0)
 
     @property
     def total(self) -> float:
-        """``structure + parameters + error``."""
-        return self.structure + self.parameters + self.error
+        """``structure + parameters + code + error``."""
+        return self.structure + self.parameters + self.code + self.error
 
     @property
     def model(self) -> float:
-        """``structure + parameters``: the bits of the explanation itself, without the correction."""
-        return self.structure + self.parameters
+        """``structure + parameters + code``: what a reader is told before the correction (the explanation
+        and, example by example, the features of its sparse layers)."""
+        return self.structure + self.parameters + self.code
+
+    def with_codes(self, codes: tuple[Code, ...]) -> Bits:
+        """These bits with the code term of ``codes`` (the notes that it was not counted dropped)."""
+        notes = tuple(note for note in self.notes if not note.startswith(_NO_CODE))
+        return replace(self, codes=tuple(codes), notes=notes)
 
     def to_json(self) -> dict[str, Any]:
         """The terms as JSON (an infinite error is ``null``)::
 
-            {"structure", "parameters", "error", "total", "precision", "error_per_example",
+            {"structure", "parameters", "code", "error", "total", "precision", "error_per_example",
              "examples", "resolution", "fvu", "parts": [{"name", "kind", "structure", "parameters",
-             "numbers"}], "notes"}
+             "numbers"}], "codes": [{"box", "width", "l0", "examples", "value_bits", "bits"}], "notes"}
         """
         def finite(value: float | None) -> float | None:
             return None if value is None or not math.isfinite(value) else value
 
-        return {"structure": self.structure, "parameters": self.parameters, "error": finite(self.error),
-                "total": finite(self.total), "precision": self.precision,
+        return {"structure": self.structure, "parameters": self.parameters, "code": self.code,
+                "error": finite(self.error), "total": finite(self.total), "precision": self.precision,
                 "error_per_example": finite(self.error_per_example), "examples": self.examples,
                 "resolution": self.resolution, "fvu": finite(self.fvu),
-                "parts": [part.to_json() for part in self.parts], "notes": list(self.notes)}
+                "parts": [part.to_json() for part in self.parts], "codes": [c.to_json() for c in self.codes],
+                "notes": list(self.notes)}
 
     def __str__(self) -> str:
         header = ("part", "kind", "structure", "parameters", "numbers")
@@ -114,6 +134,9 @@ class Bits:
             lines.append("  ".join([*(c.ljust(w) for c, w in zip(row[:2], widths)),
                                     *(c.rjust(w) for c, w in zip(row[2:], widths[2:]))]))
         lines += ["", f"structure   {self.structure:>14,.1f} bits", f"parameters  {self.parameters:>14,.1f} bits"]
+        for c in self.codes:
+            lines.append(f"code        {c.bits:>14,.1f} bits ({c.box}: L0 {c.l0:.3g} of {c.width} features at "
+                         f"{c.value_bits} + log2 {c.width} bits each, x {c.examples:,} examples)")
         if self.error_per_example is None:
             lines.append(f"error       {0.0:>14,.1f} bits (no reference)")
         else:
@@ -135,6 +158,9 @@ def description_length(model_or_explanation: Model | Interpretation | str | os.P
         precision: bits per stored number that is not on a uniform grid.
         reference: a model to correct the outputs to; with ``data`` (anything
             :func:`compinterp.check` takes, or ``"exact"``) this adds the error term.
+        data: with a model that has sparse layers (decoders reading a ``features`` wire),
+            the data its ``code`` term is measured on (not ``"exact"``), with or without
+            a reference.
         resolution: ``delta``, the precision the corrected outputs must reach, as a
             fraction of the reference outputs' standard deviation.
         examples: how many examples the error term is for with ``"exact"`` (default 1);
@@ -157,18 +183,30 @@ def description_length(model_or_explanation: Model | Interpretation | str | os.P
         raise InputError(f"description_length() takes a Model, an Interpretation or a saved model's directory, "
                          f"got {type(model_or_explanation).__name__}")
     parts, notes = _parts(diagram, tensors, maps, wires, precision)
+    sparse = [box.name for box in sparse_layers(diagram)]
+    exact = isinstance(data, str) and data == "exact"
+    if sparse and (data is None or exact):
+        notes.append(f"{_NO_CODE} of the sparse layer(s) {', '.join(sparse)} is not counted: "
+                     + ("data='exact' has no examples to code" if exact else "give data=... to measure it"))
     bits = Bits(structure=sum(p.structure for p in parts), parameters=sum(p.parameters for p in parts),
                 precision=precision, parts=tuple(parts), notes=tuple(notes))
-    if reference is None:
-        if data is not None:
-            raise InputError("data was given without a reference model: the error term compares the "
-                             "explanation with a reference, pass reference=...")
-        return bits
-    if explanation is None:
+    if reference is None and data is not None and (not sparse or exact):
+        alone = "data='exact' has no examples to code its sparse layers" if sparse else \
+            "data alone only measures the code of sparse layers, and this model has none"
+        raise InputError("data was given without a reference model: the error term compares the explanation "
+                         f"with a reference, pass reference=... ({alone})")
+    if reference is not None and explanation is None:
         raise InputError("the error term needs the explanation itself: load the model first, then pass it")
-    if data is None:
+    if reference is not None and data is None:
         raise InputError("a reference model was given without data: pass data=... (a tensor, gaussian:N, "
                          "digits ...) or data='exact'")
+    if sparse and data is not None and not exact:
+        if explanation is None:
+            raise InputError("the code of sparse layers is measured by running the model: load it first, then "
+                             "pass it")
+        bits = bits.with_codes(_codes(explanation, data, batch_size, device))
+    if reference is None:
+        return bits
     return _with_error(bits, explanation, reference, data, resolution, examples, batch_size, device)
 
 
@@ -205,8 +243,26 @@ def _with_error(bits: Bits, explanation: Model | Interpretation, reference: Mode
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise InputError(f"examples must be a non-negative integer, got {count!r}")
     per_example = sum(reference.cod.dims) * error_bits_per_number(fvu, resolution)
-    return Bits(bits.structure, bits.parameters, per_example * count if count else 0.0, bits.precision, bits.parts,
-                per_example, count, resolution, fvu, bits.notes)
+    return replace(bits, error=per_example * count if count else 0.0, error_per_example=per_example, examples=count,
+                   resolution=resolution, fvu=fvu)
+
+
+def _codes(explanation: Model | Interpretation, data: Any, batch_size: int,
+           device: str | torch.device | None) -> tuple[Code, ...]:
+    """The sparse layers' codes of ``explanation`` (its model, moved to ``device``) measured on ``data``."""
+    model = explanation.explanation if isinstance(explanation, Interpretation) else explanation
+    if isinstance(explanation, Interpretation) and model.dom != explanation.source.dom:
+        raise InputError(f"the code of sparse layers is measured on the model's inputs, but this interpretation "
+                         f"maps them ({explanation.source.dom} -> {model.dom}): measure it on the explanation "
+                         "model with its own inputs")
+    floats = [p for p in model.parameters() if p.is_floating_point()]
+    device = torch.device(device) if device is not None else floats[0].device if floats else torch.device("cpu")
+    dtype = floats[0].dtype if floats else torch.float32
+    model.to(device)
+    n = len(model.dom)
+    batches = (tuple(x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in batch[:n])
+               for batch in as_source(data).batches(batch_size, model.dom.dims))
+    return measure_codes(model, batches)
 
 
 def _parts(diagram: Diagram, tensors: Mapping[str, torch.Tensor], maps: list[tuple[str, str, dict[str, torch.Tensor]]],

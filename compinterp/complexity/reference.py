@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from compinterp.complexity.sparse import Code, measure_codes
 from compinterp.data import as_source
 from compinterp.errors import CompositionError, InputError
 from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
@@ -76,6 +77,11 @@ class Reference:
                 self.samples += xs[0].shape[0]
         if self.samples == 0:
             raise InputError("the data holds no samples: nothing to compare on")
+
+    def codes(self, candidate: Model) -> tuple[Code, ...]:
+        """The codes of ``candidate``'s sparse layers measured on the stored inputs (none when exact:
+        there are no examples to code)."""
+        return () if self.exact else measure_codes(candidate.to(self.device), (xs for xs, _ in self.batches))
 
     def compare(self, candidate: Model) -> Metrics:
         """End-to-end metrics of ``candidate`` against the reference (``n`` is 0 when exact)."""

@@ -8,7 +8,7 @@ Every term is written out in ``docs/description_length.md``.
 >>> x, y = Space("x", 4), Space("y", 2)
 >>> rows = structure_rows(Linear("f", x, y))
 >>> [(name, round(bits, 3)) for name, _, bits in rows]
-[('(diagram)', 14.0), ('f', 18.7)]
+[('(diagram)', 14.0), ('f', 18.807)]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from compinterp.syntax.boxes import NORMS
 HEADER = "(diagram)"
 """The name of the row holding the bits of the diagram's own header."""
 
-_SIZES = ("hidden", "heads", "head_dim")
+_SIZES = ("hidden", "heads", "head_dim", "k")
 _SPIDERS = ("Copy", "Add", "Mul")
 
 

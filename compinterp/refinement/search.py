@@ -42,8 +42,8 @@ QUANTISE = "quantise"
 
 @dataclass(frozen=True)
 class Point:
-    """One evaluated model: its bits (structure and parameters), its faithfulness to the original,
-    and the rewrites that made it from the original."""
+    """One evaluated model: its bits (structure, parameters and the code of any sparse layer), its
+    faithfulness to the original, and the rewrites that made it from the original."""
 
     bits: float
     faithfulness: float
@@ -179,7 +179,9 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
         data: ``"exact"`` (from the weights, for polynomial models) or anything
             :func:`compinterp.check` takes; it is read once and kept in memory.
         passes: rewrite passes (objects with ``name``, ``candidates`` and ``apply``) or
-            their names; default ``compinterp.refinement.passes.default_passes()``.
+            their names: those of ``PASSES``, and ``sae``, ``transcoder``, ``bilinear_ae``
+            (dictionaries with their defaults, trained on ``data``, which must not be
+            ``"exact"``); default ``compinterp.refinement.passes.default_passes()``.
         budget: the most models evaluated (each rewritten or quantised candidate is one).
         beam: 1 for greedy; more keeps that many sequences at every step.
         seed: seeds torch's random numbers for the passes (the caller's state is restored).
@@ -197,7 +199,7 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
     for name, value in (("budget", budget), ("beam", beam)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
-    chosen = _passes(passes)
+    chosen = _passes(passes, data, batch_size=batch_size, device=device, progress=progress)
     reference = Reference(model, data, batch_size=batch_size, device=device)
     with torch.random.fork_rng(devices=_cuda(reference.device)):
         torch.manual_seed(seed)
@@ -207,13 +209,12 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
     return RefineResult(model=final.model, frontier=Frontier(search.points, float(min_faithfulness)),
                         history=final.history, original_bits=search.root_bits, refined_bits=final.bits,
                         faithfulness=final.faithfulness, min_faithfulness=float(min_faithfulness),
-                        exact=reference.exact, evaluated=search.evaluated,
-                        bits=description_length(final.model, precision))
+                        exact=reference.exact, evaluated=search.evaluated, bits=search.bits(final.model))
 
 
 @dataclass
 class _Scored:
-    """A model with its history, bits (structure and parameters) and faithfulness."""
+    """A model with its history, bits (structure, parameters, code) and faithfulness."""
 
     model: Model
     history: tuple[Rewrite, ...]
@@ -261,6 +262,11 @@ class _Search:
         self.root_bits = math.nan
         self.best: _Scored | None = None
 
+    def bits(self, model: Model) -> Bits:
+        """The description length of ``model`` at the search's precision, with the code of its sparse
+        layers measured on the reference's inputs (none when exact)."""
+        return description_length(model, self.precision).with_codes(self.reference.codes(model))
+
     def measure(self, model: Model, history: tuple[Rewrite, ...]) -> _Scored:
         """Score one model (one unit of the budget) and record its point."""
         if self.evaluated >= self.budget:
@@ -268,7 +274,7 @@ class _Search:
         self.evaluated += 1
         self.progress.update(1)
         faithfulness = self.reference.compare(model).faithfulness
-        scored = _Scored(model, history, description_length(model, self.precision).model, faithfulness)
+        scored = _Scored(model, history, self.bits(model).model, faithfulness)
         self.points.append(Point(scored.bits, faithfulness, history))
         if faithfulness >= self.bar and (self.best is None or scored.bits < self.best.bits):
             self.best = scored
@@ -372,8 +378,10 @@ def _groups(rewrites: Sequence[Rewrite]) -> list[list[Rewrite]]:
     return list(groups.values())
 
 
-def _passes(passes: Sequence[Pass | str] | None) -> list[Pass]:
-    """The passes to search with: the defaults, or each given pass (or pass name) checked."""
+def _passes(passes: Sequence[Pass | str] | None, data: Any, *, batch_size: int, device: str | torch.device | None,
+            progress: bool) -> list[Pass]:
+    """The passes to search with: the defaults, or each given pass (or pass name) checked; a dictionary
+    pass named (``sae``, ``transcoder``, ``bilinear_ae``) is built with its defaults, trained on ``data``."""
     if passes is None:
         from compinterp.refinement.passes import default_passes
         return list(default_passes())
@@ -382,10 +390,14 @@ def _passes(passes: Sequence[Pass | str] | None) -> list[Pass]:
     chosen: list[Pass] = []
     for p in passes:
         if isinstance(p, str):
+            from compinterp.refinement.dictionary import NAMES, make_pass
             from compinterp.refinement.passes import PASSES
-            if p not in PASSES:
-                raise InputError(f"unknown pass {p!r}; the passes are {', '.join(PASSES)}")
-            p = PASSES[p]()
+            if p in NAMES:
+                p = make_pass(p, data, batch_size=batch_size, device=device, progress=progress)
+            elif p in PASSES:
+                p = PASSES[p]()
+            else:
+                raise InputError(f"unknown pass {p!r}; the passes are {', '.join([*PASSES, *NAMES])}")
         if not all(hasattr(p, attr) for attr in ("name", "candidates", "apply")):
             raise InputError(f"{p!r} is not a rewrite pass: it needs name, candidates(model) and apply(model, rewrite)")
         chosen.append(p)

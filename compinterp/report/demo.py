@@ -17,7 +17,8 @@ from typing import Any
 from compinterp.errors import FormatError
 from compinterp.report.html import Section, code, image_file, items, paragraph, render, table, write
 
-SECTIONS = ("summary", "model", "explanation", "eigenvectors", "refinement", "description-length", "files")
+SECTIONS = ("summary", "model", "explanation", "eigenvectors", "refinement", "dictionary", "description-length",
+            "files")
 """The ids of the report's sections, in order."""
 
 
@@ -49,7 +50,7 @@ def _figure(out: Path, numbers: Mapping[str, Any], name: str, alt: str, caption:
 
 def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
     """Every section of the report, in the order of :data:`SECTIONS`."""
-    m, e, r = n["model"], n["explanation"], n["refinement"]
+    m, e, r, d = n["model"], n["explanation"], n["refinement"], n["dictionary"]
     data_e2e = e["data"]["end_to_end"]
     summary = "".join([
         f'<p class="key">Held-out accuracy of the model: <b>{m["test_accuracy"]:.4f}</b>; '
@@ -68,6 +69,8 @@ def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
             ["compression ratio at the bar", r["ratio"]],
             ["refined model: faithfulness on held-out digits", r["held_out"]["end_to_end"]["faithfulness"]],
             ["refined model: held-out accuracy", r["held_out_accuracy"]],
+            [f"TopK SAE on {d['wire']} ({d['width']} features, k={d['k']}): local faithfulness", d["local"]],
+            ["TopK SAE: end-to-end faithfulness, held-out digits", d["end_to_end"]],
             ["wall time (s)", n["seconds"]["total"]],
         ]),
     ])
@@ -146,6 +149,7 @@ def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
         table(["bits", "faithfulness", "rewrites"],
               [[p["bits"], p["faithfulness"], " >> ".join(p["passes"]) or "(original)"] for p in r["frontier"]]),
     ])
+    dictionary = _dictionary(out, n, d)
     dl = "".join([
         paragraph("Description length counts what a reader must be told to rebuild a model: structure (which "
                   "boxes, which wires) and parameters (each stored number at its precision: 32 bits, or the "
@@ -160,20 +164,71 @@ def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
         paragraph("Everything in this report was written beside it:"),
         items([f"{m['path']}/: the trained model (diagram.json, weights.safetensors, meta.json, train.json)",
                f"{e['path']}/: the declared explanation (an interpretation directory)",
-               f"{r['path']}/: the refined model", "results.json: every number in this report",
+               f"{r['path']}/: the refined model",
+               f"{d['path']}/: the model with its sparse autoencoder on {d['wire']}",
+               "results.json: every number in this report",
                "figures/: the diagrams (SVG) and plots (PNG)"]),
         paragraph("Reproduce or explore with the command line:"),
         code("compinterp demo --out runs/demo\n"
              "compinterp info runs/demo/refined\n"
              "compinterp check runs/demo/model runs/demo/explanation --data digits\n"
              "compinterp check runs/demo/model runs/demo/refined --data exact\n"
+             "compinterp check runs/demo/model runs/demo/dictionary --data digits\n"
              "compinterp refine runs/demo/model --data digits --out runs/refined"),
         table(["step", "seconds"], [[step, secs] for step, secs in n["seconds"].items()], digits=3),
     ])
-    bodies = (summary, model, explanation, eigen, refinement, dl, files)
+    bodies = (summary, model, explanation, eigen, refinement, dictionary, dl, files)
     titles = ("At a glance", "The model", "A declared explanation, checked", "Eigenvectors per digit",
-              "Refinement: a shorter model", "Description length", "Files and commands")
+              "Refinement: a shorter model", "Dictionary features", "Description length", "Files and commands")
     return [Section(key, title, body) for key, title, body in zip(SECTIONS, titles, bodies)]
+
+
+def _dictionary(out: Path, n: Mapping[str, Any], d: Mapping[str, Any]) -> str:
+    """The section on the sparse autoencoder: what it is, its faithfulness and bits, its top features."""
+    b, mb = d["bits"], d["model_bits"]
+    return "".join([
+        paragraph(f"A sparse autoencoder refines the wire {d['wire']} (the output of the bilinear layer "
+                  f"{d['box']}) into {d['width']} features, of which the {d['k']} largest are kept per digit (TopK): "
+                  f"{d['box']} >> enc >> relu >> topk >> dec, through a new wire features:{d['width']}. It was "
+                  f"trained for {d['steps']} Adam steps on the {d['trained_on']}, decoder columns at unit norm, "
+                  f"and is checked on the {d['checked_on']}: the local square is its reconstruction of "
+                  f"{d['wire']}, the end-to-end square the logits computed from that reconstruction. The "
+                  "features are the explanation's vocabulary: each is a decoder direction on the wire, fires on "
+                  "some digits, and moves the logits."),
+        _figure(out, n, "dictionary", "the model with the sparse autoencoder",
+                "The refined diagram: the autoencoder's boxes after mlp, and the wire features."),
+        table(["", "value"], [
+            ["features (F)", d["width"]], ["active per digit (k; L0 measured)", f"{d['k']} ({d['l0']:.3g})"],
+            ["local faithfulness (reconstruction of the wire)", d["local"]],
+            ["end-to-end faithfulness (logits)", d["end_to_end"]],
+            ["held-out accuracy with the autoencoder in place", d["held_out_accuracy"]],
+            [f"code: {b['examples']} digits x L0 x (8 + log2 {b['width']}) (bits)", b["code"]],
+            ["dictionary parameters (bits)", b["parameters"]],
+            ["error of the reconstruction (bits)", b["error"]],
+            ["total (bits)", b["total"]],
+            ["model with the autoencoder: structure + parameters + code (bits, the search's scale)",
+             mb["with_dictionary"]],
+            ["original model: structure + parameters (bits)", mb["original"]]]),
+        paragraph(f"On the refinement search's scale the model with the autoencoder costs "
+                  f"{mb['with_dictionary']:,.0f} bits against {mb['original']:,.0f} for the original: it keeps "
+                  f"{d['box']} and adds the dictionary's parameters and {mb['code']:,.0f} bits of code for the "
+                  "held-out digits. It explains the wire rather than compressing the model; it is shown here for "
+                  "its features."),
+        _figure(out, n, "features", "the top features: decoder directions, top digits, effects on the logits",
+                f"The {len(d['features'])} features that fire most times the size of their effect: decoder "
+                "direction on the wire (red positive, blue negative), the held-out digits they fire most on "
+                "(label and activation), and their effect on each logit: the logits with the feature minus the "
+                "logits with it zeroed, averaged over the digits it fires on."),
+        table(["feature", "fires on (held-out digits)", "top digits", "largest effect on a logit"],
+              [[f["index"], f["active"], " ".join(str(label) for label in f["top_labels"]), _largest(f["effect"])]
+               for f in d["features"]]),
+    ])
+
+
+def _largest(effect: Sequence[float]) -> str:
+    """``digit 3: +1.25``, the logit a feature moves most."""
+    c = max(range(len(effect)), key=lambda i: abs(effect[i]))
+    return f"digit {c}: {effect[c]:+.3g}"
 
 
 def _box_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -105,3 +105,44 @@ def bits_figure(rows: Sequence[tuple[str, float, float]]) -> Figure:
     axis.grid(True, axis="x", alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def feature_figure(directions: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], captions: Sequence[Sequence[str]],
+                   effects: Sequence[torch.Tensor], names: Sequence[str], *, side: int, top: int) -> Figure:
+    """One row per dictionary feature: its decoder direction (bars over the wire's coordinates), its
+    ``top`` top-activating inputs as ``side x side`` grey images (captioned; fewer when it fired on
+    fewer), and its mean effect on each output when removed (bars, one per class), labelled ``names``."""
+    rows = len(names)
+    if not rows or not len(directions) == len(inputs) == len(captions) == len(effects) == rows:
+        raise FormatError(f"a feature figure needs one direction, input set, caption set and effect per feature; "
+                          f"got {len(directions)}, {len(inputs)}, {len(captions)}, {len(effects)} for {rows}")
+    figure = Figure(figsize=(2.6 + 1.05 * top + 2.8, 1.3 * rows + 0.4), facecolor="white")
+    grid = figure.add_gridspec(rows, top + 2, width_ratios=[2.4, *[1] * top, 2.6])
+    for r in range(rows):
+        axis = figure.add_subplot(grid[r, 0])
+        direction = directions[r].detach().double().cpu()
+        axis.bar(range(direction.numel()), direction.numpy(), width=1.0,
+                 color=["tab:red" if v >= 0 else "tab:blue" for v in direction.tolist()])
+        axis.set_xticks([])
+        axis.tick_params(labelsize=6)
+        axis.set_ylabel(names[r], rotation=0, ha="right", va="center", fontsize=8)
+        if r == 0:
+            axis.set_title("decoder direction", fontsize=8)
+        for m in range(top):
+            axis = figure.add_subplot(grid[r, 1 + m])
+            axis.set_axis_off()
+            if m < len(inputs[r]):
+                image = inputs[r][m].detach().double().cpu().reshape(side, side)
+                axis.imshow(image.numpy(), cmap="gray_r", interpolation="nearest")
+                axis.set_title(captions[r][m], fontsize=7)
+        axis = figure.add_subplot(grid[r, top + 1])
+        effect = effects[r].detach().double().cpu()
+        axis.bar(range(effect.numel()), effect.numpy(),
+                 color=["tab:green" if v >= 0 else "tab:gray" for v in effect.tolist()])
+        axis.axhline(0, color="black", linewidth=0.5)
+        axis.set_xticks(range(effect.numel()), [str(c) for c in range(effect.numel())], fontsize=6)
+        axis.tick_params(axis="y", labelsize=6)
+        if r == 0:
+            axis.set_title("effect on each logit", fontsize=8)
+    figure.tight_layout(pad=0.4)
+    return figure

@@ -18,7 +18,7 @@ tensor([3., 3., 3.])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,26 @@ class Plan:
                              f"failed on inputs of shape {shapes}: {err}") from err
         out = tuple(regs[r] for r in self.outputs)
         return out[0] if len(out) == 1 else out
+
+    def trace(self, params: Mapping[str, Any], *xs: torch.Tensor) -> Iterator[tuple[Step, tuple[Any, ...]]]:
+        """Run the plan one step at a time, yielding each step with its inputs just before it runs
+        (stop iterating to run only part of it). No checks: for probes, not for users.
+
+        >>> from compinterp.syntax import Space, Linear
+        >>> x = Space("x", 2)
+        >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
+        >>> params = {"f": {"W": 2 * torch.eye(2)}, "g": {"W": torch.eye(2)}}
+        >>> [(step.box.name, ins[0].tolist()) for step, ins in plan.trace(params, torch.ones(2))]
+        [('f', [1.0, 1.0]), ('g', [2.0, 2.0])]
+        """
+        regs: list[Any] = [*xs, *([None] * (self.registers - len(xs)))]
+        for step in self.steps:
+            ins = tuple(regs[i] for i in step.ins)
+            yield step, ins
+            for r, y in zip(step.outs, step.fn(params[step.key] if step.key is not None else None, *ins)):
+                regs[r] = y
+            for r in step.free:
+                regs[r] = None
 
 
 class TorchFunctor:

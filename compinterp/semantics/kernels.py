@@ -95,6 +95,19 @@ def pointwise(fn: Callable[[torch.Tensor], torch.Tensor], p: Any, *xs: torch.Ten
     return tuple(fn(x) for x in xs)
 
 
+def topk(k: int, absolute: bool, p: Any, x: torch.Tensor) -> tuple[torch.Tensor]:
+    """``x`` with all but its ``k`` largest (by magnitude if ``absolute``) entries per row zeroed,
+    then a ReLU unless ``absolute``.
+
+    >>> x = torch.tensor([[3.0, -5.0, 1.0, 2.0]])
+    >>> topk(2, False, None, x)[0], topk(2, True, None, x)[0]
+    (tensor([[3., 0., 0., 2.]]), tensor([[ 3., -5.,  0.,  0.]]))
+    """
+    index = (x.abs() if absolute else x).topk(k, dim=-1).indices
+    values = x.gather(-1, index)
+    return (torch.zeros_like(x).scatter(-1, index, values if absolute else values.relu()),)
+
+
 def add(p: Any, *xs: torch.Tensor) -> tuple[torch.Tensor]:
     """The sum of the wires."""
     out = xs[0] + xs[1]
@@ -151,6 +164,8 @@ def kernel(box: Box) -> Kernel:
         return partial(layer_norm, data["eps"], data["affine"], data["bias"])
     if kind == "Elementwise":
         return partial(pointwise, POINTWISE[data["fn"]])
+    if kind == "TopK":
+        return partial(topk, data["k"], data["absolute"])
     if kind == "Add":
         return add
     if kind == "Mul":

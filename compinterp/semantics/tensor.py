@@ -46,6 +46,7 @@ _REASONS = {
     "Norm": "a normalisation divides by a norm of its input",
     "Attention": "softmax attention is not a polynomial",
     "Opaque": "an opaque torch module has no known polynomial form",
+    "TopK": "keeping the k largest features is not a polynomial",
 }
 
 
@@ -206,16 +207,39 @@ def _e0(rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
 
 def _pad(M: torch.Tensor, width: int) -> torch.Tensor:
     """``M`` with zero columns appended up to ``width`` (units added to a stage after ``M`` was made)."""
-    return torch.nn.functional.pad(M, (0, width - M.shape[1]))
+    return M if M.shape[1] == width else torch.nn.functional.pad(M, (0, width - M.shape[1]))
 
 
 @dataclass(frozen=True)
 class _Value:
-    """A wire's value during the walk: ``M s_stage``, and the input wire it is, if untouched."""
+    """A wire's value during the walk: ``M s_stage``, and the input wire it is, if untouched.
+
+    ``sel`` is set when ``M`` only selects units: ``M = [0 | I | 0]`` with the identity from
+    column ``sel``, so that maps applied to the wire are placed instead of multiplied.
+    """
 
     stage: int
     M: torch.Tensor
     origin: int | None = None
+    sel: int | None = None
+
+
+def _through(A: torch.Tensor, value: _Value) -> torch.Tensor:
+    """``A @ value.M``; a copy into the selected columns when ``value`` only selects units."""
+    return A @ value.M if value.sel is None else _place(A, value.sel, value.M.shape[1])
+
+
+def _place(A: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    """``A`` read on units ``start, start + 1, ...`` of a state of width ``width`` (zero elsewhere)."""
+    rows = A.shape[0]
+    return torch.cat([A.new_zeros(rows, start), A, A.new_zeros(rows, width - start - A.shape[1])], dim=1)
+
+
+def _selection(rows: int, width: int, start: int, like: torch.Tensor) -> torch.Tensor:
+    """``[0 | I_rows | 0]`` of width ``width``, the identity from column ``start``."""
+    out = torch.zeros(rows, width, dtype=like.dtype, device=like.device)
+    out[:, start:start + rows].diagonal().fill_(1)
+    return out
 
 
 class _Chain:
@@ -226,18 +250,21 @@ class _Chain:
         self.widths = [in_dim + 1]
         self.blocks: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
 
-    def units(self, stage: int, L: torch.Tensor, R: torch.Tensor) -> _Value:
-        """Append units ``(L s) * (R s)`` on ``s = s_stage`` to stage ``stage + 1``; the value selecting them."""
+    def append(self, stage: int, L: torch.Tensor, R: torch.Tensor) -> int:
+        """Append units ``(L s) * (R s)`` on ``s = s_stage`` to stage ``stage + 1``; the index of the first."""
         if stage + 1 == len(self.widths):
             one = _e0(1, self.widths[stage], self.like)
             self.blocks.append([(one, one)])
             self.widths.append(1)
-        start, h = self.widths[stage + 1], L.shape[0]
+        start = self.widths[stage + 1]
         self.blocks[stage].append((L, R))
-        self.widths[stage + 1] += h
-        select = torch.zeros(h, start + h, dtype=self.like.dtype, device=self.like.device)
-        select[:, start:] = torch.eye(h, dtype=self.like.dtype, device=self.like.device)
-        return _Value(stage + 1, select)
+        self.widths[stage + 1] += L.shape[0]
+        return start
+
+    def units(self, stage: int, L: torch.Tensor, R: torch.Tensor) -> _Value:
+        """Append units ``(L s) * (R s)`` on ``s = s_stage`` to stage ``stage + 1``; the value selecting them."""
+        start, h = self.append(stage, L, R), L.shape[0]
+        return _Value(stage + 1, _selection(h, start + h, start, self.like), sel=start)
 
     def lift(self, value: _Value, stage: int) -> _Value:
         """``value`` moved up to ``stage``, through units ``(M s) * 1``."""
@@ -279,9 +306,7 @@ class TensorFunctor:
         tokens = [False] * len(diagram.dom)
         wires, start = [], 1
         for i, dim in enumerate(diagram.dom.dims):
-            M = like.new_zeros(dim, n + 1)
-            M[:, start:start + dim] = torch.eye(dim, dtype=like.dtype, device=like.device)
-            wires.append(_Value(0, M, i))
+            wires.append(_Value(0, _selection(dim, n + 1, start, like), i, sel=start))
             start += dim
         for offset, box in diagram.walk():
             k = len(box.dom)
@@ -302,11 +327,11 @@ class TensorFunctor:
 
     def embed(self, chain: _Chain, box: Box, p: dict[str, torch.Tensor], x: _Value) -> list[_Value]:
         """``y = W^T x`` on one-hot rows ``x``."""
-        return [_Value(x.stage, p["W"].T @ x.M)]
+        return [_Value(x.stage, _through(p["W"].T, x))]
 
     def linear(self, chain: _Chain, box: Box, p: dict[str, torch.Tensor], x: _Value) -> list[_Value]:
         """``y = W x + b``, the bias on the constant unit."""
-        M = p["W"] @ x.M
+        M = _through(p["W"], x)
         if "b" in p:
             M = M + torch.outer(p["b"], _e0(1, M.shape[1], M)[0])
         return [_Value(x.stage, M)]
@@ -316,14 +341,14 @@ class TensorFunctor:
     def bilinear(self, chain: _Chain, box: Box, p: dict[str, torch.Tensor], x: _Value) -> list[_Value]:
         """``y = D((L x + l) * (R x + r)) + d``: ``hidden`` new units in the next stage."""
         e0 = _e0(1, x.M.shape[1], x.M)[0]
-        L, R = p["L"] @ x.M, p["R"] @ x.M
+        L, R = _through(p["L"], x), _through(p["R"], x)
         if "l" in p:
             L, R = L + torch.outer(p["l"], e0), R + torch.outer(p["r"], e0)
-        hidden = chain.units(x.stage, L, R)
-        M = p["D"] @ hidden.M
+        start = chain.append(x.stage, L, R)
+        M = _place(p["D"], start, start + L.shape[0])
         if "d" in p:
             M = M + torch.outer(p["d"], _e0(1, M.shape[1], M)[0])
-        return [_Value(hidden.stage, M)]
+        return [_Value(x.stage + 1, M)]
 
     def copy(self, chain: _Chain, box: Box, p: dict[str, torch.Tensor], x: _Value) -> list[_Value]:
         """``n`` copies of the wire (none: discard)."""

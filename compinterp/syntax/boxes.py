@@ -191,6 +191,29 @@ class Elementwise(Kind):
         return self.data["fn"] in ("identity", "square", "neg")
 
 
+class TopK(Kind):
+    """Keep the ``k`` largest of a wire's features per example and zero the rest, then a ReLU
+    (TopK sparse autoencoders); ``absolute=True`` keeps the ``k`` of largest magnitude, signs and
+    all (bilinear autoencoders, whose features have either sign).
+
+    >>> TopK("keep", Space("features", 4), k=2).data
+    {'k': 2, 'absolute': False}
+    >>> TopK("keep", Space("features", 4), k=5)
+    Traceback (most recent call last):
+    ...
+    compinterp.errors.BoxError: TopK box 'keep': k must be from 1 to the width 4 of features:4, got 5
+    """
+
+    kind = "TopK"
+
+    def __init__(self, name: str, space: Space, k: int, absolute: bool = False) -> None:
+        _check_name(self.kind, name)
+        width = _one_wire(self.kind, name, "space", space).dim
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= width:
+            raise BoxError(f"TopK box '{name}': k must be from 1 to the width {width} of {space}, got {k!r}")
+        super().__init__(name, space, space, {"k": k, "absolute": bool(absolute)})
+
+
 class Copy(Kind):
     """The copy spider ``x -> x @ ... @ x`` (``n`` copies; ``n = 0`` discards)."""
 
@@ -277,7 +300,7 @@ class Opaque(Kind):
 
 
 KINDS: dict[str, type[Kind]] = {cls.kind: cls for cls in (
-    Embed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, Copy, Add, Mul, Attention, Opaque)}
+    Embed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, Copy, Add, Mul, Attention, Opaque)}
 """Every box kind by name, as written in files."""
 
 
@@ -303,7 +326,7 @@ def box_from_json(entry: dict[str, Any]) -> Box:
         raise BoxError(f"unknown box kind {kind!r} for box {name!r}; known: {', '.join(KINDS)}")
     cls = KINDS[kind]
     try:
-        if cls in (Norm, Attention):
+        if cls in (Norm, Attention, TopK):
             box = cls(name, dom, **data)
         elif cls is Elementwise:
             box = cls(data.pop("fn"), dom, name, **data)

@@ -15,13 +15,16 @@ from typing import Any, ClassVar
 
 import torch
 
+from compinterp.complexity.sparse import FEATURES
 from compinterp.errors import InputError
 from compinterp.interpretation import Interpretation
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
 from compinterp.refinement.dictionary.core import Dictionary, box_activations, train
-from compinterp.refinement.dictionary.topk import RULES
 from compinterp.syntax import Box, Diagram
+
+NAMES = ("sae", "transcoder", "bilinear_ae")
+"""The dictionary passes by name (``compinterp.refine(..., passes=["sae"])``, ``--passes sae``)."""
 
 SKIP = ("Copy", "Add", "Mul", "Elementwise", "TopK", "Opaque")
 """Box kinds a dictionary pass does not offer to rewrite by default (no wire of their own worth a dictionary)."""
@@ -52,15 +55,19 @@ class DictionaryPass:
 
     def targets(self, model: Model) -> list[str]:
         """The boxes this pass rewrites: the given ones, else every box with one input and one output
-        wire whose kind is not in :data:`SKIP`."""
+        wire whose kind is not in :data:`SKIP` and that is not part of a dictionary (a box reading or
+        writing a ``features`` wire); either way, not a box a dictionary refines already (whose
+        ``{box}_dec`` is in the model), so that a search does not stack dictionaries."""
+        boxes = model.boxes
         if self.boxes is not None:
             for name in self.boxes:
-                if name not in model.boxes:
+                if name not in boxes and f"{name}_dec" not in boxes:
                     raise InputError(f"{self.name}: no box named '{name}' in the model; "
-                                     f"boxes: {', '.join(model.boxes)}")
-            return list(self.boxes)
-        return [name for name, box in model.boxes.items()
-                if box.kind not in SKIP and len(box.dom) == 1 and len(box.cod) == 1]
+                                     f"boxes: {', '.join(boxes)}")
+            return [name for name in self.boxes if name in boxes and f"{name}_dec" not in boxes]
+        return [name for name, box in boxes.items()
+                if box.kind not in SKIP and len(box.dom) == 1 and len(box.cod) == 1 and f"{name}_dec" not in boxes
+                and FEATURES not in (box.dom.wires[0].label, box.cod.wires[0].label)]
 
     def candidates(self, model: Model) -> Sequence[Rewrite]:
         """One rewrite per target box and setting, widest and densest (mildest) first."""
@@ -85,7 +92,7 @@ class DictionaryPass:
         image = self.image(box, dictionary)
         own = {name: copy.deepcopy(model.params[name]) for name, b in model.boxes.items() if b.kind == "Opaque"}
         return Interpretation(model, boxes={box.name: image}, params=dictionary.params(box.name), modules=own,
-                              rules={**model.rules, **RULES})
+                              rules=model.rules)
 
     def fit(self, model: Model, rewrite: Rewrite) -> Dictionary:
         """The dictionary of ``rewrite``, trained on the streamed activations of its box."""
@@ -128,7 +135,7 @@ def make_pass(name: str, data: Any, boxes: Sequence[str] | None = None, *, width
     from compinterp.refinement.dictionary.transcoder import Transcoder
     classes = {cls.name: cls for cls in (SAE, Transcoder, BilinearAE)}
     if name not in classes:
-        raise InputError(f"unknown dictionary pass {name!r}; choose one of {', '.join(classes)}")
+        raise InputError(f"unknown dictionary pass {name!r}; choose one of {', '.join(NAMES)}")
     if isinstance(data, str) and data == "exact":
         raise InputError(f"the {name} pass trains on activations: give data (digits, gaussian:N or FILE.pt), "
                          "not 'exact'")

@@ -30,18 +30,16 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from compinterp.complexity.sparse import FEATURES
 from compinterp.data import as_source
 from compinterp.errors import InputError
 from compinterp.model import Model
-from compinterp.refinement.dictionary.topk import TopK
 from compinterp.semantics import Plan
-from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, chain
+from compinterp.semantics.kernels import topk
+from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, TopK, chain
 
 KINDS = ("topk", "relu", "bilinear")
 """The encoders a dictionary may have."""
-
-FEATURES = "features"
-"""The name of the feature wire a dictionary adds (``features:F``)."""
 
 
 def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
@@ -57,7 +55,7 @@ def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
                          "wire for a dictionary")
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     model = model.to(device)
-    params = {name: m._parameters if type(m) is nn.ParameterDict else m for name, m in model.params._modules.items()}
+    params = model.plan_params()
     dtype = next(model.parameters(), torch.empty(0)).dtype
     plan, n = model.plan, len(model.dom)
     for batch in as_source(data).batches(batch_size, model.dom.dims):
@@ -69,13 +67,9 @@ def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
 
 def _run_to(plan: Plan, params: Any, xs: list[torch.Tensor], box: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on ``xs`` up to the first step of ``box``: its input and output."""
-    regs: list[Any] = [*xs, *([None] * (plan.registers - len(xs)))]
-    for step in plan.steps:
-        p = params[step.key] if step.key is not None else None
+    for step, ins in plan.trace(params, *xs):
         if step.box.name == box:
-            return regs[step.ins[0]], step.fn(p, regs[step.ins[0]])[0]
-        for r, y in zip(step.outs, step.fn(p, *[regs[i] for i in step.ins])):
-            regs[r] = y
+            return ins[0], step.fn(params[step.key] if step.key is not None else None, ins[0])[0]
     raise InputError(f"box '{box}' is not computed by the model's plan (it is a copy or a swap)")
 
 
@@ -119,8 +113,7 @@ class Dictionary(nn.Module):
             z = pre
         if self.k is None or self.k >= self.width:
             return z
-        index = (z.abs() if self.kind == "bilinear" else z).topk(self.k, dim=-1).indices
-        return torch.zeros_like(z).scatter(-1, index, z.gather(-1, index))
+        return topk(self.k, self.kind == "bilinear", None, z)[0]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x_hat, z)``: the reconstruction ``D z + b_dec`` and the features."""

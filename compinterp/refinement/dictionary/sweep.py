@@ -59,23 +59,28 @@ def sweep(model: Model, dictionary_pass: DictionaryPass, data: Any, *, scope: st
     """Train and score every candidate of ``dictionary_pass`` on ``model``, evaluated on ``data``."""
     if scope not in SCOPES:
         raise InputError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    points = []
-    for rewrite in dictionary_pass.candidates(model):
-        dictionary = dictionary_pass.fit(model, rewrite)
-        interpretation = dictionary_pass.interpret(model, rewrite, dictionary)
-        report = check(model, interpretation, data, batch_size=batch_size, device=device, logits=False,
-                       progress=False)
-        local = local_row(report, rewrite.box)
-        box = model.boxes[rewrite.box]
-        l0, examples = _l0(dictionary_pass, model, rewrite, dictionary, data)
-        fvu, numbers = (1 - local, box.cod.dim) if scope == "local" else \
-            (report.end_to_end.fvu, sum(model.cod.dims))
-        explanation = interpretation.explanation
-        own = [b for b in explanation.boxes if b.startswith(f"{rewrite.box}_")]
-        bits = dictionary_bits(explanation, own, width=rewrite.settings["width"], l0=l0, examples=examples,
-                               fvu=max(fvu, 0.0), numbers=numbers, value_bits=value_bits, precision=precision)
-        points.append(SweepPoint(rewrite, l0, local, report.end_to_end.faithfulness, bits, explanation))
-    return points
+    return [score(model, dictionary_pass, rewrite, dictionary_pass.fit(model, rewrite), data, scope=scope,
+                  value_bits=value_bits, precision=precision, batch_size=batch_size, device=device)
+            for rewrite in dictionary_pass.candidates(model)]
+
+
+def score(model: Model, dictionary_pass: DictionaryPass, rewrite: Rewrite, dictionary: Dictionary, data: Any, *,
+          scope: str = "local", value_bits: int = 8, precision: int = 32, batch_size: int = 256,
+          device: str | torch.device | None = None) -> SweepPoint:
+    """One trained ``dictionary`` (of ``dictionary_pass`` for ``rewrite``) checked and scored on ``data``."""
+    if scope not in SCOPES:
+        raise InputError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    interpretation = dictionary_pass.interpret(model, rewrite, dictionary)
+    report = check(model, interpretation, data, batch_size=batch_size, device=device, logits=False, progress=False)
+    local = local_row(report, rewrite.box)
+    box = model.boxes[rewrite.box]
+    l0, examples = _l0(dictionary_pass, model, rewrite, dictionary, data)
+    fvu, numbers = (1 - local, box.cod.dim) if scope == "local" else (report.end_to_end.fvu, sum(model.cod.dims))
+    explanation = interpretation.explanation
+    own = [b for b in explanation.boxes if b.startswith(f"{rewrite.box}_")]
+    bits = dictionary_bits(explanation, own, width=rewrite.settings["width"], l0=l0, examples=examples,
+                           fvu=max(fvu, 0.0), numbers=numbers, value_bits=value_bits, precision=precision)
+    return SweepPoint(rewrite, l0, local, report.end_to_end.faithfulness, bits, explanation)
 
 
 def best(points: Sequence[SweepPoint], min_faithfulness: float, scope: str = "local") -> SweepPoint | None:

@@ -41,11 +41,12 @@ def features(model: Model, dictionary_pass: DictionaryPass, rewrite: Rewrite, di
     streamed in batches of the pass's ``batch_size``."""
     refined = dictionary_pass.interpret(model, rewrite, dictionary).explanation
     decoder = refined.box_params(f"{rewrite.box}_dec")["W"]
-    width, box = decoder.shape[1], model.boxes[rewrite.box]
-    values, inputs = torch.empty(width, 0), None
-    effect, active = torch.zeros(width, refined.cod.dims[0]), torch.zeros(width)
+    width, box, device = decoder.shape[1], model.boxes[rewrite.box], decoder.device
+    values, inputs = torch.empty(width, 0, device=device), None
+    effect, active = torch.zeros(width, refined.cod.dims[0], device=device), torch.zeros(width, device=device)
     for batch in as_source(data).batches(dictionary_pass.batch_size, model.dom.dims):
-        xs = tuple(batch[:len(model.dom)])
+        xs = tuple(x.to(device, decoder.dtype) if x.is_floating_point() else x.to(device)
+                   for x in batch[:len(model.dom)])
         with torch.no_grad():
             z = torch.cat([dictionary.encode(a.reshape(-1, a.shape[-1]))
                            for a, _ in dictionary_pass.pairs(model, box, xs)])
