@@ -44,6 +44,7 @@ import torch
 
 import compinterp
 from compinterp.complexity import description_length
+from compinterp.drawing import save_figure
 from compinterp.errors import BoxError, FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.faithfulness.exact import exact_compare, fit_gaussian
@@ -53,7 +54,7 @@ from compinterp.model import Model
 from compinterp.refinement.dictionary import SAE, features, score
 from compinterp.refinement.search import refine
 from compinterp.report import demo_report
-from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, save, sweep_figure
+from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, sweep_figure
 from compinterp.syntax import Bilinear, Id
 from compinterp.tasks import digits
 from compinterp.tasks.train import check_output, read_run, resolve_device, train
@@ -259,12 +260,12 @@ def _explain(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...]],
     declared.save(out / "explanation")
     declared.explanation.draw(figures / "explanation.svg")
     values, vectors = class_spectrum(model)
-    save(eigenvector_figure(values[:, :pictures], vectors[:, :pictures], side=digits.SIDE),
+    save_figure(eigenvector_figure(values[:, :pictures], vectors[:, :pictures], side=digits.SIDE),
          figures / "eigenvectors.png")
     curves = {"held-out digits": [row["faithfulness_data"] for row in sweep],
               "exact, N(0, I)": [row["faithfulness_exact"] for row in sweep],
               "exact, Gaussian fitted to the digits": [row["faithfulness_fitted"] for row in sweep]}
-    save(sweep_figure([row["k"] for row in sweep], curves, bar=bar), figures / "sweep.png")
+    save_figure(sweep_figure([row["k"] for row in sweep], curves, bar=bar), figures / "sweep.png")
     explanation = {"path": "explanation", "k": k, **checked, "bits": description_length(declared).to_json(),
                    "sweep": sweep}
     eigen = {"k": pictures, "eigenvalues": values[:, :pictures].tolist(),
@@ -283,7 +284,7 @@ def _refine(out: Path, model: Model, declared: Interpretation, data: dict[str, t
     refined.model.draw(figures / "refined.svg")
     refined.frontier.plot(figures / "frontier.png", title="refining the digits model")
     original, explanation = description_length(model), description_length(declared)
-    save(bits_figure([("original model", original.structure, original.parameters),
+    save_figure(bits_figure([("original model", original.structure, original.parameters),
                       ("declared eigen-explanation", explanation.structure, explanation.parameters),
                       ("refined model", refined.bits.structure, refined.bits.parameters)]), figures / "bits.png")
     return {"path": "refined", "data": "digits training split", **refined.to_json(),
@@ -313,7 +314,7 @@ def _dictionary(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...
     view = features(model, sae, rewrite, dictionary, data["test"], top=TOP_DIGITS)
     shown = sorted(view, key=lambda f: (-f.active * float(f.effect.norm()), f.index))[:SHOWN_FEATURES]
     labels = [[int(y[(x == row).all(-1)][0]) for row in f.top_inputs] for f in shown]
-    save(feature_figure([f.direction for f in shown], [f.top_inputs for f in shown],
+    save_figure(feature_figure([f.direction for f in shown], [f.top_inputs for f in shown],
                         [[f"{label}  ({value:.2f})" for label, value in zip(digits_, f.top_values.tolist())]
                          for f, digits_ in zip(shown, labels)],
                         [f.effect for f in shown], [f"feature {f.index}\n{f.active} digits" for f in shown],

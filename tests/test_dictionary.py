@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -31,13 +30,7 @@ from compinterp.refinement.dictionary import (
 from compinterp.syntax import Linear, Space, TopK
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Training tests run on one thread (the machine is shared), restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_data(d: int, width: int, k: int, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,6 +92,7 @@ class Frontier:
         """Draw the frontier (bits on a log axis against faithfulness, the bar dashed) to a PNG or
         SVG file by its suffix, written atomically; returns the path."""
         from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
         from compinterp.drawing import save_figure
 
@@ -112,6 +113,9 @@ class Frontier:
                 axis.set_ylim(bottom=floor, top=1 + 0.2 * (1 - floor))
         if bits and min(bits) > 0:
             axis.set_xscale("log")
+            axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda bits, _: f"{bits:,.0f}"))
+            axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("description length (bits)")
         axis.set_ylabel("faithfulness (1 - FVU)")
         axis.set_title(title or "refinement frontier")

@@ -1,45 +1,25 @@
 """The report's figures, drawn headless on matplotlib figures of our own (never pyplot's).
 
 >>> import tempfile, torch
+>>> from pathlib import Path
+>>> from compinterp.drawing import save_figure
 >>> values = torch.tensor([[2.0, -1.0], [1.5, 0.5]])
 >>> vectors = torch.randn(2, 2, 64)
 >>> with tempfile.TemporaryDirectory() as tmp:
-...     path = save(eigenvector_figure(values, vectors, side=8), Path(tmp) / "eig.png")
+...     path = save_figure(eigenvector_figure(values, vectors, side=8), Path(tmp) / "eig.png")
 ...     path.read_bytes()[:4]
 b'\\x89PNG'
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
-import matplotlib
 import torch
 from matplotlib.figure import Figure
 
 from compinterp.errors import FormatError
 
-
-def save(figure: Figure, path: str | os.PathLike[str], dpi: float = 100) -> Path:
-    """Write ``figure`` to a PNG or SVG file by its suffix, atomically; returns the path."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".png", ".svg"):
-        raise FormatError(f"cannot save a figure to {path}: the file name must end in .png or .svg")
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        with matplotlib.rc_context({"svg.fonttype": "none"}):
-            figure.savefig(partial, format=suffix[1:], dpi=dpi, facecolor="white",
-                           metadata={"Date": None} if suffix == ".svg" else None)
-        os.replace(partial, path)
-    except OSError as err:
-        raise FormatError(f"cannot save a figure to {path}: {err.strerror or err}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
 
 
 def eigenvector_figure(values: torch.Tensor, vectors: torch.Tensor, *, side: int,
