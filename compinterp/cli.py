@@ -252,8 +252,9 @@ def _ints(text: str | None, option: str) -> list[int] | None:
 
 def _train(args: argparse.Namespace) -> None:
     """``compinterp train``: train a task's model, save it and its numbers, print them."""
-    from compinterp.tasks.train import check_output, train
-    check_output(args.out)
+    from compinterp.files import check_target
+    from compinterp.tasks.train import train
+    check_target(args.out)
     result = train(args.task, model=args.model, seed=args.seed, epochs=args.epochs, device=args.device,
                    progress=not args.json)
     path = result.save(args.out)

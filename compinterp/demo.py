@@ -48,7 +48,7 @@ from compinterp.drawing import save_figure
 from compinterp.errors import BoxError, FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.faithfulness.exact import exact_compare, fit_gaussian
-from compinterp.files import load
+from compinterp.files import check_target, load
 from compinterp.interpretation import Interpretation, maps
 from compinterp.model import Model
 from compinterp.refinement.dictionary import SAE, features, score
@@ -57,7 +57,7 @@ from compinterp.report import demo_report
 from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, sweep_figure
 from compinterp.syntax import Bilinear, Id
 from compinterp.tasks import digits
-from compinterp.tasks.train import check_output, read_run, resolve_device, train
+from compinterp.tasks.train import read_run, resolve_device, train
 
 DEFAULT_OUT = Path("runs/demo")
 """Where ``compinterp demo`` writes when no ``--out`` is given."""
@@ -220,7 +220,7 @@ def _model(out: Path, seed: int, device: torch.device, retrain: bool, progress: 
     if reused:
         model, trained = load(out / "model").to(device), run_file
     else:
-        check_output(out / "model")
+        check_target(out / "model")
         result = train(task, seed=seed, device=device, progress=progress)
         result.save(out / "model")
         model, trained = result.model, result.to_json()

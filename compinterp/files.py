@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def save(model: Model, path: str | os.PathLike[str]) -> Path:
         raise FormatError(f"save() takes a compinterp Model, got {type(model).__name__}")
     given, path = Path(path), Path(os.path.abspath(path))
     try:
-        _check_target(path)
+        check_target(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f".{path.name}.saving-{uuid.uuid4().hex}")
         staging.mkdir()
@@ -179,13 +179,31 @@ def _model_dir(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _check_target(path: Path) -> None:
-    """Refuse to save over a file or over a non-empty directory that is not a compinterp model."""
+def check_target(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a place a model can be saved to (absent, empty, or a model directory), so that a
+    command can refuse a bad ``--out`` before any work; raises naming the problem otherwise."""
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise FormatError(f"cannot save a model to {path}: it is a file, not a directory")
     if path.is_dir() and any(path.iterdir()) and not _is_model(path):
         raise FormatError(f"refusing to overwrite {path}: it is a non-empty directory that is not a "
                           f"compinterp model (no {META} with format {FORMAT!r})")
+    return path
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], object], verb: str = "write") -> Path:
+    """Call ``write`` on a partial file beside ``path``, then rename it into place, so an error or a
+    crash leaves what was at ``path``; an ``OSError`` becomes a FormatError naming ``path``."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except OSError as err:
+        raise FormatError(f"cannot {verb} {path}: {err.strerror or err}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def _is_model(path: Path) -> bool:

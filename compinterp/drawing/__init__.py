@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import os
-import uuid
 from math import sqrt
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from discopy.drawing.backend import Matplotlib
 from matplotlib.figure import Figure
 
 from compinterp.errors import BoxError, FormatError
+from compinterp.files import write_atomically
 from compinterp.syntax import Box, Diagram, Swap
 
 FORMATS = (".png", ".svg")
@@ -68,17 +68,13 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: float = 10
     as text and carry no date, so the same figure gives the same file."""
     path = _target(path, verb)
     suffix = path.suffix.lower()
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
     metadata = {"Date": None} if suffix == ".svg" else None
-    try:
+
+    def savefig(partial: Path) -> None:
         with matplotlib.rc_context({"svg.fonttype": "none"}):
             figure.savefig(partial, format=suffix[1:], dpi=dpi, facecolor="white", metadata=metadata)
-        os.replace(partial, path)
-    except OSError as err:
-        raise FormatError(f"cannot {verb} {path}: {err.strerror or err}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+
+    return write_atomically(path, savefig, verb)
 
 
 def _target(path: str | os.PathLike[str], verb: str) -> Path:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 import html
 import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compinterp.errors import FormatError
+from compinterp.files import write_atomically
 
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 """The image files :func:`image_file` inlines, by suffix."""
@@ -120,13 +120,4 @@ def render(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
 
 def write(path: str | os.PathLike[str], page: str) -> Path:
     """Write ``page`` to ``path`` atomically (a partial file renamed into place); returns the path."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        partial.write_text(page, encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as err:
-        raise FormatError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda partial: partial.write_text(page, encoding="utf-8"))

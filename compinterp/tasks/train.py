@@ -127,15 +127,6 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def check_output(path: str | Path) -> Path:
-    """``path`` as a place a model can be saved to (absent, empty, or a model directory), before any work."""
-    path = Path(path)
-    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "meta.json").is_file())):
-        raise FormatError(f"cannot save a model to {path}: it is a file or a non-empty directory that is not "
-                          "a compinterp model")
-    return path
-
-
 def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: int | None = None,
           device: str | torch.device = "cpu", progress: bool = True, recipe: Recipe | None = None) -> TrainResult:
     """Train ``model`` (default: the task's default) on ``task``'s training split and score it on both splits.
