@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_dictionary import best_cosines, identity_model, one_thread, sparse_data
+from test_dictionary import best_cosines, identity_model, sparse_data
 from torch import nn
 from torch.nn import functional as F
 
@@ -15,7 +15,7 @@ from compinterp.model import Model
 from compinterp.refinement.dictionary import SAE, Transcoder, best, sweep
 from compinterp.syntax import Linear, Opaque, Space
 
-__all__ = ["one_thread"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sae_recovers_true_directions() -> None:
