@@ -27,8 +27,9 @@ from pathlib import Path
 import torch
 
 import compinterp as ci
+from compinterp.drawing import save_figure
 from compinterp.refinement.passes import Eigen, eigen
-from compinterp.report.figures import eigenvector_figure, save
+from compinterp.report.figures import eigenvector_figure
 from compinterp.tasks import digits
 
 
@@ -85,7 +86,7 @@ def main(out: Path, *, model_dir: Path | None = None, ks: tuple[int, ...] = (1, 
     top = eigen(model, "mlp", k=show, mode="per_output", fold=("unembed",))
     top.save(out / f"eigen_k{show}")
     values, vectors = eigen_parts(top)
-    save(eigenvector_figure(values, vectors, side=digits.SIDE), out / "eigenvectors.png")
+    save_figure(eigenvector_figure(values, vectors, side=digits.SIDE), out / "eigenvectors.png")
     for c in range(10):
         print(f"digit {c}: eigenvalues " + ", ".join(f"{v:+.2f}" for v in values[c].tolist()))
 
