@@ -11,6 +11,7 @@ import torch
 from compinterp.errors import InputError
 from compinterp.model import Model
 from compinterp.tasks import data_from_spec, digits, gates, modular
+from compinterp.tasks.task import Recipe, Task
 from compinterp.tasks.train import TASKS, get_task
 
 
@@ -94,3 +95,11 @@ def test_task_errors_are_one_line() -> None:
         get_task("digits").build("transformer")
     with pytest.raises(InputError, match="task 'gates': split must be 'train' or 'test', got 'val'"):
         get_task("gates").data("val")
+
+
+def test_a_task_with_an_unknown_loss_or_no_models_is_refused() -> None:
+    build = digits.task().models["mlp"][0]
+    with pytest.raises(InputError, match="task 'toy': unknown loss 'hinge'; the losses are cross_entropy, binary"):
+        Task("toy", "a toy", {"mlp": (build, Recipe(epochs=1, lr=1e-3))}, lambda split, model: (), loss="hinge")
+    with pytest.raises(InputError, match="task 'toy' has no models"):
+        Task("toy", "a toy", {}, lambda split, model: ())

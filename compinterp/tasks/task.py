@@ -58,6 +58,12 @@ class Task:
     loss: str = "cross_entropy"
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise InputError(f"task '{self.name}': unknown loss {self.loss!r}; the losses are {', '.join(LOSSES)}")
+        if not self.models:
+            raise InputError(f"task '{self.name}' has no models")
+
     @property
     def default_model(self) -> str:
         """The model trained when none is named."""
