@@ -204,7 +204,7 @@ def description_length(model_or_explanation: Model | Interpretation | str | os.P
         if explanation is None:
             raise InputError("the code of sparse layers is measured by running the model: load it first, then "
                              "pass it")
-        bits = bits.with_codes(_codes(explanation, data, batch_size, device))
+        bits = bits.with_codes(codes_on(explanation, data, batch_size=batch_size, device=device))
     if reference is None:
         return bits
     return _with_error(bits, explanation, reference, data, resolution, examples, batch_size, device)
@@ -247,8 +247,8 @@ def _with_error(bits: Bits, explanation: Model | Interpretation, reference: Mode
                    resolution=resolution, fvu=fvu)
 
 
-def _codes(explanation: Model | Interpretation, data: Any, batch_size: int,
-           device: str | torch.device | None) -> tuple[Code, ...]:
+def codes_on(explanation: Model | Interpretation, data: Any, *, batch_size: int = 256,
+             device: str | torch.device | None = None) -> tuple[Code, ...]:
     """The sparse layers' codes of ``explanation`` (its model, moved to ``device``) measured on ``data``."""
     model = explanation.explanation if isinstance(explanation, Interpretation) else explanation
     if isinstance(explanation, Interpretation) and model.dom != explanation.source.dom:

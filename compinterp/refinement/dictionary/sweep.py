@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from compinterp.complexity import codes_on
 from compinterp.complexity.dictionary import DictionaryBits, dictionary_bits
 from compinterp.errors import InputError
 from compinterp.faithfulness import check
@@ -74,10 +75,11 @@ def score(model: Model, dictionary_pass: DictionaryPass, rewrite: Rewrite, dicti
     report = check(model, interpretation, data, batch_size=batch_size, device=device, logits=False, progress=False)
     local = local_row(report, rewrite.box)
     box = model.boxes[rewrite.box]
-    l0, examples = _l0(dictionary_pass, model, rewrite, dictionary, data)
     fvu, numbers = (1 - local, box.cod.dim) if scope == "local" else (report.end_to_end.fvu, sum(model.cod.dims))
     explanation = interpretation.explanation
     own = [b for b in explanation.boxes if b.startswith(f"{rewrite.box}_")]
+    code = next(c for c in codes_on(interpretation, data, batch_size=batch_size, device=device) if c.box in own)
+    l0, examples = code.l0, code.examples
     bits = dictionary_bits(explanation, own, width=rewrite.settings["width"], l0=l0, examples=examples,
                            fvu=max(fvu, 0.0), numbers=numbers, value_bits=value_bits, precision=precision)
     return SweepPoint(rewrite, l0, local, report.end_to_end.faithfulness, bits, explanation)
@@ -88,14 +90,3 @@ def best(points: Sequence[SweepPoint], min_faithfulness: float, scope: str = "lo
     kept = [p for p in points if (p.local if scope == "local" else p.end_to_end) >= min_faithfulness]
     return min(kept, key=lambda p: p.bits.total, default=None)
 
-
-def _l0(dictionary_pass: DictionaryPass, model: Model, rewrite: Rewrite, dictionary: Dictionary,
-        data: Any) -> tuple[float, int]:
-    """The mean number of active features per example on ``data``, and the number of examples."""
-    active, rows = 0.0, 0
-    with torch.no_grad():
-        for x, _ in dictionary_pass.pairs(model, model.boxes[rewrite.box], data):
-            z = dictionary.encode(x.reshape(-1, x.shape[-1]))
-            active += float((z != 0).sum())
-            rows += z.shape[0]
-    return active / max(rows, 1), rows
