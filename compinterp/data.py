@@ -211,6 +211,24 @@ def as_source(data: Any) -> Source:
                      "a DataLoader, compinterp.data.gaussian(n) or a spec like 'gaussian:1000'")
 
 
+def placement(module: torch.nn.Module, device: str | torch.device | None = None) -> tuple[torch.device, torch.dtype]:
+    """Where ``module`` runs (``device`` if given, else where its floating parameters are; the CPU
+    without any) and the dtype of its floating parameters (float32 without any).
+
+    >>> placement(torch.nn.Linear(2, 2, dtype=torch.float64))
+    (device(type='cpu'), torch.float64)
+    """
+    floats = [p for p in module.parameters() if p.is_floating_point()]
+    where = torch.device(device) if device is not None else floats[0].device if floats else torch.device("cpu")
+    return where, floats[0].dtype if floats else torch.float32
+
+
+def placed(batch: Sequence[torch.Tensor], n: int, device: torch.device, dtype: torch.dtype) -> Batch:
+    """The first ``n`` tensors of ``batch`` (a model's inputs) on ``device``, the floating ones in
+    ``dtype``; token ids keep their integer dtype."""
+    return tuple(x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in batch[:n])
+
+
 def _as_batch(batch: Any, i: int) -> Batch:
     """One loader item as a tuple of tensors."""
     items = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch) if isinstance(batch, (tuple, list)) else None

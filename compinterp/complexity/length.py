@@ -29,7 +29,7 @@ from compinterp.complexity.codes import choice_bits, gamma_bits
 from compinterp.complexity.parameters import TensorCode, ordered_keys, parameter_codes
 from compinterp.complexity.sparse import Code, measure_codes, sparse_layers
 from compinterp.complexity.structure import HEADER, structure_rows
-from compinterp.data import as_source
+from compinterp.data import as_source, placed, placement
 from compinterp.errors import FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.interpretation import Interpretation
@@ -255,12 +255,9 @@ def codes_on(explanation: Model | Interpretation, data: Any, *, batch_size: int 
         raise InputError(f"the code of sparse layers is measured on the model's inputs, but this interpretation "
                          f"maps them ({explanation.source.dom} -> {model.dom}): measure it on the explanation "
                          "model with its own inputs")
-    floats = [p for p in model.parameters() if p.is_floating_point()]
-    device = torch.device(device) if device is not None else floats[0].device if floats else torch.device("cpu")
-    dtype = floats[0].dtype if floats else torch.float32
+    device, dtype = placement(model, device)
     model.to(device)
-    n = len(model.dom)
-    batches = (tuple(x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in batch[:n])
+    batches = (placed(batch, len(model.dom), device, dtype)
                for batch in as_source(data).batches(batch_size, model.dom.dims))
     return measure_codes(model, batches)
 

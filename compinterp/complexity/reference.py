@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from compinterp.complexity.sparse import Code, measure_codes
-from compinterp.data import as_source
+from compinterp.data import as_source, placed, placement
 from compinterp.errors import CompositionError, InputError
 from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
 from compinterp.faithfulness.metrics import Moments
@@ -48,10 +48,7 @@ class Reference:
             raise InputError(f"a reference must be a compinterp Model, got {type(model).__name__}")
         self.model = model
         self.exact = isinstance(data, str) and data == "exact"
-        params = [p for p in model.parameters() if p.is_floating_point()]
-        self.device = torch.device(device) if device is not None else (
-            params[0].device if params else torch.device("cpu"))
-        self.dtype = params[0].dtype if params else torch.float32
+        self.device, self.dtype = placement(model, device)
         self.batches: list[tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]] = []
         self.net: PolyNet | None = None
         self.samples = 0
@@ -66,8 +63,7 @@ class Reference:
         n = len(model.dom)
         with torch.inference_mode():
             for batch in as_source(data).batches(batch_size, model.dom.dims):
-                xs = tuple(x.to(self.device, self.dtype) if x.is_floating_point() else x.to(self.device)
-                           for x in batch[:n])
+                xs = placed(batch, n, self.device, self.dtype)
                 if len(xs) < n:
                     raise InputError(f"a batch of the data holds {len(xs)} tensor(s) but the model takes "
                                      f"{n} inputs ({model.dom})")

@@ -62,7 +62,8 @@ def draw(diagram_or_model: Any, path: str | os.PathLike[str], *, kinds: bool = T
                        verb="draw to")
 
 
-def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: float = 100, verb: str = "save a figure to") -> Path:
+def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: float = 100,
+                verb: str = "save a figure to") -> Path:
     """Write a matplotlib ``figure`` to a PNG or SVG file by its suffix, atomically (a partial file
     renamed into place, so a failure leaves what was there); returns the path. SVGs keep their text
     as text and carry no date, so the same figure gives the same file."""

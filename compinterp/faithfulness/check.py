@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from compinterp.data import Batch, Source, as_source
+from compinterp.data import Batch, Source, as_source, placement
 from compinterp.errors import BoxError, CompositionError, InputError
 from compinterp.faithfulness.distributed import all_reduce, world
 from compinterp.faithfulness.exact import exact_report
@@ -159,9 +159,7 @@ class _Squares:
             device = torch.device(device)
             self.model.to(device)
             self.explanation.to(device)
-        params = [p for p in self.model.parameters() if p.is_floating_point()]
-        device = device or (params[0].device if params else torch.device("cpu"))
-        dtype = params[0].dtype if params else torch.float32
+        device, dtype = placement(self.model, device)
         use_logits = self._logits(logits)
         local = [Moments(dims, device) for dims in self.out_dims] if self.images is not None else []
         whole = Moments(self.cod_dims, device)

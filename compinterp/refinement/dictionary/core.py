@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from compinterp.complexity.sparse import FEATURES
-from compinterp.data import as_source
+from compinterp.data import as_source, placed, placement
 from compinterp.errors import InputError
 from compinterp.model import Model
 from compinterp.semantics import Plan
@@ -53,19 +53,16 @@ def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
     if len(target.dom) != 1 or len(target.cod) != 1:
         raise InputError(f"box '{box}' ({target.dom} -> {target.cod}) must have one input and one output "
                          "wire for a dictionary")
-    device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    device, dtype = placement(model, device)
     model = model.to(device)
     params = model.plan_params()
-    dtype = next(model.parameters(), torch.empty(0)).dtype
-    plan, n = model.plan, len(model.dom)
     for batch in as_source(data).batches(batch_size, model.dom.dims):
-        xs = [x.to(device=device, dtype=dtype if x.is_floating_point() else x.dtype) for x in batch[:n]]
         with torch.no_grad():
-            pair = _run_to(plan, params, xs, box)
+            pair = _run_to(model.plan, params, placed(batch, len(model.dom), device, dtype), box)
         yield pair
 
 
-def _run_to(plan: Plan, params: Any, xs: list[torch.Tensor], box: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_to(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], box: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on ``xs`` up to the first step of ``box``: its input and output."""
     for step, ins in plan.trace(params, *xs):
         if step.box.name == box:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from compinterp.data import as_source
+from compinterp.data import as_source, placed
 from compinterp.errors import InputError
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
@@ -45,8 +45,7 @@ def features(model: Model, dictionary_pass: DictionaryPass, rewrite: Rewrite, di
     values, inputs = torch.empty(width, 0, device=device), None
     effect, active = torch.zeros(width, refined.cod.dims[0], device=device), torch.zeros(width, device=device)
     for batch in as_source(data).batches(dictionary_pass.batch_size, model.dom.dims):
-        xs = tuple(x.to(device, decoder.dtype) if x.is_floating_point() else x.to(device)
-                   for x in batch[:len(model.dom)])
+        xs = placed(batch, len(model.dom), device, decoder.dtype)
         with torch.no_grad():
             z = torch.cat([dictionary.encode(a.reshape(-1, a.shape[-1]))
                            for a, _ in dictionary_pass.pairs(model, box, xs)])
