@@ -48,7 +48,7 @@ from compinterp.drawing import save_figure
 from compinterp.errors import BoxError, FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.faithfulness.exact import exact_compare, fit_gaussian
-from compinterp.files import check_target, load
+from compinterp.files import check_target, load, write_atomically
 from compinterp.interpretation import Interpretation, maps
 from compinterp.model import Model
 from compinterp.refinement.dictionary import SAE, features, score
@@ -57,7 +57,7 @@ from compinterp.report import demo_report
 from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, sweep_figure
 from compinterp.syntax import Bilinear, Id
 from compinterp.tasks import digits
-from compinterp.tasks.train import read_run, resolve_device, train
+from compinterp.tasks.train import evaluate, read_run, resolve_device, train
 
 DEFAULT_OUT = Path("runs/demo")
 """Where ``compinterp demo`` writes when no ``--out`` is given."""
@@ -205,7 +205,7 @@ def run(out: str | Path = DEFAULT_OUT, *, device: str | torch.device = "cpu", se
         ("sweep", "png"), ("frontier", "png"), ("bits", "png"), ("dictionary", "svg"), ("features", "png"))}
     numbers["report"] = "report.html"
     numbers["seconds"] = clock | {"total": time.perf_counter() - start}
-    (out / RESULTS).write_text(json.dumps(numbers, indent=1) + "\n")
+    write_atomically(out / RESULTS, lambda partial: partial.write_text(json.dumps(numbers, indent=1) + "\n"))
     return DemoResult(out, demo_report(out), numbers)
 
 
@@ -252,7 +252,7 @@ def _explain(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...]],
         sweep.append({"k": kk, "faithfulness_data": on_data.end_to_end.faithfulness,
                       "faithfulness_exact": exact.end_to_end.faithfulness, "faithfulness_fitted": fitted.faithfulness,
                       "top1_agreement": on_data.end_to_end.top1,
-                      "accuracy": _accuracy(interp.explanation, *data["test"])})
+                      "accuracy": _held_out_accuracy(interp.explanation, data)})
         if kk == k:
             checked = {"interp": interp, "data": on_data.to_json(), "exact": exact.to_json(),
                        "exact_fitted": fitted.to_json(), "accuracy": sweep[-1]["accuracy"]}
@@ -261,7 +261,7 @@ def _explain(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...]],
     declared.explanation.draw(figures / "explanation.svg")
     values, vectors = class_spectrum(model)
     save_figure(eigenvector_figure(values[:, :pictures], vectors[:, :pictures], side=digits.SIDE),
-         figures / "eigenvectors.png")
+                figures / "eigenvectors.png")
     curves = {"held-out digits": [row["faithfulness_data"] for row in sweep],
               "exact, N(0, I)": [row["faithfulness_exact"] for row in sweep],
               "exact, Gaussian fitted to the digits": [row["faithfulness_fitted"] for row in sweep]}
@@ -285,12 +285,13 @@ def _refine(out: Path, model: Model, declared: Interpretation, data: dict[str, t
     refined.frontier.plot(figures / "frontier.png", title="refining the digits model")
     original, explanation = description_length(model), description_length(declared)
     save_figure(bits_figure([("original model", original.structure, original.parameters),
-                      ("declared eigen-explanation", explanation.structure, explanation.parameters),
-                      ("refined model", refined.bits.structure, refined.bits.parameters)]), figures / "bits.png")
+                             ("declared eigen-explanation", explanation.structure, explanation.parameters),
+                             ("refined model", refined.bits.structure, refined.bits.parameters)]),
+                figures / "bits.png")
     return {"path": "refined", "data": "digits training split", **refined.to_json(),
             "held_out": check(model, refined.model, data["test"], progress=False, device=device).to_json(),
             "exact_check": check(model, refined.model, "exact").to_json(),
-            "held_out_accuracy": _accuracy(refined.model, *data["test"]), "parameters": refined.model.num_params()}
+            "held_out_accuracy": _held_out_accuracy(refined.model, data), "parameters": refined.model.num_params()}
 
 
 def _dictionary(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...]], device: torch.device,
@@ -315,15 +316,15 @@ def _dictionary(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...
     shown = sorted(view, key=lambda f: (-f.active * float(f.effect.norm()), f.index))[:SHOWN_FEATURES]
     labels = [[int(y[(x == row).all(-1)][0]) for row in f.top_inputs] for f in shown]
     save_figure(feature_figure([f.direction for f in shown], [f.top_inputs for f in shown],
-                        [[f"{label}  ({value:.2f})" for label, value in zip(digits_, f.top_values.tolist())]
-                         for f, digits_ in zip(shown, labels)],
-                        [f.effect for f in shown], [f"feature {f.index}\n{f.active} digits" for f in shown],
-                        side=digits.SIDE, top=TOP_DIGITS), figures / "features.png")
+                               [[f"{label}  ({value:.2f})" for label, value in zip(digits_, f.top_values.tolist())]
+                                for f, digits_ in zip(shown, labels)],
+                               [f.effect for f in shown], [f"feature {f.index}\n{f.active} digits" for f in shown],
+                               side=digits.SIDE, top=TOP_DIGITS), figures / "features.png")
     with_code = description_length(refined, data=data["test"], device=device)
     return {"path": "dictionary", **s, "wire": str(model.boxes[s["box"]].cod), "kind": "topk",
             "trained_on": "digits training split", "checked_on": "held-out digits", "l0": point.l0,
             "local": point.local, "end_to_end": point.end_to_end,
-            "held_out_accuracy": _accuracy(refined, *data["test"]), "bits": point.bits.to_json(),
+            "held_out_accuracy": _held_out_accuracy(refined, data), "bits": point.bits.to_json(),
             "model_bits": {"original": description_length(model).model, "with_dictionary": with_code.model,
                            "code": with_code.code},
             "features": [{"index": f.index, "active": f.active, "top_values": f.top_values.tolist(),
@@ -331,8 +332,6 @@ def _dictionary(out: Path, model: Model, data: dict[str, tuple[torch.Tensor, ...
                          for f, digits_ in zip(shown, labels)]}
 
 
-def _accuracy(model: Model, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The fraction of ``x`` whose argmax logit is the label ``y``."""
-    with torch.inference_mode():
-        return (model(x).argmax(-1) == y).sum().item() / len(y)
-
+def _held_out_accuracy(model: Model, data: dict[str, tuple[torch.Tensor, ...]]) -> float:
+    """The fraction of held-out digits whose argmax logit is the label."""
+    return evaluate(model, "cross_entropy", data["test"])[1]

@@ -79,11 +79,12 @@ class TrainResult:
     def save(self, path: str | Path) -> Path:
         """Write the model to directory ``path`` (:func:`compinterp.save`) and the numbers to
         ``path/train.json``."""
-        from compinterp.files import save
+        from compinterp.files import save, write_atomically
 
         path = save(self.model, path)
-        (Path(path) / RUN_FILE).write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        return Path(path)
+        run = json.dumps(self.to_json(), indent=1) + "\n"
+        write_atomically(path / RUN_FILE, lambda partial: partial.write_text(run))
+        return path
 
     def __str__(self) -> str:
         return (f"{self.task} ({self.model_name}, {self.model.num_params():,} parameters), seed {self.seed}, "
