@@ -27,7 +27,7 @@ from unittest import mock
 import torch
 
 from compinterp.faithfulness import exact
-from compinterp.faithfulness.exact import exact_compare
+from compinterp.faithfulness.exact import closed_form, exact_compare, measures
 from compinterp.model import Model
 from compinterp.semantics.tensor import tensor_semantics
 from compinterp.syntax import Bilinear, Space
@@ -105,10 +105,11 @@ def main() -> None:
     print(f"{'explanation':<14}{'check':<13}{'FVU':>12}{'rel. error':>12}{'samples':>10}{'seconds':>10}")
     for keep in map(int, args.keep.split(",")):
         expl = eigen_explanation(model, keep)
-        closed = exact._closed_form_pays([tensor_semantics(model), tensor_semantics(expl)], [(0, 0), (0, 1), (1, 1)])
+        closed = closed_form.closed_form_pays([tensor_semantics(model), tensor_semantics(expl)],
+                                              [(0, 0), (0, 1), (1, 1)])
         result, exact_s = timed(model, expl, args.repeats)
         if args.engine:
-            with mock.patch.object(exact, "_closed_form_pays", return_value=False):
+            with mock.patch.object(measures, "closed_form_pays", return_value=False):
                 engine, engine_s = timed(model, expl, args.repeats)
         pilot = 2 ** 15
         on_device = model.to(device), expl.to(device)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compinterp.faithfulness import exact
+from compinterp.faithfulness.exact import closed_form
+from compinterp.faithfulness.exact import measures as exact_measures
 from compinterp.faithfulness.exact import ExactError, exact_compare, gaussian_inner
 from compinterp.model import Model
 from compinterp.semantics.tensor import tensor_semantics
@@ -73,13 +74,13 @@ def close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-9) -> None:
 @pytest.mark.parametrize("make_f, make_g", [(one_layer, one_layer), (wrapped, wrapped), (one_layer, wrapped),
                                             (residual_layer, one_layer), (linear, one_layer), (linear, linear),
                                             (one_layer, eigen_like), (eigen_like, eigen_like), (one_layer, silent)])
-@pytest.mark.parametrize("batch", [exact._BATCH, 1], ids=["batched", "one-output-at-a-time"])
+@pytest.mark.parametrize("batch", [closed_form._BATCH, 1], ids=["batched", "one-output-at-a-time"])
 def test_closed_form_equals_the_wick_engine(make_f, make_g, measure, batch, monkeypatch) -> None:
-    monkeypatch.setattr(exact, "_BATCH", batch)
+    monkeypatch.setattr(closed_form, "_BATCH", batch)
     for seed in range(3):
         nets = [tensor_semantics(make_f(2 * seed)), tensor_semantics(make_g(2 * seed + 1))]
-        closed, mean_closed = exact._gaussian_moments(nets, PAIRS, closed=True, **measure)
-        wick, mean_wick = exact._gaussian_moments(nets, PAIRS, closed=False, **measure)
+        closed, mean_closed = exact_measures.gaussian_moments(nets, PAIRS, closed=True, **measure)
+        wick, mean_wick = exact_measures.gaussian_moments(nets, PAIRS, closed=False, **measure)
         for a, b in zip(closed, wick):
             close(a, b)
         close(mean_closed, mean_wick)
@@ -90,7 +91,7 @@ def test_exact_compare_gives_the_same_numbers_on_either_path(monkeypatch) -> Non
     mean, cov = measures()[1]["mean"], measures()[1]["cov"]
     results = []
     for closed in (True, False):
-        monkeypatch.setattr(exact, "_closed_form_pays", lambda nets, pairs, closed=closed: closed)
+        monkeypatch.setattr(exact_measures, "closed_form_pays", lambda nets, pairs, closed=closed: closed)
         results.append(exact_compare(f, g, mean=mean, cov=cov))
     a, b = results
     assert a.fvu == pytest.approx(b.fvu, rel=1e-9) and a.cosine == pytest.approx(b.cosine, rel=1e-12)
@@ -102,18 +103,18 @@ def test_deeper_networks_use_the_wick_engine(monkeypatch) -> None:
     def refuse(net):
         raise AssertionError("the closed form was used for a two-stage network")
 
-    monkeypatch.setattr(exact, "_quadratic", refuse)
+    monkeypatch.setattr(exact_measures, "quadratic", refuse)
     deep = [Model(residual(Bilinear("b1", X, X, hidden=4, bias=True)) >> residual(Bilinear("b2", X, X, hidden=3))
                   >> Unembed("u", X, Y, bias=True), seed=seed).double() for seed in (0, 1)]
     nets = [tensor_semantics(m) for m in deep]
     assert [net.depth for net in nets] == [2, 2]
-    assert not exact._closed_form_pays(nets, PAIRS)
-    assert not exact._closed_form_pays([nets[0], tensor_semantics(one_layer(0))], PAIRS)
+    assert not closed_form.closed_form_pays(nets, PAIRS)
+    assert not closed_form.closed_form_pays([nets[0], tensor_semantics(one_layer(0))], PAIRS)
     result = exact_compare(deep[0], deep[1])
     assert result.exact and 0 < result.fvu
     gaussian_inner(deep[0], one_layer(0))
     with pytest.raises(ExactError, match="at most one Hadamard stage"):
-        exact._gaussian_moments(nets, PAIRS, None, None, closed=True)
+        exact_measures.gaussian_moments(nets, PAIRS, None, None, closed=True)
 
 
 def test_the_cheaper_path_is_chosen(monkeypatch) -> None:
@@ -128,13 +129,13 @@ def test_the_cheaper_path_is_chosen(monkeypatch) -> None:
         D[c, 16 * c:16 * (c + 1)] = torch.randn(16)
     top16 = Model(Bilinear("mlp", Space("x", 256), Space("y", 10), hidden=160),
                   {"mlp": {"L": rows, "R": rows, "D": D}})
-    assert exact._closed_form_pays([tensor_semantics(model), tensor_semantics(top16)], PAIRS)
+    assert closed_form.closed_form_pays([tensor_semantics(model), tensor_semantics(top16)], PAIRS)
     narrow = [tensor_semantics(Model(Bilinear("mlp", Space("x", 64), Space("y", 40), hidden=4), seed=s))
               for s in (0, 1)]
-    assert not exact._closed_form_pays(narrow, PAIRS)
+    assert not closed_form.closed_form_pays(narrow, PAIRS)
     small, wide = (tensor_semantics(Model(Bilinear("mlp", Space("x", 4), Space("y", 2), hidden=h), seed=0))
                    for h in (6, 32))
-    assert exact._closed_form_pays([small], [(0, 0)]) and exact._closed_form_pays([wide], [(0, 0)])
-    monkeypatch.setattr(exact, "MAX_QUADRATIC", 2 * 5 * 5 - 1)
-    assert not exact._closed_form_pays([small], [(0, 0)])  # 2 x 5 x 5 numbers, more than its 7 x 7 Gram
-    assert exact._closed_form_pays([wide], [(0, 0)])  # still less than the 33 x 33 Gram it saves
+    assert closed_form.closed_form_pays([small], [(0, 0)]) and closed_form.closed_form_pays([wide], [(0, 0)])
+    monkeypatch.setattr(closed_form, "MAX_QUADRATIC", 2 * 5 * 5 - 1)
+    assert not closed_form.closed_form_pays([small], [(0, 0)])  # 2 x 5 x 5 numbers, more than its 7 x 7 Gram
+    assert closed_form.closed_form_pays([wide], [(0, 0)])  # still less than the 33 x 33 Gram it saves

@@ -29,9 +29,10 @@ import torch
 from torch import fx, nn
 
 from compinterp.errors import ImportTraceError, InputError
-from compinterp.frontend.layout import Step, wire_up
-from compinterp.frontend.patterns import Recognizer, Unit, base_name, label
-from compinterp.frontend.regions import Grouper, Region, describe, flatten
+from compinterp.frontend.layout import Application, wire_up
+from compinterp.frontend.matching import Unit, base_name, label
+from compinterp.frontend.patterns import Recognizer
+from compinterp.frontend.regions import Grouper, Region, flatten, summarize
 from compinterp.frontend.trace import first_line, trace
 from compinterp.model import Model
 from compinterp.syntax import Box, Kind, Opaque, Space, Unembed
@@ -175,11 +176,11 @@ def _wires(rec: Recognizer, inputs: list[fx.Node], pieces: list[Piece]) -> dict[
 
 
 def _boxes(rec: Recognizer, pieces: list[Piece], wires: dict[fx.Node, Space],
-           outputs: list[fx.Node]) -> tuple[list[Step], dict[str, dict[str, torch.Tensor]]]:
+           outputs: list[fx.Node]) -> tuple[list[Application], dict[str, dict[str, torch.Tensor]]]:
     """The boxes, with unique names (a module called twice with equal boxes shares its name), and their parameters."""
     taken: dict[str, tuple[object, Box]] = {}
     params: dict[str, dict[str, torch.Tensor]] = {}
-    steps: list[Step] = []
+    steps: list[Application] = []
     readers = Counter(v for p in pieces for v in p.ins)
     has_embed = any(isinstance(p, Unit) and p.kind == "Embed" for p in pieces)
 
@@ -200,13 +201,13 @@ def _boxes(rec: Recognizer, pieces: list[Piece], wires: dict[fx.Node, Space],
 
     for piece in pieces:
         if isinstance(piece, Region):
-            region, text = piece, describe(piece, rec)
+            region, text = piece, summarize(piece, rec)
 
             def opaque(n: str, dom: Space, cod: Space, region: Region = region, text: str = text) -> Kind:
                 return Opaque(n, dom, cod, module=region.module, description=text)
 
             box = claim(piece.name, piece, opaque, space(piece.ins), space(piece.outs))
-            steps.append(Step(box, tuple(piece.ins), tuple(piece.outs)))
+            steps.append(Application(box, tuple(piece.ins), tuple(piece.outs)))
             continue
         build = piece.build
         if piece.kind == "Linear" and has_embed and outputs.count(piece.out) == 1 and not readers[piece.out]:
@@ -215,7 +216,7 @@ def _boxes(rec: Recognizer, pieces: list[Piece], wires: dict[fx.Node, Space],
         box = claim(piece.name, piece.key, build, space(piece.ins), wires[piece.out])
         if piece.params:
             params.setdefault(box.name, piece.params)
-        steps.append(Step(box, tuple(piece.ins), (piece.out,)))
+        steps.append(Application(box, tuple(piece.ins), (piece.out,)))
     return steps, params
 
 

@@ -1,14 +1,15 @@
 """Wiring a dataflow graph into a string diagram: one left-to-right walk that places copies, discards and swaps.
 
-Values are any hashable names. Each step reads some values (possibly one twice)
-and makes new ones; the walk keeps the list of live wires, copies a value when it
-is still needed later, discards it when nobody needs it, and swaps wires so that
-each box finds its inputs side by side. The pieces are composed once at the end
-(``>>`` in a loop is quadratic).
+Values are any hashable names. Each step of the walk is an :class:`Application`
+of a box: it reads some values (possibly one twice) and makes new ones; the walk
+keeps the list of live wires, copies a value when it is still needed later,
+discards it when nobody needs it, and swaps wires so that each box finds its
+inputs side by side. The pieces are composed once at the end (``>>`` in a loop is
+quadratic).
 
 >>> from compinterp.syntax import Space, Linear, Add
 >>> x, h = Space("x", 2), Space("h", 3)
->>> steps = [Step(Linear("f", x, x), ("a",), ("b",)), Step(Add(x), ("a", "b"), ("c",))]
+>>> steps = [Application(Linear("f", x, x), ("a",), ("b",)), Application(Add(x), ("a", "b"), ("c",))]
 >>> d = wire_up([("a", x)], steps, ["c"])
 >>> [box.kind for box in d.boxes]
 ['Copy', 'Linear', 'Add']
@@ -24,13 +25,10 @@ from dataclasses import dataclass
 
 from compinterp.syntax import Box, Copy, Diagram, Id, Space, Swap
 
-_SYMMETRIC = ("Add", "Mul")
-"""Kinds whose inputs may come in any order (spiders)."""
-
 
 @dataclass(frozen=True)
-class Step:
-    """One box of the walk: it reads the values ``ins`` (in order) and makes ``outs``."""
+class Application:
+    """One box applied to named values: it reads the values ``ins`` (in order) and makes ``outs``."""
 
     box: Box
     ins: tuple[Hashable, ...]
@@ -93,7 +91,8 @@ class _Walk:
                 self.copy(value, n)
 
 
-def wire_up(inputs: Sequence[tuple[Hashable, Space]], steps: Sequence[Step], outputs: Sequence[Hashable]) -> Diagram:
+def wire_up(inputs: Sequence[tuple[Hashable, Space]], steps: Sequence[Application],
+            outputs: Sequence[Hashable]) -> Diagram:
     """The diagram that feeds ``inputs`` (value, one-wire space) through ``steps`` in order to ``outputs``."""
     uses: Counter[Hashable] = Counter(outputs)
     for step in steps:
@@ -106,7 +105,7 @@ def wire_up(inputs: Sequence[tuple[Hashable, Space]], steps: Sequence[Step], out
     for step in steps:
         walk.read(step.ins)
         walk.space.update(zip(step.outs, (Space(w) for w in step.box.cod.inside)))
-        walk.put(step.box, walk.arrange(step.ins, any_order=step.box.kind in _SYMMETRIC), step.outs)
+        walk.put(step.box, walk.arrange(step.ins, any_order=step.box.spider), step.outs)
         for value in dict.fromkeys(step.outs):
             if uses[value] == 0:
                 walk.copy(value, 0)

@@ -20,7 +20,8 @@ import networkx as nx
 import torch
 from torch import fx
 
-from compinterp.frontend.patterns import Recognizer, Unit, base_name, label, node_args
+from compinterp.frontend.matching import Unit, base_name, label, node_args
+from compinterp.frontend.patterns import Recognizer
 
 
 @dataclass(eq=False)
@@ -182,18 +183,18 @@ class Grouper:
             region.module = module
 
 
-def describe(region: Region, rec: Recognizer, limit: int = 12) -> str:
+def summarize(region: Region, rec: Recognizer, limit: int = 12) -> str:
     """What a region computes, e.g. ``cumsum, blocks.0.gate (Gate, not traceable: ...)``."""
     items: list[str] = []
     for node in sorted([*region.nodes, *region.extra], key=rec.traced.order.__getitem__):
-        item = _describe_node(node, rec)
+        item = _summarize_node(node, rec)
         if item not in items:
             items.append(item)
     more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
 
-def _describe_node(node: fx.Node, rec: Recognizer) -> str:
+def _summarize_node(node: fx.Node, rec: Recognizer) -> str:
     if node.op == "call_module":
         target = str(node.target)
         why = rec.traced.untraceable.get(target)

@@ -59,8 +59,6 @@ class Kind(Box):
     """Base of the box kinds: a constructor per kind and the parameter shapes it needs."""
 
     kind: ClassVar[str] = "Kind"
-    polynomial: ClassVar[bool] = False
-    """Whether the box computes a polynomial of its inputs (tensor semantics exist)."""
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of each named parameter this box reads from the store."""
@@ -92,6 +90,7 @@ class Linear(Kind):
 
     kind = "Linear"
     polynomial = True
+    affine = True
 
     def __init__(self, name: str, dom: Space, cod: Space, bias: bool = False) -> None:
         _check_name(self.kind, name)
@@ -116,6 +115,7 @@ class Bilinear(Kind):
 
     kind = "Bilinear"
     polynomial = True
+    gated = True
 
     def __init__(self, name: str, dom: Space, cod: Space, hidden: int, bias: bool = False) -> None:
         _check_name(self.kind, name)
@@ -165,6 +165,10 @@ class Norm(Kind):
         super().__init__(name, space, space, {"norm": norm, "eps": None if eps is None else float(eps),
                                               "affine": bool(affine), "bias": bias})
 
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(name, dom, **data)
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         n = self.dom.dim
         shapes = {"weight": (n,)} if self.data["affine"] else {}
@@ -177,6 +181,7 @@ class Elementwise(Kind):
     """A pointwise function on every wire of ``space`` (``relu``, ``gelu``, ``square`` ...)."""
 
     kind = "Elementwise"
+    polymorphic = True
 
     def __init__(self, fn: str, space: Space, name: str | None = None) -> None:
         if fn not in ELEMENTWISE:
@@ -185,6 +190,11 @@ class Elementwise(Kind):
         if not isinstance(space, Space):
             raise BoxError(f"Elementwise box '{name}': space must be a Space, got {space!r}")
         super().__init__(name, space, space, {"fn": fn})
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Elementwise:
+        data = dict(data)
+        return cls(data.pop("fn"), dom, name, **data)
 
     @property
     def polynomial(self) -> bool:  # type: ignore[override]
@@ -213,12 +223,18 @@ class TopK(Kind):
             raise BoxError(f"TopK box '{name}': k must be from 1 to the width {width} of {space}, got {k!r}")
         super().__init__(name, space, space, {"k": k, "absolute": bool(absolute)})
 
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(name, dom, **data)
+
 
 class Copy(Kind):
     """The copy spider ``x -> x @ ... @ x`` (``n`` copies; ``n = 0`` discards)."""
 
     kind = "Copy"
     polynomial = True
+    spider = True
+    polymorphic = True
 
     def __init__(self, space: Space, n: int = 2, name: str = "copy") -> None:
         _one_wire(self.kind, name, "space", space)
@@ -226,12 +242,18 @@ class Copy(Kind):
             raise BoxError(f"Copy box '{name}': n must be a non-negative integer, got {n!r}")
         super().__init__(_check_name(self.kind, name), space, Space(*[space.inside[0]] * n), {"n": n})
 
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Copy:
+        return cls(dom, name=name, **data)
+
 
 class Add(Kind):
     """The adding spider ``x @ ... @ x -> x`` (``n`` summands; ``n = 0`` is zero)."""
 
     kind = "Add"
     polynomial = True
+    spider = True
+    polymorphic = True
 
     def __init__(self, space: Space, n: int = 2, name: str = "add") -> None:
         _one_wire(self.kind, name, "space", space)
@@ -239,23 +261,34 @@ class Add(Kind):
             raise BoxError(f"Add box '{name}': n must be a non-negative integer, got {n!r}")
         super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
 
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(cod, name=name, **data)
+
 
 class Mul(Kind):
     """The elementwise (Hadamard) product ``x @ ... @ x -> x`` of ``n`` wires."""
 
     kind = "Mul"
     polynomial = True
+    spider = True
+    polymorphic = True
 
     def __init__(self, space: Space, n: int = 2, name: str = "mul") -> None:
         _one_wire(self.kind, name, "space", space)
         _positive(self.kind, name, "n", n)
         super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
 
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(cod, name=name, **data)
+
 
 class Attention(Kind):
     """Multi-head softmax self-attention over the sequence axis (``-2``) of ``space``."""
 
     kind = "Attention"
+    has_heads = True
 
     def __init__(self, name: str, space: Space, heads: int, head_dim: int | None = None,
                  causal: bool = True, bias: bool = False) -> None:
@@ -270,6 +303,10 @@ class Attention(Kind):
         _positive(self.kind, name, "head_dim", head_dim)
         super().__init__(name, space, space, {"heads": heads, "head_dim": head_dim,
                                               "causal": bool(causal), "bias": bool(bias)})
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(name, dom, **data)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         d, inner = self.dom.dim, self.data["heads"] * self.data["head_dim"]
@@ -287,6 +324,7 @@ class Opaque(Kind):
     """
 
     kind = "Opaque"
+    opaque = True
 
     def __init__(self, name: str, dom: Space, cod: Space, module: Any = None,
                  description: str = "") -> None:
@@ -303,6 +341,9 @@ KINDS: dict[str, type[Kind]] = {cls.kind: cls for cls in (
     Embed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, Copy, Add, Mul, Attention, Opaque)}
 """Every box kind by name, as written in files."""
 
+READERS: dict[str, type[Box]] = {"Swap": Swap, **KINDS}
+"""The class that reads each ``kind`` of a diagram file's boxes (its ``from_json``)."""
+
 
 def box_to_json(box: Box) -> dict[str, Any]:
     """A box (of any kind, or a swap) as JSON."""
@@ -317,27 +358,15 @@ def box_from_json(entry: dict[str, Any]) -> Box:
     same checks apply as when it was declared."""
     kind, name = entry["kind"], entry.get("name")
     dom, cod = Space.from_json(entry["dom"]), Space.from_json(entry["cod"])
-    data = dict(entry.get("data") or {})
-    if kind == "Swap":
-        if len(dom) != 2 or cod != dom[1:] @ dom[:1]:
-            raise BoxError(f"a swap must go from x @ y to y @ x, got {dom} -> {cod}")
-        return Swap(dom[:1], dom[1:])
-    if kind not in KINDS:
+    cls = READERS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
         raise BoxError(f"unknown box kind {kind!r} for box {name!r}; known: {', '.join(KINDS)}")
-    cls = KINDS[kind]
     try:
-        if cls in (Norm, Attention, TopK):
-            box = cls(name, dom, **data)
-        elif cls is Elementwise:
-            box = cls(data.pop("fn"), dom, name, **data)
-        elif cls is Copy:
-            box = cls(dom, name=name, **data)
-        elif cls in (Add, Mul):
-            box = cls(cod, name=name, **data)
-        else:
-            box = cls(name, dom, cod, **data)
+        box = cls.from_json(name, dom, cod, dict(entry.get("data") or {}))
     except (TypeError, KeyError) as err:
         raise BoxError(f"its data {entry.get('data')!r} does not fit a {kind} box named {name!r} ({err})") from None
+    if cls is Swap:
+        return box
     if box.dom != dom or box.cod != cod or box.data != entry.get("data", {}):
         raise BoxError(f"its data {entry.get('data')!r} does not fit a {kind} box named {name!r} "
                        f"declared as {dom} -> {cod}: a {kind} with these arguments is "

@@ -16,12 +16,12 @@ compinterp.errors.CompositionError: cannot compose f (x:2 -> y:3) with f (x:2 ->
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from discopy import monoidal, symmetric
 from discopy.utils import factory
 
-from compinterp.errors import CompositionError
+from compinterp.errors import BoxError, CompositionError
 from compinterp.syntax.spaces import Space
 
 
@@ -69,9 +69,28 @@ class Box(symmetric.Box, Diagram):
     """
 
     kind: str = "Box"
+    polynomial: ClassVar[bool] = False
+    """Whether the box computes a polynomial of its inputs (tensor semantics exist)."""
+    spider: ClassVar[bool] = False
+    """A Frobenius spider (copy, add, multiply): wires in, wires out, no parameters."""
+    polymorphic: ClassVar[bool] = False
+    """Defined on any space, so one name may stand for boxes on different wires (spiders, pointwise maps)."""
+    opaque: ClassVar[bool] = False
+    """Holds a torch module instead of named parameters: computed, not analysed."""
+    affine: ClassVar[bool] = False
+    """Computes ``W x + b`` with a weight ``W`` (and bias ``b``)."""
+    gated: ClassVar[bool] = False
+    """Computes ``D(f(L x) * R x)`` through a hidden layer (bilinear and gated MLPs)."""
+    has_heads: ClassVar[bool] = False
+    """Splits its wire into heads (attention): ``data["heads"]`` of ``data["head_dim"]``."""
 
     def __init__(self, name: str, dom: Space, cod: Space, data: dict[str, Any] | None = None) -> None:
         symmetric.Box.__init__(self, name, dom, cod, data=dict(data or {}))
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Box:
+        """The box of this kind written as ``name``, ``dom``, ``cod`` and ``data`` (see ``box_from_json``)."""
+        return cls(name, dom, cod, **data)
 
     def __repr__(self) -> str:
         return f"{self.kind}({self.name!r}, {self.dom} -> {self.cod})"
@@ -95,6 +114,13 @@ class Swap(symmetric.Swap, Box):
     def __repr__(self) -> str:
         return f"Swap({self.left}, {self.right})"
 
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Swap:
+        """The swap ``x @ y -> y @ x`` written with these spaces."""
+        if len(dom) != 2 or cod != dom[1:] @ dom[:1]:
+            raise BoxError(f"a swap must go from x @ y to y @ x, got {dom} -> {cod}")
+        return cls(dom[:1], dom[1:])
+
     def dagger(self) -> Swap:
         """The inverse swap."""
         return Swap(self.right, self.left)
@@ -112,6 +138,22 @@ def describe(diagram: monoidal.Diagram) -> str:
     shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     return f"diagram [{shown}] ({diagram.dom} -> {diagram.cod})" if names \
         else f"identity on {diagram.dom}"
+
+
+def named_boxes(diagram: Diagram) -> dict[str, Box]:
+    """The diagram's boxes by name; a name used twice must denote the same box (shared weights).
+
+    (Also importable as ``compinterp.model.named_boxes``.)
+    """
+    boxes: dict[str, Box] = {}
+    for _, box in diagram.walk():
+        if isinstance(box, Swap):
+            continue
+        seen = boxes.setdefault(box.name, box)
+        if seen != box and (not box.polymorphic or type(seen) is not type(box)):
+            raise BoxError(f"box name '{box.name}' is used for two different boxes: {seen!r} and {box!r}; "
+                           "a repeated name means shared parameters, so the boxes must be equal")
+    return boxes
 
 
 def _box_or_input(origin: Box | None, side: str) -> str:

@@ -29,7 +29,7 @@ from discopy.monoidal import Layer
 
 from compinterp.errors import BoxError, CompinterpError, FormatError
 from compinterp.syntax.boxes import box_from_json, box_to_json
-from compinterp.syntax.diagram import Box, Diagram
+from compinterp.syntax.diagram import Box, Diagram, Swap
 from compinterp.syntax.spaces import Space, Wire
 
 DIAGRAM_FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ def diagram_from_json(obj: Mapping[str, Any]) -> Diagram:
 
 def _box_json(box: Box, j: int) -> tuple[dict[str, Any], str]:
     """``box_to_json`` and its text (the key that finds repeats), or a :class:`FormatError` naming the layer."""
-    if not hasattr(box, "to_json") and box.kind != "Swap":
+    if not hasattr(box, "to_json") and not isinstance(box, Swap):
         raise FormatError(f"diagram layer {j}: {_named(box)} is a plain {type(box).__name__}, not one of "
                           "compinterp's box kinds, so it cannot be written to a file")
     entry = box_to_json(box)
