@@ -14,11 +14,15 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Model": "compinterp.model",
     "from_torch": "compinterp.frontend",
-    "load": "compinterp.files",
+    "from_hf": "compinterp.frontend",
+    "load": "compinterp.model",
     "save": "compinterp.files",
     "draw": "compinterp.drawing",
+    **{name: "compinterp.interventions" for name in (
+        "Site", "Rotation", "run_with_cache", "intervene", "interchange", "zero", "mean", "resample", "steer",
+        "patching", "attribution_patching", "grid", "every_head")},
     **{name: "compinterp.syntax" for name in (
-        "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "Linear", "Unembed", "Bilinear", "Gated",
+        "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "PosEmbed", "Linear", "Unembed", "Bilinear", "Gated",
         "Norm", "Elementwise", "TopK", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
     **{name: "compinterp.errors" for name in (
         "CompinterpError", "CompositionError", "BoxError", "ParameterError", "InputError", "FormatError",

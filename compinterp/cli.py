@@ -191,9 +191,9 @@ def _info(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     """``compinterp check``: the faithfulness report of an explanation or a second model."""
     from compinterp.faithfulness import check
-    from compinterp.files import load
     from compinterp.interpretation import Interpretation
     from compinterp.interpretation.files import is_interpretation
+    from compinterp.model import load
     from compinterp.tasks import data_from_spec
     model = load(args.model)
     other = Interpretation.load(args.explanation, model) if is_interpretation(args.explanation) \
@@ -206,7 +206,8 @@ def _check(args: argparse.Namespace) -> None:
 def _refine(args: argparse.Namespace) -> None:
     """``compinterp refine``: search for a shorter faithful model, save it, print the result."""
     from compinterp.errors import InputError
-    from compinterp.files import load, save
+    from compinterp.files import save
+    from compinterp.model import load
     from compinterp.refinement.dictionary import NAMES, make_pass
     from compinterp.refinement.search import refine
     from compinterp.tasks import data_from_spec

@@ -44,18 +44,19 @@ import torch
 
 import compinterp
 from compinterp.complexity import description_length
+from compinterp.disk import write_atomically
 from compinterp.drawing import save_figure
 from compinterp.errors import BoxError, FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.faithfulness.exact import exact_compare, fit_gaussian
-from compinterp.files import check_target, load, write_atomically
+from compinterp.files import check_target
 from compinterp.interpretation import Interpretation, maps
-from compinterp.model import Model
+from compinterp.model import Model, load
 from compinterp.refinement.dictionary import SAE, features, score
 from compinterp.refinement.search import refine
 from compinterp.report import demo_report
 from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, sweep_figure
-from compinterp.syntax import Bilinear, Id
+from compinterp.syntax import Bilinear, Id, Linear, Unembed
 from compinterp.tasks import digits
 from compinterp.tasks.train import evaluate, read_run, resolve_device, train
 
@@ -84,10 +85,10 @@ def class_spectrum(model: Model, box: str = "mlp", readout: str = "unembed") -> 
     matching unit eigenvectors ``(classes, inputs, inputs)`` (``vectors[c, m]`` is the m-th), in float64.
     """
     boxes = model.boxes
-    for name, kinds in ((box, ("Bilinear",)), (readout, ("Linear", "Unembed"))):
-        if name not in boxes or boxes[name].kind not in kinds:
-            raise BoxError(f"class_spectrum needs a {' or '.join(kinds)} box named '{name}'; the model's boxes "
-                           f"are {', '.join(boxes)}")
+    for name, kinds in ((box, (Bilinear,)), (readout, (Linear, Unembed))):
+        if name not in boxes or type(boxes[name]) not in kinds:
+            raise BoxError(f"class_spectrum needs a {' or '.join(k.kind for k in kinds)} box named '{name}'; "
+                           f"the model's boxes are {', '.join(boxes)}")
         if boxes[name].data.get("bias"):
             raise BoxError(f"class_spectrum needs box '{name}' without biases (a pure quadratic form)")
     if boxes[box].cod != boxes[readout].dom:

@@ -1,4 +1,4 @@
-"""Saving and loading models: one directory holding the syntax, the weights and a manifest.
+"""Saving and reading models: one directory holding the syntax, the weights and a manifest.
 
 A model directory holds
 
@@ -6,19 +6,27 @@ A model directory holds
 * ``weights.safetensors``: every parameter and buffer, keyed ``box.role``
   (``mlp0.L``; an Opaque box's module state as ``box.<its state_dict key>``);
 * ``meta.json``: format name and ``format_version``, the compinterp and torch
-  versions, the parameter count, and each file's size and sha256;
+  versions, the parameter count, each file's size and sha256, and ``ties`` when
+  parameters are tied (``{"box.role": "other_box.role"}``: the key is not in the
+  weights, it is the value's tensor);
 * ``opaque.pt``: only when the diagram has Opaque boxes, their modules pickled
   with :func:`torch.save`.
 
-Saving is atomic: files are written (and flushed) into a temporary directory
-beside the target, which is then renamed into place, so an error or a crash
-never leaves a half-written model where a good one was. A model already there
-is first renamed aside to ``.<name>.old-*`` and deleted once the new one is in
-place (restored if that rename fails); a crash in the instant between the two
-renames leaves it there, whole.
+Saving is atomic (:func:`compinterp.disk.write_directory`): files are written (and
+flushed) into a temporary directory beside the target, which is then renamed into
+place, so an error or a crash never leaves a half-written model where a good one
+was. A model already there is first renamed aside to ``.<name>.old-*`` and deleted
+once the new one is in place (restored if that rename fails); a crash in the
+instant between the two renames leaves it there, whole.
+
+This module sits below :mod:`compinterp.model`: :func:`save` takes any object shaped
+like a :class:`~compinterp.Model` (``diagram``, ``boxes``, ``params``, ``num_params``)
+and :func:`read_model` returns a saved model's parts, which
+:func:`compinterp.model.load` (``compinterp.load``) builds into a Model.
 
 >>> import tempfile
 >>> import torch
+>>> from compinterp.model import Model, load
 >>> from compinterp.syntax import Space, Linear
 >>> model = Model(Linear("f", Space("x", 3), Space("y", 2)))
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -31,14 +39,12 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -46,10 +52,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 import compinterp
+from compinterp.disk import declares_format, read_json, sha256, write_directory
 from compinterp.errors import CompinterpError, FormatError, ParameterError
-from compinterp.model import Model, named_boxes
-from compinterp.semantics.functor import Rule
 from compinterp.syntax import Diagram, Kind, Swap
+from compinterp.syntax.diagram import named_boxes
 from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
 
 FORMAT = "compinterp.model"
@@ -61,42 +67,47 @@ FORMAT_VERSION = 1
 DIAGRAM, WEIGHTS, META, OPAQUE = "diagram.json", "weights.safetensors", "meta.json", "opaque.pt"
 
 
-def save(model: Model, path: str | os.PathLike[str]) -> Path:
+class ModelParts(NamedTuple):
+    """What a model directory holds, read and checked, ready to build a :class:`~compinterp.Model` from."""
+
+    diagram: Diagram
+    """The syntax."""
+    params: dict[str, dict[str, torch.Tensor]]
+    """The parameters of each box that has some, ``{box name: {role: tensor}}``."""
+    modules: dict[str, nn.Module]
+    """The module of each Opaque box, its weights loaded."""
+    ties: Mapping[str, str] = MappingProxyType({})
+    """Tied parameters, ``{"box.role": "other_box.role"}`` (see :class:`~compinterp.Model`)."""
+
+
+def save(model: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``model`` to the directory ``path`` (created, or replaced if it holds a compinterp model).
 
-    Refuses a target that is a file or a non-empty directory that is not a
-    compinterp model. Returns the directory's path.
+    ``model`` is a :class:`~compinterp.Model`, or anything with its ``diagram``, ``boxes``,
+    ``params`` (an ``nn.Module`` holding each box's parameters, or an Opaque box's module,
+    by box name), ``dom``, ``cod`` and ``num_params()``. Refuses a target that is a file
+    or a non-empty directory that is not a compinterp model. Returns the directory's path.
     """
-    if not isinstance(model, Model):
+    if not _is_model_like(model):
         raise FormatError(f"save() takes a compinterp Model, got {type(model).__name__}")
     given, path = Path(path), Path(os.path.abspath(path))
     try:
         check_target(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.saving-{uuid.uuid4().hex}")
-        staging.mkdir()
     except OSError as err:
         raise FormatError(f"cannot save a model to {path}: {err.strerror or err}") from None
-    try:
-        _write(model, staging)
-        _swap_in(staging, path)
-    except OSError as err:
-        raise FormatError(f"cannot save a model to {path}: {err.strerror or err}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    write_directory(path, lambda staging: write_files(model, staging), "a model")
     return given
 
 
-def load(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | None = None,
-         rules: Mapping[str, Rule] | None = None) -> Model:
-    """Read a model written by :func:`save`, checking versions, checksums and shapes.
+def read_model(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | None = None) -> ModelParts:
+    """Read the parts of a model written by :func:`save`, checking versions, checksums and shapes
+    (:func:`compinterp.model.load` builds the Model from them).
 
     Opaque boxes' modules come from ``modules`` (``{box name: module}``; only
     their weights are then read from ``weights.safetensors``), else from
     ``opaque.pt``. Reading ``opaque.pt`` unpickles it (``torch.load`` with
-    ``weights_only=False``), which executes code stored in the file: load only
-    directories you trust. ``rules`` are extra torch semantics, as for
-    :class:`~compinterp.Model`.
+    ``weights_only=False``), which executes code stored in the file: read only
+    directories you trust.
     """
     path = _model_dir(path)
     meta = _read_meta(path)
@@ -108,14 +119,15 @@ def load(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | Non
         boxes = named_boxes(diagram)
     except CompinterpError as err:
         raise FormatError(f"{path / DIAGRAM}: {err}") from None
-    opaque = [name for name, box in boxes.items() if box.kind == "Opaque"]
+    opaque = [name for name, box in boxes.items() if box.opaque]
     given = dict(modules or {})
     for name in given:
         if name not in opaque:
             raise ParameterError(f"a module was given for '{name}', which is not an Opaque box of the model "
                                  f"at {path}; its Opaque boxes: {', '.join(opaque) or 'none'}")
-    params = {name: _box_params(box, tensors, weights) for name, box in boxes.items()
-              if box.kind != "Opaque" and isinstance(box, Kind) and box.param_shapes()}
+    ties = _read_ties(path, meta)
+    params = {name: _box_params(box, tensors, weights, ties) for name, box in boxes.items()
+              if not box.opaque and isinstance(box, Kind) and box.param_shapes()}
     if any(name not in given for name in opaque):
         given = _read_opaque(path, files, [name for name in opaque if name not in given]) | given
     for name in opaque:
@@ -123,7 +135,7 @@ def load(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | Non
     if tensors:
         raise FormatError(f"{weights}: unexpected tensor '{next(iter(tensors))}': no box of the diagram "
                           "has that parameter")
-    return Model(diagram, params, modules=given, rules=rules)
+    return ModelParts(diagram, params, given, ties)
 
 
 def read_diagram(path: str | os.PathLike[str]) -> Diagram:
@@ -191,37 +203,28 @@ def check_target(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], object], verb: str = "write") -> Path:
-    """Call ``write`` on a partial file beside ``path``, then rename it into place, so an error or a
-    crash leaves what was at ``path``; an ``OSError`` becomes a FormatError naming ``path``."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    except OSError as err:
-        raise FormatError(f"cannot {verb} {path}: {err.strerror or err}") from None
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
-
-
 def _is_model(path: Path) -> bool:
     """Whether ``path`` holds a ``meta.json`` declaring a compinterp model (good or not)."""
-    try:
-        meta = json.loads((path / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
+    return declares_format(path, META, FORMAT)
 
 
-def _write(model: Model, folder: Path) -> None:
-    """Write every file of ``model`` into ``folder``, ``meta.json`` (with the checksums) last."""
+def _is_model_like(model: Any) -> bool:
+    """Whether ``model`` has what :func:`save` reads of a :class:`~compinterp.Model`."""
+    return (isinstance(model, nn.Module) and isinstance(getattr(model, "diagram", None), Diagram)
+            and isinstance(getattr(model, "params", None), nn.Module) and callable(getattr(model, "num_params", None))
+            and isinstance(getattr(model, "boxes", None), Mapping))
+
+
+def write_files(model: Any, folder: Path) -> None:
+    """Write every file of ``model`` (as for :func:`save`) into the existing, empty directory ``folder``,
+    ``meta.json`` (with the checksums) last; nothing is flushed or renamed (see
+    :func:`compinterp.disk.write_directory`)."""
     diagram = json.dumps(diagram_to_json(model.diagram), indent=1)
     (folder / DIAGRAM).write_text(diagram + "\n", encoding="utf-8")
-    save_file(_state(model), str(folder / WEIGHTS))
+    ties = dict(getattr(model, "ties", None) or {})
+    save_file(_state(model, skip=ties), str(folder / WEIGHTS))
     os.chmod(folder / WEIGHTS, (folder / DIAGRAM).stat().st_mode & 0o777)   # safetensors writes 0600
-    opaque = {name: model.params[name] for name, box in model.boxes.items() if box.kind == "Opaque"}
+    opaque = {name: model.params[name] for name, box in model.boxes.items() if box.opaque}
     if opaque:
         torch.save(opaque, folder / OPAQUE)
     written = [DIAGRAM, WEIGHTS, *([OPAQUE] if opaque else [])]
@@ -234,20 +237,21 @@ def _write(model: Model, folder: Path) -> None:
         "params": {name: sum(p.numel() for p in model.params[name].parameters()) for name in model.params},
         "dom": model.dom.to_json(),
         "cod": model.cod.to_json(),
-        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
                   for name in written},
+        **({"ties": ties} if ties else {}),
     }
     (folder / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    for name in (*written, META):
-        _fsync(folder / name)
-    _fsync(folder)
 
 
-def _state(model: Model) -> dict[str, torch.Tensor]:
-    """The model's parameters and buffers by ``box.role``: on the CPU, contiguous, no two sharing memory."""
+def _state(model: Any, skip: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """The model's parameters and buffers by ``box.role``, but those in ``skip`` (tied): on the CPU,
+    contiguous, no two sharing memory."""
     out: dict[str, torch.Tensor] = {}
     storages: set[int] = set()
     for key, value in model.params.state_dict().items():
+        if key in skip:
+            continue
         if not isinstance(value, torch.Tensor):
             raise FormatError(f"cannot save box '{key.split('.')[0]}': its state entry '{key}' is a "
                               f"{type(value).__name__}, not a tensor")
@@ -260,66 +264,12 @@ def _state(model: Model) -> dict[str, torch.Tensor]:
     return out
 
 
-def _swap_in(staging: Path, path: Path) -> None:
-    """Rename ``staging`` to ``path``; a model already there is moved aside first and restored on failure."""
-    if not path.exists():
-        os.rename(staging, path)
-        _fsync(path.parent)
-        return
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
-    os.rename(path, old)
-    try:
-        os.rename(staging, path)
-    except BaseException:
-        os.rename(old, path)
-        raise
-    _fsync(path.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's (or a directory's entries') data to disk."""
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _sha256(file: Path) -> str:
-    """The hex sha256 of a file, read in chunks."""
-    with open(file, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _read_json(file: Path) -> Any:
-    """Parse a JSON file; a missing file or invalid JSON is a :class:`FormatError` naming file and line."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FormatError(f"{file} is missing") from None
-    except UnicodeDecodeError as err:
-        raise FormatError(f"{file} is not UTF-8 text (byte {err.start}): the file is corrupted") from None
-    except OSError as err:
-        raise FormatError(f"cannot read {file}: {err.strerror or err}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FormatError(f"{file}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-
-
 def _read_meta(path: Path) -> dict[str, Any]:
     """The manifest, checked for format, version and a file table."""
     file = path / META
     if not file.exists():
         raise FormatError(f"{path} is not a compinterp model directory: {META} is missing")
-    meta = _read_json(file)
+    meta = read_json(file)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else meta
         raise FormatError(f"{file}: not a compinterp model manifest (format is {found!r}, expected {FORMAT!r})")
@@ -353,7 +303,7 @@ def _verify(path: Path, files: Mapping[str, Any], name: str) -> Path:
     if size != entry["bytes"]:
         raise FormatError(f"{file} is truncated or was changed: it has {size} bytes, "
                           f"{META} records {entry['bytes']}")
-    digest = _sha256(file)
+    digest = sha256(file)
     if digest != entry["sha256"]:
         raise FormatError(f"{file}: checksum mismatch (sha256 {digest[:16]}..., {META} records "
                           f"{entry['sha256'][:16]}...): the file is corrupted or was changed after saving")
@@ -363,7 +313,7 @@ def _verify(path: Path, files: Mapping[str, Any], name: str) -> Path:
 def _read_diagram(path: Path, files: Mapping[str, Any]) -> Diagram:
     """The diagram: parsed, checked against its checksum, then rebuilt layer by layer."""
     file = path / DIAGRAM
-    obj = _read_json(file)
+    obj = read_json(file)
     _verify(path, files, DIAGRAM)
     try:
         return diagram_from_json(obj)
@@ -385,11 +335,23 @@ def _read_weights(path: Path, files: Mapping[str, Any]) -> dict[str, torch.Tenso
         raise FormatError(f"{file} is truncated or corrupted: {err}") from None
 
 
-def _box_params(box: Kind, tensors: dict[str, torch.Tensor], weights: Path) -> dict[str, torch.Tensor]:
-    """Take box's parameters out of ``tensors``, checking that each is there with its shape."""
+def _read_ties(path: Path, meta: Mapping[str, Any]) -> dict[str, str]:
+    """The tied parameters ``meta.json`` records (none if it records none)."""
+    ties = meta.get("ties", {})
+    if not isinstance(ties, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ties.items()):
+        raise FormatError(f"{path / META}: 'ties' must map 'box.role' to 'box.role', got {ties!r}")
+    return ties
+
+
+def _box_params(box: Kind, tensors: dict[str, torch.Tensor], weights: Path,
+                ties: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """Take box's parameters out of ``tensors``, checking that each is there with its shape
+    (a tied one is left to the model, which takes its tensor from the parameter it is tied to)."""
     out = {}
     for role, shape in box.param_shapes().items():
         key = f"{box.name}.{role}"
+        if key in ties:
+            continue
         if key not in tensors:
             raise FormatError(f"{weights}: box '{box.name}' ({box.kind}) needs parameter '{role}' of shape "
                               f"{shape}, which is missing")

@@ -12,8 +12,8 @@ import torch
 from compinterp.cli import main
 from compinterp.complexity import description_length
 from compinterp.faithfulness import check
-from compinterp.files import load, save
-from compinterp.model import Model
+from compinterp.files import save
+from compinterp.model import Model, load
 from compinterp.syntax import Bilinear, Elementwise, Linear, Space
 from compinterp.tasks import digits
 

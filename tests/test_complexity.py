@@ -23,7 +23,7 @@ from compinterp.model import Model
 from compinterp.syntax import Bilinear, Linear, Opaque, Space, Unembed, chain, residual
 
 X, H, Y = Space("x", 3), Space("h", 4), Space("y", 2)
-L14 = math.log2(14)          # 13 compinterp kinds and Swap
+L15 = math.log2(15)          # 14 compinterp kinds and Swap
 
 
 def gamma(n: int) -> int:
@@ -65,11 +65,11 @@ def test_structure_by_hand() -> None:
     # header: 1 input wire, its dim 3, 5 distinct boxes (up, copy, mlp, add, out), 5 layers
     assert rows["(diagram)"] == gamma(2) + gamma(3) + gamma(6) + gamma(6) == 16
     place = math.log2(5)                                   # which of the 5 boxes each layer holds
-    up = L14 + gamma(2) + gamma(2) + gamma(3) + gamma(4) + 1 + place                      # 1 wire free
-    copy = L14 + gamma(2) + gamma(3) + 3 * gamma(4) + place                               # n: 0 bits
-    mlp = L14 + gamma(2) + gamma(2) + 2 * gamma(4) + gamma(2) + 1 + place + math.log2(2)  # 2 wires, 2 spots
-    add = L14 + gamma(3) + gamma(2) + 3 * gamma(4) + place + math.log2(1)
-    out = L14 + gamma(2) + gamma(2) + gamma(4) + gamma(2) + 1 + place
+    up = L15 + gamma(2) + gamma(2) + gamma(3) + gamma(4) + 1 + place                      # 1 wire free
+    copy = L15 + gamma(2) + gamma(3) + 3 * gamma(4) + place                               # n: 0 bits
+    mlp = L15 + gamma(2) + gamma(2) + 2 * gamma(4) + gamma(2) + 1 + place + math.log2(2)  # 2 wires, 2 spots
+    add = L15 + gamma(3) + gamma(2) + 3 * gamma(4) + place + math.log2(1)
+    out = L15 + gamma(2) + gamma(2) + gamma(4) + gamma(2) + 1 + place
     for name, expected in [("up", up), ("copy", copy), ("mlp", mlp), ("add", add), ("out", out)]:
         assert rows[name] == pytest.approx(expected, abs=1e-12), name
     assert bits.structure == pytest.approx(16 + up + copy + mlp + add + out, abs=1e-9)

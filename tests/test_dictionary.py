@@ -13,8 +13,8 @@ from compinterp.complexity import description_length
 from compinterp.complexity.dictionary import code_bits, dictionary_bits
 from compinterp.errors import BoxError, InputError
 from compinterp.faithfulness import check
-from compinterp.files import load, save
-from compinterp.model import Model
+from compinterp.files import save
+from compinterp.model import Model, load
 from compinterp.refinement import refine
 from compinterp.refinement.dictionary import (
     SAE,

@@ -16,8 +16,8 @@ from torch import nn
 
 import compinterp
 from compinterp.errors import FormatError, ParameterError
-from compinterp.files import FORMAT_VERSION, info, load, read_diagram, save
-from compinterp.model import Model
+from compinterp.files import FORMAT_VERSION, info, read_diagram, save
+from compinterp.model import Model, load
 from compinterp.syntax import (
     Add, Attention, Bilinear, Box, Copy, Diagram, Elementwise, Embed, Gated, Id, Linear, Mul, Norm, Opaque,
     Space, Swap, Unembed, chain, residual,

@@ -13,7 +13,8 @@ from support import Quadratic, quadratic_rule
 
 from compinterp.errors import BoxError, CompositionError, FormatError, ParameterError
 from compinterp.interpretation import Interpretation, maps
-from compinterp.interpretation.files import is_interpretation, load
+from compinterp.interpretation.files import is_interpretation
+from compinterp.interpretation.interpretation import load
 from compinterp.model import Model
 from compinterp.syntax import Add, Bilinear, Copy, Elementwise, Linear, Opaque, Space, Unembed, chain, residual
 

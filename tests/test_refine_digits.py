@@ -17,8 +17,7 @@ import torch.nn.functional as F
 
 from compinterp.complexity import description_length
 from compinterp.faithfulness import check
-from compinterp.files import load
-from compinterp.model import Model
+from compinterp.model import Model, load
 from compinterp.refinement.passes import CP, PASSES, default_passes
 from compinterp.refinement.search import RefineResult, refine
 from compinterp.syntax import Bilinear, Space

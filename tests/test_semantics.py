@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compinterp.errors import BoxError, InputError
-from compinterp.semantics import TorchFunctor, compile, init_params
+from compinterp.semantics import TorchFunctor, compile_plan, init_params
 from compinterp.syntax import (
     Add,
     Attention,
@@ -189,7 +189,7 @@ def run_by_hand(diagram: Diagram, params: Mapping[str, Any], *xs: torch.Tensor) 
 
 def run(diagram: Diagram, params: Mapping[str, Any], *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The compiled semantics, as a tuple of outputs."""
-    return outputs(compile(diagram)(params, *xs))
+    return outputs(compile_plan(diagram)(params, *xs))
 
 
 # --- kernels against independent computations ----------------------------------------------------
@@ -381,7 +381,7 @@ def test_opaque_calls_its_module_with_every_input_and_splits_its_outputs() -> No
 def test_structure_costs_no_kernel_calls() -> None:
     f, g = Linear("f", X, X), Linear("g", X, X)
     diagram = Copy(X, 3) >> (f @ Swap(X, X)) >> (Id(X) @ Copy(X, 0) @ g) >> Swap(X, X) >> Add(X, 2) >> Id(X)
-    plan = compile(diagram)
+    plan = compile_plan(diagram)
     assert [step.box.name for step in plan.steps] == ["f", "g", "add"]
     pf, pg, a = fresh(f, seed=1), fresh(g, seed=2), randn(3, seed=3)
     close(outputs(plan({"f": pf, "g": pg}, a)), [pf["W"] @ a + pg["W"] @ a])
@@ -529,7 +529,7 @@ def small_params(dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_gradcheck_through_bilinear_norm_and_attention() -> None:
-    plan, params = compile(SMALL), small_params(F64)
+    plan, params = compile_plan(SMALL), small_params(F64)
     roles = [(name, role) for name, p in params.items() for role in p]
 
     def f(x: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
@@ -574,39 +574,39 @@ def message(error: type[Exception], make: Callable[[], object]) -> str:
 
 
 def test_wrong_number_of_inputs() -> None:
-    plan = compile(Linear("f", X, Y) @ Id(Z))
+    plan = compile_plan(Linear("f", X, Y) @ Id(Z))
     text = message(InputError, lambda: plan(PARAMS | {"f": fresh(Linear("f", X, Y))}, randn(3)))
     assert "expected 2 inputs" in text and "x:3 @ z:4" in text and "got 1" in text
 
 
 @pytest.mark.parametrize("bad", [randn(2, 5), randn(3), torch.tensor(1.0, dtype=F64)])
 def test_wrong_last_dimension_names_the_wire(bad: torch.Tensor) -> None:
-    plan = compile(Linear("f", X, Y) @ Id(Z))
+    plan = compile_plan(Linear("f", X, Y) @ Id(Z))
     text = message(InputError, lambda: plan({"f": fresh(Linear("f", X, Y))}, randn(2, 3), bad))
     assert "input 1" in text and "z:4" in text and str(tuple(bad.shape)) in text and "must be 4" in text
 
 
 def test_non_tensor_input_names_the_wire() -> None:
-    text = message(InputError, lambda: compile(Id(X))({}, [1.0, 2.0, 3.0]))
+    text = message(InputError, lambda: compile_plan(Id(X))({}, [1.0, 2.0, 3.0]))
     assert "input 0" in text and "x:3" in text and "list" in text
 
 
 def test_kernel_failure_names_the_box() -> None:
     box = Attention("attn", Z, heads=2)
     params = {"f": fresh(Linear("f", X, Z)), "attn": fresh(box)}
-    text = message(InputError, lambda: compile(Linear("f", X, Z) >> box)(params, randn(3)))
+    text = message(InputError, lambda: compile_plan(Linear("f", X, Z) >> box)(params, randn(3)))
     assert "box 'attn'" in text and "Attention z:4 -> z:4" in text and "(4,)" in text
 
 
 def test_dtype_mismatch_names_the_box() -> None:
     box = Linear("f", X, Y)
-    text = message(InputError, lambda: compile(box)({"f": fresh(box, dtype=torch.float32)}, randn(3)))
+    text = message(InputError, lambda: compile_plan(box)({"f": fresh(box, dtype=torch.float32)}, randn(3)))
     assert "box 'f'" in text and "Linear x:3 -> y:2" in text
 
 
 def test_out_of_range_token_names_the_box() -> None:
     box = Embed("emb", Space("tok", 5), Z)
-    text = message(InputError, lambda: compile(box)({"emb": fresh(box)}, torch.tensor([0, 5])))
+    text = message(InputError, lambda: compile_plan(box)({"emb": fresh(box)}, torch.tensor([0, 5])))
     assert "box 'emb'" in text and "Embed tok:5 -> z:4" in text
 
 
@@ -618,27 +618,27 @@ class Halves(nn.Module):
 
 
 def test_opaque_module_with_the_wrong_arity_names_the_box() -> None:
-    text = message(InputError, lambda: compile(Opaque("blob", X @ Y, Z))({"blob": nn.Linear(3, 4)}, randn(3), randn(2)))
+    text = message(InputError, lambda: compile_plan(Opaque("blob", X @ Y, Z))({"blob": nn.Linear(3, 4)}, randn(3), randn(2)))
     assert "box 'blob'" in text
 
 
 @pytest.mark.parametrize(("cod", "module"), [(Y @ Y @ Y, Halves()), (Y, Halves()), (Y, nn.Identity())])
 def test_opaque_module_with_outputs_that_do_not_fit_names_the_box(cod: Space, module: nn.Module) -> None:
-    text = message(InputError, lambda: compile(Opaque("blob", Z, cod))({"blob": module}, randn(4)))
+    text = message(InputError, lambda: compile_plan(Opaque("blob", Z, cod))({"blob": module}, randn(4)))
     assert "box 'blob'" in text
 
 
 def test_missing_parameters_name_the_box() -> None:
-    text = message(InputError, lambda: compile(Linear("f", X, Y))({}, randn(3)))
+    text = message(InputError, lambda: compile_plan(Linear("f", X, Y))({}, randn(3)))
     assert "no parameters for box 'f'" in text and "x:3 -> y:2" in text
 
 
 def test_functor_errors() -> None:
-    assert "adds no wires" in message(BoxError, lambda: compile(Add(X, 0, name="zero")))
-    assert "'zero'" in message(BoxError, lambda: compile(Add(X, 0, name="zero")))
-    text = message(BoxError, lambda: compile(Box("mystery", X, Y)))
+    assert "adds no wires" in message(BoxError, lambda: compile_plan(Add(X, 0, name="zero")))
+    assert "'zero'" in message(BoxError, lambda: compile_plan(Add(X, 0, name="zero")))
+    text = message(BoxError, lambda: compile_plan(Box("mystery", X, Y)))
     assert "'mystery'" in text and "rule" in text
-    assert "Diagram" in message(BoxError, lambda: compile("f >> g"))  # type: ignore[arg-type]
+    assert "Diagram" in message(BoxError, lambda: compile_plan("f >> g"))  # type: ignore[arg-type]
 
 
 def test_rules_add_and_override_kernels() -> None:

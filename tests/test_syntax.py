@@ -27,6 +27,7 @@ from compinterp.syntax import (
     Mul,
     Norm,
     Opaque,
+    PosEmbed,
     Space,
     Swap,
     TopK,
@@ -358,6 +359,9 @@ EVERY_BOX: list[Box] = [
     TopK("top", Y, 2), TopK("top_abs", Y, 1, absolute=True),
     Copy(X, 3), Copy(X, 0, name="drop"), Add(Y, 2), Add(Y, 0, name="zero"), Mul(Z, 3),
     Attention("attn", Z, heads=2, causal=False, bias=True), Attention("attn2", Z, heads=3, head_dim=5),
+    Attention("gqa", Z, heads=4, head_dim=2, kv_heads=2, rotary_dim=2, rotary_base=500.0, scale=0.3, window=3,
+              bias="qkv"),
+    PosEmbed("pos", X, positions=7),
     Opaque("blob", X @ Y, Z, module=torch.nn.Identity()),
     Swap(X, Y),
 ]

@@ -11,7 +11,7 @@ model). ``docs/description_length.md`` writes out every term, with a worked exam
 >>> model = Model(Linear("f", Space("x", 4), Space("y", 2)), seed=0)
 >>> bits = description_length(model)
 >>> round(bits.structure, 3), bits.parameters, bits.error, round(bits.total, 3)
-(32.807, 262.0, 0.0, 294.807)
+(32.907, 262.0, 0.0, 294.907)
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ def _parts(diagram: Diagram, tensors: Mapping[str, torch.Tensor], maps: list[tup
     parts = [part(name, kind, bits) if name != HEADER else Part(name, kind, bits, 0.0, 0)
              for name, kind, bits in structure_rows(diagram, precision)]
     notes = []
-    if any(p.kind == "Opaque" for p in parts):
+    if any(box.opaque for _, box in diagram.walk()):
         notes.append("note: an Opaque box's code is not counted, only its spaces and its module's tensors")
     if wires is not None:
         parts.append(Part(MAPS, "", float(gamma_bits(len(maps) + 1)), 0.0, 0))

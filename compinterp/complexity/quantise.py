@@ -49,7 +49,7 @@ def quantise(model: Model, bits: int) -> Model:
     for name, box in model.boxes.items():
         if name not in model.params:
             continue
-        if box.kind == "Opaque":
+        if box.opaque:
             module = copy.deepcopy(model.params[name])
             with torch.no_grad():
                 for value in module.state_dict(keep_vars=True).values():

@@ -37,6 +37,7 @@ import torch
 
 from compinterp.errors import InputError
 from compinterp.model import Model
+from compinterp.semantics import Recorder
 from compinterp.syntax import Box, Diagram
 
 FEATURES = "features"
@@ -44,10 +45,6 @@ FEATURES = "features"
 
 VALUE_BITS = 8
 """``b``: the bits each active feature's value costs, unless stated."""
-
-DECODERS = ("Linear", "Unembed")
-"""The box kinds that decode a feature wire."""
-
 
 def code_bits(l0: float, width: int, value_bits: int = VALUE_BITS) -> float:
     """``L0 * (b + log2 F)``: bits per example to name ``l0`` active features out of ``width``, ``b`` bits each."""
@@ -81,11 +78,11 @@ class Code:
 
 
 def sparse_layers(diagram: Diagram) -> list[Box]:
-    """The decoders of ``diagram``'s sparse layers (boxes of :data:`DECODERS` reading one wire named
-    :data:`FEATURES`), each once, in diagram order."""
+    """The decoders of ``diagram``'s sparse layers (affine boxes, ``Linear`` or ``Unembed``, reading
+    one wire named :data:`FEATURES`), each once, in diagram order."""
     found: dict[str, Box] = {}
     for _, box in diagram.walk():
-        if box.kind in DECODERS and len(box.dom) == 1 and box.dom.wires[0].label == FEATURES:
+        if box.affine and len(box.dom) == 1 and box.dom.wires[0].label == FEATURES:
             found.setdefault(box.name, box)
     return list(found.values())
 
@@ -99,13 +96,12 @@ def measure_codes(model: Model, batches: Iterable[tuple[torch.Tensor, ...]],
     if not decoders:
         return ()
     active, rows = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0)
-    params, n = model.plan_params(), len(model.dom)
+    recorder, n = Recorder(model.plan, model.plan_params(), frozenset(decoders)), len(model.dom)
     with torch.inference_mode():
         for batch in batches:
-            for step, ins in model.plan.trace(params, *batch[:n]):
-                if step.box.name in decoders:
-                    z = ins[0]
-                    active[step.box.name] += int((z != 0).sum())
-                    rows[step.box.name] += z.numel() // max(z.shape[-1], 1)
+            for name, uses in recorder.record(*batch[:n]).items():
+                for (z, *_), _ in uses:
+                    active[name] += int((z != 0).sum())
+                    rows[name] += z.numel() // max(z.shape[-1], 1)
     return tuple(Code(name, width, active[name] / max(rows[name], 1), rows[name], value_bits)
                  for name, width in decoders.items())

@@ -8,7 +8,7 @@ Every term is written out in ``docs/description_length.md``.
 >>> x, y = Space("x", 4), Space("y", 2)
 >>> rows = structure_rows(Linear("f", x, y))
 >>> [(name, round(bits, 3)) for name, _, bits in rows]
-[('(diagram)', 14.0), ('f', 18.807)]
+[('(diagram)', 14.0), ('f', 18.907)]
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from compinterp.syntax.boxes import NORMS
 HEADER = "(diagram)"
 """The name of the row holding the bits of the diagram's own header."""
 
-_SIZES = ("hidden", "heads", "head_dim", "k")
-_SPIDERS = ("Copy", "Add", "Mul")
+_SIZES = ("hidden", "heads", "head_dim", "k", "kv_heads", "rotary_dim", "window", "positions")
 
 
 def vocabulary(kinds: set[str]) -> int:
@@ -41,8 +40,9 @@ def hyper_bits(kind: str, data: Mapping[str, Any], precision: int) -> float:
     14.0
     """
     bits = 0.0
+    cls = KINDS.get(kind)
     for key, value in data.items():
-        if (key == "n" and kind in _SPIDERS) or (key == "description" and kind == "Opaque"):
+        if cls is not None and ((key == "n" and cls.spider) or (key == "description" and cls.opaque)):
             continue
         if isinstance(value, bool):
             bits += 1

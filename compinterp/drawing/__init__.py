@@ -29,16 +29,14 @@ from discopy.drawing.backend import Matplotlib
 from matplotlib.figure import Figure
 
 from compinterp.errors import BoxError, FormatError
-from compinterp.files import write_atomically
-from compinterp.syntax import Box, Diagram, Swap
+from compinterp.disk import write_atomically
+from compinterp.syntax import Box, Diagram, Elementwise, Swap
 
 FORMATS = (".png", ".svg")
 """The file suffixes :func:`draw` writes."""
 
 COLORS = {"Attention": "red", "Bilinear": "green", "Gated": "green", "Mul": "green", "Opaque": "yellow"}
 """Fill colour of a box by kind (discopy colour names); other kinds are white."""
-
-_PLAIN = ("Box", "Copy", "Add", "Mul")
 
 
 def draw(diagram_or_model: Any, path: str | os.PathLike[str], *, kinds: bool = True,
@@ -97,9 +95,9 @@ def label(box: Box, kinds: bool = True) -> str:
     >>> label(Linear("up", x, x)), label(Elementwise("relu", x)), label(Elementwise("relu", x, name="act"))
     ('up\\nLinear', 'relu', 'act\\nrelu')
     """
-    if not kinds or box.kind in _PLAIN:
+    if not kinds or type(box) is Box or box.spider:
         return box.name
-    detail = box.data.get("fn", box.kind) if box.kind == "Elementwise" else box.kind
+    detail = box.data.get("fn", box.kind) if isinstance(box, Elementwise) else box.kind
     return box.name if box.name.lower() == detail.lower() else f"{box.name}\n{detail}"
 
 

@@ -21,7 +21,6 @@ them, so one batch of activations per wire (and side) is held at a time.
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ from compinterp.faithfulness.report import BoxRow, FaithfulnessReport
 from compinterp.interpretation import Interpretation
 from compinterp.interpretation.maps import Identity, Map
 from compinterp.model import Model
-from compinterp.semantics import Plan, Step
+from compinterp.semantics import Interpreter, Plan, Step
 from compinterp.syntax import Space, Wire, describe
 
 
@@ -119,23 +118,15 @@ class _Squares:
         self.model, self.explanation = model, explanation
         self.plan: Plan = model.plan
         self.steps: tuple[Step, ...] = self.plan.steps
-        uses, seen = Counter(step.box.name for step in self.steps), Counter[str]()
-        self.labels: list[str] = []
-        for step in self.steps:
-            seen[step.box.name] += 1
-            name = step.box.name
-            self.labels.append(f"{name}#{seen[name]}" if uses[name] > 1 else name)
+        self.labels: tuple[str, ...] = self.plan.labels
         self.sigma: list[Map | None] = [None] * self.plan.registers
-        self.wires: list[Wire | None] = [*model.dom.wires, *[None] * (self.plan.registers - len(model.dom))]
-        for step in self.steps:
-            for r, w in zip(step.outs, step.box.cod.wires):
-                self.wires[r] = w
+        self.wires: tuple[Wire, ...] = self.plan.wires
         if isinstance(explanation, Model):
             if explanation.dom != model.dom or explanation.cod != model.cod:
                 raise CompositionError(f"cannot compare the model ({model.dom} -> {model.cod}) with a second model "
                                        f"({explanation.dom} -> {explanation.cod}): a refinement must have the same "
                                        "input and output spaces")
-            self.images: tuple[Plan, ...] | None = None
+            self.images: tuple[Interpreter, ...] | None = None
             self.cod_dims = model.cod.dims
             return
         if not isinstance(explanation, Interpretation):
@@ -144,10 +135,11 @@ class _Squares:
         if explanation.source != model.diagram:
             raise CompositionError(f"the interpretation explains another diagram ({describe(explanation.source)}) "
                                    f"than the model's ({describe(model.diagram)})")
-        self.images = tuple(explanation.plan(step.box) for step in self.steps)
-        self.e_params = explanation.explanation.params._modules
+        e_params = explanation.explanation.plan_params()
+        self.images = tuple(Interpreter(explanation.plan(step.box), e_params, side=f"explanation of '{label}': ")
+                            for step, label in zip(self.steps, self.labels))
         for r, w in enumerate(self.wires):
-            sigma = explanation.map_of(w) if w is not None else None
+            sigma = explanation.map_of(w)
             self.sigma[r] = None if isinstance(sigma, Identity) else sigma
         self.out_dims = [explanation.space(step.box.cod).dims for step in self.steps]
         self.cod_dims = explanation.space(model.cod).dims
@@ -189,53 +181,21 @@ class _Squares:
         all_reduce(buffers)
         return self._report(count, whole, local, logit, patch)
 
-    def _batch(self, xs: Sequence[torch.Tensor], local: list[Moments], value: torch.Tensor | None,
+    def _batch(self, xs: Sequence[torch.Tensor], local: list[Moments], value: tuple[torch.Tensor, ...] | None,
                patch: _Patch | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One batch through every square; returns ``sigma(M(x))`` and ``E(sigma(x))`` on the outputs."""
         if self.images is None:
             return _tuple(self.model(*xs)), _tuple(self.explanation(*xs))
-        n = self.plan.registers
-        model_regs: list[Any] = [*xs, *[None] * (n - len(xs))]
-        mapped = [self._map(r, x) for r, x in enumerate(model_regs)]
-        expl = list(mapped)
-        m_params = self.model.params._modules
-        for t, step in enumerate(self.steps):
-            outs = _call(step, m_params, [model_regs[i] for i in step.ins], "model")
-            for r, y in zip(step.outs, outs):
-                model_regs[r], mapped[r] = y, self._map(r, y)
-            label = self.labels[t]
-            image = _run(self.images[t], self.e_params, [mapped[i] for i in step.ins], label)
-            want = [mapped[r] for r in step.outs]
-            _same_shapes(want, image, label, step)
-            local[t].update(want, image)
-            if all(_equal(expl[i], mapped[i]) for i in step.ins):
-                e_outs = image
-            else:
-                e_outs = _run(self.images[t], self.e_params, [expl[i] for i in step.ins], label)
-            for r, y in zip(step.outs, e_outs):
-                expl[r] = y
-            if patch is not None and patch.step == t:
-                r = step.outs[patch.output]
-                if value.shape != model_regs[r].shape:
-                    raise InputError(f"the source batch gives {patch.wire.name} of shape {tuple(value.shape)} but "
-                                     f"the base batch has {tuple(model_regs[r].shape)}: base and source batches "
-                                     "must have the same shapes")
-                model_regs[r] = value
-                mapped[r] = expl[r] = self._map(r, value)
-            for r in step.free:
-                model_regs[r] = mapped[r] = expl[r] = None
-        return [mapped[r] for r in self.plan.outputs], [expl[r] for r in self.plan.outputs]
+        outs = _BothSides(self, local, patch, value).run(*xs)
+        return [mapped for _, mapped, _ in outs], [expl for _, _, expl in outs]
 
-    def _capture(self, xs: Sequence[torch.Tensor], patch: _Patch) -> torch.Tensor:
-        """The model's value of the patched wire on ``xs`` (the plan run up to that box)."""
-        regs: list[Any] = [*xs, *[None] * (self.plan.registers - len(xs))]
-        params = self.model.params._modules
-        for step in self.steps[:patch.step + 1]:
-            for r, y in zip(step.outs, _call(step, params, [regs[i] for i in step.ins], "model")):
-                regs[r] = y
-        return regs[self.steps[patch.step].outs[patch.output]]
+    def _capture(self, xs: Sequence[torch.Tensor], patch: _Patch) -> tuple[torch.Tensor, ...]:
+        """The model's outputs of the patched step on ``xs`` (the plan run up to that step)."""
+        capture = _Capture(self.plan, self.model.plan_params(), patch.step)
+        capture.run(*xs, until=patch.step + 1)
+        return capture.outs
 
-    def _map(self, r: int, x: torch.Tensor | None) -> torch.Tensor | None:
+    def map(self, r: int, x: torch.Tensor | None) -> torch.Tensor | None:
         """``sigma`` of register ``r``'s wire applied to ``x``."""
         sigma = self.sigma[r]
         if sigma is None or x is None:
@@ -324,31 +284,6 @@ def _labels(labels: torch.Tensor | None, logits: torch.Tensor, k: int) -> torch.
     return labels
 
 
-def _call(step: Step, params: Any, args: list[Any], side: str) -> tuple[torch.Tensor, ...]:
-    """Run one step's kernel, naming the box if it fails."""
-    try:
-        out = step.fn(params[step.key] if step.key is not None else None, *args)
-    except (RuntimeError, IndexError, ValueError, TypeError) as err:
-        shapes = ", ".join(str(tuple(a.shape)) for a in args)
-        raise InputError(f"{side} box '{step.box.name}' ({step.box.kind} {step.box.dom} -> {step.box.cod}) "
-                         f"failed on inputs of shape {shapes}: {err}") from err
-    if not isinstance(out, tuple) or len(out) != len(step.outs):
-        raise InputError(f"{side} box '{step.box.name}' ({describe(step.box)}): its kernel must return a tuple of "
-                         f"{len(step.outs)} tensor(s), got {type(out).__name__}")
-    return out
-
-
-def _run(plan: Plan, params: Any, args: list[Any], label: str) -> list[torch.Tensor]:
-    """Run a compiled image ``[[S(f)]]_E`` on its inputs."""
-    regs: list[Any] = [*args, *[None] * (plan.registers - len(args))]
-    for step in plan.steps:
-        for r, y in zip(step.outs, _call(step, params, [regs[i] for i in step.ins], f"explanation of '{label}':")):
-            regs[r] = y
-        for r in step.free:
-            regs[r] = None
-    return [regs[r] for r in plan.outputs]
-
-
 def _same_shapes(want: list[torch.Tensor], got: list[torch.Tensor], label: str, step: Step) -> None:
     """The image's outputs have the shapes of the mapped model outputs."""
     for i, (w, g) in enumerate(zip(want, got)):
@@ -367,3 +302,67 @@ def _equal(a: Any, b: Any) -> bool:
 def _tuple(y: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     return list(y) if isinstance(y, tuple) else [y]
 
+
+
+class _BothSides(Interpreter):
+    """The model's plan run with three values in each register: the model's activation ``a``,
+    ``sigma(a)``, and the explanation's own value; each step also runs its image ``[[S(f)]]_E``
+    on ``sigma`` of the model's inputs (the local square, accumulated in ``local``) and on the
+    explanation's inputs (the square of the whole diagram, carried along)."""
+
+    side = "model "
+
+    def __init__(self, squares: _Squares, local: list[Moments], patch: _Patch | None,
+                 value: tuple[torch.Tensor, ...] | None) -> None:
+        super().__init__(squares.plan, squares.model.plan_params())
+        self.squares, self.local, self.patch, self.value = squares, local, patch, value
+
+    def shape(self, value: Any) -> str:
+        return super().shape(value[0]) if isinstance(value, tuple) else "?"
+
+    def initial_env(self, xs: Sequence[Any], initial: Any) -> list[Any]:
+        regs = super().initial_env(xs, initial)
+        for r, x in enumerate(xs):
+            mapped = self.squares.map(r, x)
+            regs[r] = (x, mapped, mapped)
+        return regs
+
+    def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
+        squares = self.squares
+        outs = super().run_step(t, step, [a for a, _, _ in args])
+        if not isinstance(outs, tuple) or len(outs) != len(step.outs):
+            return outs
+        mapped = [squares.map(r, y) for r, y in zip(step.outs, outs)]
+        image = squares.images[t]
+        local = image.run(*[m for _, m, _ in args])
+        _same_shapes(mapped, local, squares.labels[t], step)
+        self.local[t].update(mapped, local)
+        same = all(_equal(e, m) for _, m, e in args)
+        expl = local if same else image.run(*[e for _, _, e in args])
+        if self.patch is not None and self.patch.step == t:
+            i, r = self.patch.output, step.outs[self.patch.output]
+            value = self.value[i]
+            if value.shape != outs[i].shape:
+                raise InputError(f"the source batch gives {self.patch.wire.name} of shape {tuple(value.shape)} but "
+                                 f"the base batch has {tuple(outs[i].shape)}: base and source batches "
+                                 "must have the same shapes")
+            outs, mapped, expl = list(outs), list(mapped), list(expl)
+            outs[i] = value
+            mapped[i] = expl[i] = squares.map(r, value)
+        return tuple(zip(outs, mapped, expl))
+
+
+class _Capture(Interpreter):
+    """The model's plan, keeping the outputs of step ``step``."""
+
+    side = "model "
+
+    def __init__(self, plan: Plan, params: Any, step: int) -> None:
+        super().__init__(plan, params)
+        self.step, self.outs = step, ()
+
+    def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
+        outs = super().run_step(t, step, args)
+        if t == self.step:
+            self.outs = outs
+        return outs

@@ -7,16 +7,24 @@ An interpretation directory holds
   map (kind and hyperparameters), each given box image as a diagram, and the
   sha256 of ``maps.safetensors``;
 * ``maps.safetensors``: the maps' tensors, keyed ``wire.role`` (``resid:64.weight``);
-* ``explanation/``: the explanation model, written by :func:`compinterp.files.save`.
+* ``explanation/``: the explanation model, as :func:`compinterp.files.save` writes it.
 
-Function maps cannot be written: their name is kept and :func:`load` asks for them
-again. Saving writes a temporary directory beside the target and renames it into
-place, so a failure never leaves a half-written interpretation.
+Function maps cannot be written: their name is kept and loading asks for them
+again. Saving writes a temporary directory beside the target, flushes it and renames
+it into place (:func:`compinterp.disk.write_directory`), so a failure never leaves a
+half-written interpretation.
+
+This module sits below :mod:`compinterp.interpretation.interpretation`: :func:`save`
+takes any object shaped like an :class:`~compinterp.Interpretation`, and
+:func:`read_interpretation` returns a saved one's parts, which
+:func:`compinterp.interpretation.interpretation.load` (``Interpretation.load``) builds
+into an Interpretation.
 
 >>> import tempfile, torch
 >>> from compinterp.model import Model
 >>> from compinterp.syntax import Space, Linear
 >>> from compinterp.interpretation import Interpretation, maps
+>>> from compinterp.interpretation.interpretation import load
 >>> x = Space("x", 3)
 >>> model = Model(Linear("f", x, x))
 >>> interp = Interpretation(model, boxes={"f": Linear("g", Space("x", 2), Space("x", 2))},
@@ -29,14 +37,11 @@ x:2 True
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -44,12 +49,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from compinterp import files
+from compinterp.disk import declares_format, sha256, write_directory
 from compinterp.errors import CompinterpError, FormatError
-from compinterp.interpretation.interpretation import Interpretation
-from compinterp.interpretation.maps import Function, map_from_json
-from compinterp.model import Model
-from compinterp.semantics.functor import Rule
-from compinterp.syntax import Kind, Space
+from compinterp.interpretation.maps import Function, Map, map_from_json
+from compinterp.syntax import Diagram, Space
 from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
 
 FORMAT = "compinterp.interpretation"
@@ -57,9 +60,25 @@ FORMAT_VERSION = 1
 MANIFEST, MAPS, EXPLANATION = "interpretation.json", "maps.safetensors", "explanation"
 
 
-def save(interp: Interpretation, path: str | os.PathLike[str]) -> Path:
-    """Write ``interp`` to directory ``path`` (created, or replaced if it holds an interpretation)."""
-    if not isinstance(interp, Interpretation):
+class InterpretationParts(NamedTuple):
+    """What an interpretation directory holds, read and checked, ready to build an
+    :class:`~compinterp.Interpretation` of its model from."""
+
+    images: dict[str, Diagram]
+    """The box images given, ``{box name: S(f)}``."""
+    wires: dict[str, tuple[str, Map]]
+    """Each wire's image and map, ``{wire: (image wire, map)}``."""
+    explanation: files.ModelParts
+    """The explanation model's parts: its diagram, the parameters of its boxes and its Opaque modules."""
+
+
+def save(interp: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``interp`` to directory ``path`` (created, or replaced if it holds an interpretation).
+
+    ``interp`` is an :class:`~compinterp.Interpretation`, or anything with its ``source``,
+    ``space``, ``maps``, ``images`` and ``explanation`` (a model, see :func:`compinterp.files.save`).
+    """
+    if not _is_interpretation_like(interp):
         raise FormatError(f"save() takes an Interpretation, got {type(interp).__name__}")
     given, path = Path(path), Path(os.path.abspath(path))
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not is_interpretation(path))):
@@ -72,51 +91,39 @@ def save(interp: Interpretation, path: str | os.PathLike[str]) -> Path:
     tensors = {f"{name}.{role}": t.detach().cpu().contiguous().clone()
                for name, sigma in interp.maps.items() if not isinstance(sigma, Function)
                for role, t in sigma.state_dict().items()}
-    staging = path.with_name(f".{path.name}.saving-{uuid.uuid4().hex}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
-        files.save(interp.explanation, staging / EXPLANATION)
+
+    def write(staging: Path) -> None:
+        (staging / EXPLANATION).mkdir()
+        files.write_files(interp.explanation, staging / EXPLANATION)
         save_file(tensors, str(staging / MAPS))
-        manifest["maps_sha256"] = _sha256(staging / MAPS)
+        manifest["maps_sha256"] = sha256(staging / MAPS)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex}")
-        if path.exists():
-            os.rename(path, old)
-        try:
-            os.rename(staging, path)
-        except OSError:
-            if old.exists():
-                os.rename(old, path)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as err:
-        raise FormatError(f"cannot save an interpretation to {path}: {err.strerror or err}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    write_directory(path, write, "an interpretation")
     return given
 
 
-def load(path: str | os.PathLike[str], model: Model, *,
-         functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-         modules: Mapping[str, nn.Module] | None = None, rules: Mapping[str, Rule] | None = None) -> Interpretation:
-    """Read an interpretation of ``model`` written by :func:`save`.
+def read_interpretation(path: str | os.PathLike[str], source: Diagram, *,
+                        functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                        modules: Mapping[str, nn.Module] | None = None) -> InterpretationParts:
+    """Read the parts of an interpretation of a model with diagram ``source``, written by :func:`save`
+    (:func:`compinterp.interpretation.interpretation.load` builds the Interpretation from them).
 
-    ``functions`` gives the callables of function maps by wire name; ``modules`` and
-    ``rules`` are passed to :func:`compinterp.files.load` for the explanation model.
+    ``functions`` gives the callables of function maps by wire name; ``modules`` the
+    explanation's Opaque modules (see :func:`compinterp.files.read_model`).
     """
     path = Path(path)
     if not is_interpretation(path):
         raise FormatError(f"no interpretation at {path}: {path / MANIFEST} is missing or is not of format {FORMAT!r}")
     manifest = _read_manifest(path)
     try:
-        source = diagram_from_json(manifest["model"])
+        saved = diagram_from_json(manifest["model"])
         images = {name: diagram_from_json(obj) for name, obj in manifest["boxes"].items()}
     except CompinterpError as err:
         raise FormatError(f"{path / MANIFEST}: {err}") from None
-    if source != model.diagram:
+    if saved != source:
         raise FormatError(f"the interpretation at {path} explains another diagram than the model given: "
-                          f"it was saved for {source.dom} -> {source.cod} with {len(source.inside)} boxes")
+                          f"it was saved for {saved.dom} -> {saved.cod} with {len(saved.inside)} boxes")
     tensors = _read_maps(path, manifest["maps_sha256"])
     wires = {}
     for name, entry in manifest["wires"].items():
@@ -125,23 +132,21 @@ def load(path: str | os.PathLike[str], model: Model, *,
             wires[name] = (entry["image"], map_from_json(entry["map"], own, name, dict(functions or {})))
         except (KeyError, TypeError) as err:
             raise FormatError(f"{path / MANIFEST}: the entry of wire {name} is malformed ({err})") from None
-    explanation = files.load(path / EXPLANATION, modules=modules, rules=rules)
-    params = {name: explanation.box_params(name) for name, box in explanation.boxes.items()
-              if box.kind != "Opaque" and isinstance(box, Kind) and box.param_shapes()}
-    mods = {name: explanation.params[name] for name, box in explanation.boxes.items() if box.kind == "Opaque"}
-    interp = Interpretation(model, boxes=images, wires=wires, params=params, modules=mods, rules=rules)
-    if interp.diagram != explanation.diagram:
-        raise FormatError(f"{path}: the saved explanation model does not match the interpretation's box images")
-    return interp
+    explanation = files.read_model(path / EXPLANATION, modules=modules)
+    return InterpretationParts(images, wires, explanation)
 
 
 def is_interpretation(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a directory with an interpretation manifest (as opposed to a model)."""
-    try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+    return declares_format(path, MANIFEST, FORMAT)
+
+
+def _is_interpretation_like(interp: Any) -> bool:
+    """Whether ``interp`` has what :func:`save` reads of an :class:`~compinterp.Interpretation`."""
+    return (isinstance(interp, nn.Module) and isinstance(getattr(interp, "source", None), Diagram)
+            and callable(getattr(interp, "space", None)) and isinstance(getattr(interp, "maps", None), nn.ModuleDict)
+            and isinstance(getattr(interp, "images", None), Mapping)
+            and isinstance(getattr(interp, "explanation", None), nn.Module))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -156,20 +161,14 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_maps(path: Path, sha256: str) -> dict[str, torch.Tensor]:
+def _read_maps(path: Path, checksum: str) -> dict[str, torch.Tensor]:
     """The maps' tensors, checked against the recorded checksum."""
     file = path / MAPS
     if not file.is_file():
         raise FormatError(f"{file} is missing")
-    if _sha256(file) != sha256:
+    if sha256(file) != checksum:
         raise FormatError(f"{file}: checksum mismatch with {MANIFEST}: the file is corrupted or was changed")
     try:
         return load_file(str(file))
     except SafetensorError as err:
         raise FormatError(f"{file} is corrupted: {err}") from None
-
-
-def _sha256(file: Path) -> str:
-    """The hex sha256 of a file."""
-    with open(file, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

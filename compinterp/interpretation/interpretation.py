@@ -25,7 +25,8 @@ compinterp.errors.BoxError: box 'mlp' (x:4 -> x:4) is left unmapped and its wire
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,16 @@ import torch
 from discopy.monoidal import Layer
 from torch import nn
 
-from compinterp.errors import BoxError, CompositionError, ParameterError
+from compinterp.errors import BoxError, CompositionError, FormatError, ParameterError
+from compinterp.interpretation import files
 from compinterp.interpretation.maps import Identity, Map
 from compinterp.model import Model, named_boxes
 from compinterp.semantics import Plan, TorchFunctor
 from compinterp.semantics.functor import Rule
-from compinterp.syntax import Add, Box, Copy, Diagram, Elementwise, Kind, Mul, Space, Swap, Wire, describe
+from compinterp.syntax import Box, Copy, Diagram, Kind, Space, Swap, Wire, describe
 
 WireSpec = Map | tuple[Space | Wire | str, Map]
 """How a wire is interpreted: a map (the explanation wire keeps the label), or ``(image wire, map)``."""
-
-_SPIDERS = {"Add": Add, "Mul": Mul}
 
 
 class Interpretation(nn.Module):
@@ -130,14 +130,12 @@ class Interpretation(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write the interpretation to directory ``path`` (see :mod:`compinterp.interpretation.files`)."""
-        from compinterp.interpretation.files import save
-        return save(self, path)
+        return files.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path, model: Model, **kwargs: Any) -> Interpretation:
         """Read an interpretation of ``model`` from directory ``path`` (see
-        :func:`compinterp.interpretation.files.load` for ``functions``, ``modules``, ``rules``)."""
-        from compinterp.interpretation.files import load
+        :func:`compinterp.interpretation.interpretation.load` for ``functions``, ``modules``, ``rules``)."""
         return load(path, model, **kwargs)
 
     def extra_repr(self) -> str:
@@ -147,17 +145,14 @@ class Interpretation(nn.Module):
                f"{mapped} wire{'s' * (mapped != 1)} mapped"
 
     def _image(self, box: Box) -> Diagram:
-        """The image of one box: the one given, a spider on the image wires, or the box itself."""
+        """The image of one box: the one given, a spider or pointwise map (any polymorphic box) on the
+        image wires, or the box itself."""
         if isinstance(box, Swap):
             return Swap(self.space(box.left), self.space(box.right))
         if box.name in self.images:
             return self.images[box.name]
-        if box.kind == "Copy":
-            return Copy(self.space(box.dom), box.data["n"], name=box.name)
-        if box.kind in _SPIDERS:
-            return _SPIDERS[box.kind](self.space(box.cod), box.data["n"], name=box.name)
-        if box.kind == "Elementwise":
-            return Elementwise(box.data["fn"], self.space(box.dom), name=box.name)
+        if box.polymorphic:
+            return type(box).from_json(box.name, self.space(box.dom), self.space(box.cod), dict(box.data))
         dom, cod = self.space(box.dom), self.space(box.cod)
         if dom != box.dom or cod != box.cod:
             raise BoxError(f"box '{box.name}' ({box.dom} -> {box.cod}) is left unmapped and its wires change "
@@ -198,6 +193,25 @@ def _model_wires(diagram: Diagram) -> dict[str, Wire]:
         for w in (*box.dom.wires, *box.cod.wires):
             wires.setdefault(w.name, w)
     return wires
+
+
+def load(path: str | os.PathLike[str], model: Model, *,
+         functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+         modules: Mapping[str, nn.Module] | None = None, rules: Mapping[str, Rule] | None = None) -> Interpretation:
+    """Read an interpretation of ``model`` written by :meth:`Interpretation.save`
+    (:func:`compinterp.interpretation.files.save`).
+
+    ``functions`` gives the callables of function maps by wire name; ``modules`` are the
+    explanation model's Opaque modules and ``rules`` its extra torch semantics, as for
+    :func:`compinterp.load`.
+    """
+    parts = files.read_interpretation(path, model.diagram, functions=functions, modules=modules)
+    explanation = parts.explanation
+    interp = Interpretation(model, boxes=parts.images, wires=parts.wires, params=explanation.params,
+                            modules=explanation.modules, rules=rules)
+    if interp.diagram != explanation.diagram:
+        raise FormatError(f"{Path(path)}: the saved explanation model does not match the interpretation's box images")
+    return interp
 
 
 def _interpret_wires(diagram: Diagram, specs: dict[str, WireSpec],
@@ -243,7 +257,7 @@ def _check_images(diagram: Diagram, images: dict[str, Diagram], interp: Interpre
         if name not in boxes:
             raise BoxError(f"boxes={{{name!r}: ...}}: the model has no box named {name!r}; "
                            f"its boxes are {', '.join(boxes)}")
-        if boxes[name].kind == "Copy":
+        if isinstance(boxes[name], Copy):
             raise BoxError(f"box '{name}' is a copy spider: it is always sent to the copy of its image wire, "
                            "so it takes no image")
         if not isinstance(image, Diagram):
@@ -266,7 +280,7 @@ def _explanation_params(model: Model, diagram: Diagram, params: Mapping[str, Any
     own = named_boxes(model.diagram)
     for name, box in named_boxes(diagram).items():
         same = name in own and own[name] == box
-        if box.kind == "Opaque":
+        if box.opaque:
             if name not in mods and getattr(box, "module", None) is None:
                 if not same:
                     raise ParameterError(f"explanation box {describe(box)} is Opaque and has no module: "

@@ -60,6 +60,13 @@ class Map(nn.Module):
         """The map's kind and hyperparameters (its tensors are in ``state_dict()``)."""
         return {"kind": self.kind}
 
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], wire: str,
+                  functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Map:
+        """The map written as ``entry`` (its :meth:`to_json`) with its ``state_dict()`` ``tensors``;
+        ``functions`` gives the callables of function maps by wire name."""
+        return cls()
+
 
 class Identity(Map):
     """``sigma(x) = x``: the explanation reads the wire as it is."""
@@ -101,6 +108,11 @@ class LinearMap(Map):
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "bias": self.bias is not None}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], wire: str,
+                  functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Map:
+        return cls(tensors["weight"], tensors["bias"] if entry["bias"] else None)
 
 
 class EncoderDecoder(Map):
@@ -151,6 +163,12 @@ class EncoderDecoder(Map):
         return {"kind": self.kind, "activation": self.activation, "encoder_bias": self.encoder_bias is not None,
                 "decoder_bias": self.decoder_bias is not None}
 
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], wire: str,
+                  functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Map:
+        return cls(tensors["encoder"], tensors["decoder"], tensors["encoder_bias"] if entry["encoder_bias"] else None,
+                   tensors["decoder_bias"] if entry["decoder_bias"] else None, entry["activation"])
+
 
 class Function(Map):
     """Any torch callable acting on the last axis (a module's parameters move and train with it).
@@ -176,6 +194,14 @@ class Function(Map):
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "name": self.name}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], wire: str,
+                  functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Map:
+        if wire not in functions:
+            raise FormatError(f"wire {wire} was mapped by the function {entry.get('name')!r}, which a file cannot "
+                              f"hold: pass functions={{{wire!r}: ...}} to load it")
+        return cls(functions[wire], entry.get("name"))
 
 
 def identity() -> Identity:
@@ -206,28 +232,22 @@ def function(fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None
     return Function(fn, name)
 
 
+MAPS: dict[str, type[Map]] = {cls.kind: cls for cls in (Identity, LinearMap, EncoderDecoder, Function)}
+"""Every semantic map kind by name, as written in files."""
+
+
 def map_from_json(entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], wire: str,
                   functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Map:
-    """Rebuild a map written as ``to_json()`` plus its ``state_dict()`` tensors; ``functions`` gives
-    the callables of function maps by wire name."""
+    """Rebuild a map written as ``to_json()`` plus its ``state_dict()`` tensors, through its kind's
+    ``from_json``; ``functions`` gives the callables of function maps by wire name."""
     kind = entry.get("kind")
+    cls = MAPS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise FormatError(f"unknown map kind {kind!r} for wire {wire}; known: {', '.join(MAPS)}")
     try:
-        if kind == "identity":
-            return Identity()
-        if kind == "linear":
-            return LinearMap(tensors["weight"], tensors["bias"] if entry["bias"] else None)
-        if kind == "encoder_decoder":
-            return EncoderDecoder(tensors["encoder"], tensors["decoder"],
-                                  tensors["encoder_bias"] if entry["encoder_bias"] else None,
-                                  tensors["decoder_bias"] if entry["decoder_bias"] else None, entry["activation"])
+        return cls.from_json(entry, tensors, wire, functions)
     except KeyError as err:
         raise FormatError(f"the {kind} map of wire {wire} is missing {err.args[0]!r} in the file") from None
-    if kind == "function":
-        if wire not in functions:
-            raise FormatError(f"wire {wire} was mapped by the function {entry.get('name')!r}, which a file cannot "
-                              f"hold: pass functions={{{wire!r}: ...}} to load it")
-        return Function(functions[wire], entry.get("name"))
-    raise FormatError(f"unknown map kind {kind!r} for wire {wire}; known: identity, linear, encoder_decoder, function")
 
 
 def _device(module: nn.Module) -> torch.device:

@@ -73,6 +73,6 @@ def substitute(model: Model, images: Mapping[str, Diagram],
     model kept in an image, and every other box, keep copies of the model's own
     (``Opaque`` modules included), so the new model shares no tensor with the old.
     """
-    own = {name: copy.deepcopy(model.params[name]) for name, box in model.boxes.items() if box.kind == "Opaque"}
+    own = {name: copy.deepcopy(model.params[name]) for name, box in model.boxes.items() if box.opaque}
     return Interpretation(model, boxes=images, params=params, modules={**own, **(modules or {})},
                           rules=model.rules).explanation

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from compinterp.errors import FormatError
-from compinterp.files import write_atomically
+from compinterp.disk import write_atomically
 
 MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 """The image files :func:`image_file` inlines, by suffix."""

@@ -1,10 +1,13 @@
-"""The semantic functor ``[[-]] : Syntax -> Torch``, compiled once into a flat plan.
+"""The semantic functor ``[[-]] : Syntax -> Torch``, compiled once into a flat plan, and the one
+interpreter that runs a plan.
 
 Following torch.fx's split between a graph and the interpreters that walk it,
 :class:`TorchFunctor` walks a diagram's layers once and emits a :class:`Plan`:
 a straight-line program over numbered registers. Swaps, copies, discards and
 identities cost nothing at run time (they only rename registers); each other
-box is one kernel call.
+box is one kernel call. :class:`Interpreter` runs a plan's steps over its
+registers; everything that runs a plan (the forward pass, probes, the checker's
+two sides, caches, hooks and patches) is that loop with one method overridden.
 
 >>> import torch
 >>> from compinterp.syntax import Space, Linear, Copy, Add, Id
@@ -18,15 +21,16 @@ tensor([3., 3., 3.])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from compinterp.errors import BoxError, InputError
+from compinterp.errors import BoxError, CompinterpError, InputError
 from compinterp.semantics import kernels
-from compinterp.syntax import Box, Diagram, Space, Swap, describe
+from compinterp.syntax import Box, Diagram, Space, Swap, Wire, describe
 
 Rule = Callable[[Box], kernels.Kernel]
 
@@ -54,11 +58,38 @@ class Plan:
                  registers: int) -> None:
         self.dom, self.cod, self.steps, self.outputs, self.registers = dom, cod, steps, outputs, registers
         self._dims = tuple(w.dim for w in dom.wires)
+        wires = [*dom.wires, *[None] * (registers - len(dom))]
+        for step in steps:
+            for r, w in zip(step.outs, step.box.cod.wires):
+                wires[r] = w
+        self.wires: tuple[Wire, ...] = tuple(wires)
+        """The wire each register holds a value of."""
+        uses, seen = Counter(step.box.name for step in steps), Counter[str]()
+        labels = []
+        for step in steps:
+            seen[step.box.name] += 1
+            labels.append(f"{step.box.name}#{seen[step.box.name]}" if uses[step.box.name] > 1 else step.box.name)
+        self.labels: tuple[str, ...] = tuple(labels)
+        """Each step's name: its box's, numbered ``name#k`` where a box is used more than once."""
+        self.names: dict[str, int] = _register_names(self)
+        """Each register by name: inputs by wire label, box outputs by step label (``label.i`` for
+        output ``i`` of several), then the ``k``-th register holding a wire label as ``label_k`` (the
+        bare label where only one does), where these do not clash."""
 
     def __repr__(self) -> str:
         return f"<Plan {self.dom} -> {self.cod}: {len(self.steps)} kernel calls>"
 
     def __call__(self, params: Mapping[str, Any], *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        self.check_inputs(xs)
+        out = Interpreter(self, params).run(*xs)
+        return out[0] if len(out) == 1 else out
+
+    def run(self, params: Mapping[str, Any], *xs: Any, initial: Mapping[int, Any] | None = None) -> tuple[Any, ...]:
+        """The values of the output registers, ``initial`` pre-setting registers (see :meth:`Interpreter.run`)."""
+        return Interpreter(self, params).run(*xs, initial=initial)
+
+    def check_inputs(self, xs: Sequence[Any]) -> None:
+        """Refuse inputs that are not one tensor per input wire, floats ending in the wire's dimension."""
         if len(xs) != len(self._dims):
             raise InputError(f"expected {len(self._dims)} inputs ({self.dom}), got {len(xs)}")
         for i, (x, dim) in enumerate(zip(xs, self._dims)):
@@ -67,85 +98,190 @@ class Plan:
             if x.is_floating_point() and (x.dim() == 0 or x.shape[-1] != dim):
                 raise InputError(f"input {i} is wire {self.dom.wires[i].name} but has shape {tuple(x.shape)}: "
                                  f"its last dimension must be {dim}")
-        regs: list[Any] = [*xs, *([None] * (self.registers - len(xs)))]
-        step = None
+
+
+class Interpreter:
+    """Runs a plan's steps over its registers, one kernel call at a time, in the manner of
+    ``torch.fx.Interpreter``: subclasses override :meth:`run_step` (what one step computes)
+    or :meth:`initial_env` (the registers before the first step), and :meth:`run` stays the
+    only loop over a plan's steps.
+
+    Registers may hold anything a subclass's :meth:`run_step` reads and writes (the checker
+    keeps the model's value, its image under sigma and the explanation's value together).
+
+    >>> from compinterp.syntax import Space, Linear
+    >>> x = Space("x", 2)
+    >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
+    >>> params = {"f": {"W": 2 * torch.eye(2)}, "g": {"W": torch.eye(2)}}
+    >>> class Inputs(Interpreter):
+    ...     def run_step(self, t, step, args):
+    ...         print(step.box.name, args[0].tolist())
+    ...         return super().run_step(t, step, args)
+    >>> Inputs(plan, params).run(torch.ones(2))
+    f [1.0, 1.0]
+    g [2.0, 2.0]
+    (tensor([2., 2.]),)
+    """
+
+    side = ""
+    """Prefix of the error that names a failing box (``"model "``, ``"explanation of 'mlp': "``)."""
+
+    def __init__(self, plan: Plan, params: Mapping[str, Any], side: str | None = None) -> None:
+        self.plan, self.params = plan, params
+        if side is not None:
+            self.side = side
+
+    def shape(self, value: Any) -> str:
+        """A register's value as an error message shows it (its shape)."""
+        return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else "?"
+
+    def initial_env(self, xs: Sequence[Any], initial: Mapping[int, Any] | None) -> list[Any]:
+        """The registers before the first step: the inputs, then ``initial``'s values by register."""
+        regs: list[Any] = [*xs, *([None] * (self.plan.registers - len(xs)))]
+        for r, value in (initial or {}).items():
+            regs[r] = value
+        return regs
+
+    def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
+        """The outputs of step ``t`` on the values ``args`` of its input registers."""
+        return step.fn(self.params[step.key] if step.key is not None else None, *args)
+
+    def run(self, *xs: Any, initial: Mapping[int, Any] | None = None, until: int | None = None) -> tuple[Any, ...]:
+        """Run the steps (the first ``until`` of them) and return the output registers' values.
+
+        ``initial`` pre-sets registers, as torch.fx's ``initial_env``: a step whose outputs are
+        all given is skipped, a given output of a step that runs keeps its given value (an
+        interchange intervention is a run with the patched register in ``initial``).
+        Registers are freed after their last read, so ``until`` returns outputs not yet
+        written as ``None``.
+        """
+        regs = self.initial_env(xs, initial)
+        given = initial or {}
+        steps = self.plan.steps if until is None else self.plan.steps[:until]
+        t, step = -1, None
         try:
-            for step in self.steps:
-                outs = step.fn(params[step.key] if step.key is not None else None, *[regs[i] for i in step.ins])
+            for t, step in enumerate(steps):
+                if given and all(r in given for r in step.outs):
+                    outs = tuple(given[r] for r in step.outs)
+                else:
+                    outs = self.run_step(t, step, [regs[i] for i in step.ins])
+                    if type(outs) is not tuple or len(outs) != len(step.outs):
+                        raise InputError(f"{self.side}box '{step.box.name}' ({describe(step.box)}): its kernel must "
+                                         f"return a tuple of {len(step.outs)} tensor(s), got {type(outs).__name__}")
                 for r, y in zip(step.outs, outs):
-                    regs[r] = y
+                    regs[r] = given.get(r, y) if given else y
                 for r in step.free:
                     regs[r] = None
+        except CompinterpError:
+            raise
         except KeyError as err:
-            if step is not None and step.key is not None and step.key not in params:
-                raise InputError(f"no parameters for box '{step.key}' ({describe(step.box)})") from None
+            if step is not None and step.key is not None and step.key not in self.params:
+                raise InputError(f"{self.side}no parameters for box '{step.key}' ({describe(step.box)})") from None
             raise err
         except (RuntimeError, IndexError, ValueError, TypeError) as err:
             if step is None:
                 raise
-            shapes = ", ".join(str(tuple(regs[i].shape)) if isinstance(regs[i], torch.Tensor) else "?"
-                               for i in step.ins)
-            raise InputError(f"box '{step.box.name}' ({step.box.kind} {step.box.dom} -> {step.box.cod}) "
+            shapes = ", ".join(self.shape(regs[i]) for i in step.ins)
+            raise InputError(f"{self.side}box '{step.box.name}' ({step.box.kind} {step.box.dom} -> {step.box.cod}) "
                              f"failed on inputs of shape {shapes}: {err}") from err
-        out = tuple(regs[r] for r in self.outputs)
-        return out[0] if len(out) == 1 else out
+        return tuple(regs[r] for r in self.plan.outputs)
 
-    def trace(self, params: Mapping[str, Any], *xs: torch.Tensor) -> Iterator[tuple[Step, tuple[Any, ...]]]:
-        """Run the plan one step at a time, yielding each step with its inputs just before it runs
-        (stop iterating to run only part of it). No checks: for probes, not for users.
 
-        >>> from compinterp.syntax import Space, Linear
-        >>> x = Space("x", 2)
-        >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
-        >>> params = {"f": {"W": 2 * torch.eye(2)}, "g": {"W": torch.eye(2)}}
-        >>> [(step.box.name, ins[0].tolist()) for step, ins in plan.trace(params, torch.ones(2))]
-        [('f', [1.0, 1.0]), ('g', [2.0, 2.0])]
-        """
-        regs: list[Any] = [*xs, *([None] * (self.registers - len(xs)))]
-        for step in self.steps:
-            ins = tuple(regs[i] for i in step.ins)
-            yield step, ins
-            for r, y in zip(step.outs, step.fn(params[step.key] if step.key is not None else None, *ins)):
-                regs[r] = y
-            for r in step.free:
-                regs[r] = None
+class Recorder(Interpreter):
+    """An interpreter that keeps the inputs and outputs of the steps of chosen boxes, by box name,
+    one entry per use of the box, and stops after the last of them.
+
+    >>> from compinterp.syntax import Space, Linear
+    >>> x = Space("x", 2)
+    >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
+    >>> params = {"f": {"W": 2 * torch.eye(2)}, "g": {"W": torch.eye(2)}}
+    >>> seen = Recorder(plan, params, {"f"}).record(torch.ones(2))
+    >>> [(ins[0].tolist(), outs[0].tolist()) for ins, outs in seen["f"]]
+    [([1.0, 1.0], [2.0, 2.0])]
+    """
+
+    def __init__(self, plan: Plan, params: Mapping[str, Any], boxes: set[str] | frozenset[str]) -> None:
+        super().__init__(plan, params)
+        self.boxes = boxes
+        self.seen: dict[str, list[tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
+
+    def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
+        outs = super().run_step(t, step, args)
+        if step.box.name in self.boxes:
+            self.seen.setdefault(step.box.name, []).append((tuple(args), outs))
+        return outs
+
+    def record(self, *xs: Any) -> dict[str, list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
+        """Run as far as the last step of a chosen box; each chosen box's (inputs, outputs) per use."""
+        last = max((t for t, step in enumerate(self.plan.steps) if step.box.name in self.boxes), default=-1)
+        self.seen = {}
+        self.run(*xs, until=last + 1)
+        return self.seen
 
 
 class TorchFunctor:
     """Sends a diagram to a :class:`Plan`; ``rules`` adds or overrides kernels by box kind."""
 
     def __init__(self, rules: Mapping[str, Rule] | None = None) -> None:
-        self.rules = dict(rules or {})
+        self.rules = {**kernels.RULES, **(rules or {})}
 
     def kernel(self, box: Box) -> kernels.Kernel:
-        """The kernel of one box: a user rule for its kind, else the built-in one."""
+        """The kernel of one box: the rule for its kind (a user's, else the built-in one)."""
         rule = self.rules.get(box.kind)
-        return rule(box) if rule is not None else kernels.kernel(box)
+        if rule is None:
+            raise BoxError(f"no torch semantics for box '{box.name}' of kind {box.kind}: "
+                           "give the functor a rule for it (TorchFunctor(rules={...}))")
+        return rule(box)
 
     def __call__(self, diagram: Diagram) -> Plan:
         if not isinstance(diagram, Diagram):
             raise BoxError(f"the torch functor takes a compinterp Diagram, got {type(diagram).__name__}")
         wires = list(range(len(diagram.dom)))
         registers = len(wires)
-        steps: list[tuple[Box, kernels.Kernel, tuple[int, ...], tuple[int, ...]]] = []
+        steps: list[tuple[Box, kernels.Kernel, tuple[int, ...], tuple[int, ...], str | None]] = []
         for offset, box in diagram.walk():
             n = len(box.dom)
             ins = wires[offset:offset + n]
-            if isinstance(box, Swap):
-                outs = ins[1:] + ins[:1]
-            elif box.kind == "Copy":
-                outs = ins * box.data["n"]
-            elif box.kind == "Add" and n == 1:
-                outs = ins
-            elif box.kind == "Add" and n == 0:
-                raise BoxError(f"box '{box.name}' adds no wires: a zero has no batch shape to take")
-            else:
+            outs = _renamed(box, ins)
+            if outs is None:
                 outs = list(range(registers, registers + len(box.cod)))
                 registers += len(box.cod)
-                key = box.name if box.kind == "Opaque" or getattr(box, "param_shapes", dict)() else None
+                key = box.name if box.opaque or getattr(box, "param_shapes", dict)() else None
                 steps.append((box, self.kernel(box), tuple(ins), tuple(outs), key))
             wires = wires[:offset] + outs + wires[offset + n:]
         return Plan(diagram.dom, diagram.cod, _with_frees(steps, wires), tuple(wires), registers)
+
+
+def _register_names(plan: Plan) -> dict[str, int]:
+    """The names of :attr:`Plan.names`: canonical names first, then wire aliases that are free."""
+    names: dict[str, int] = {}
+    inputs = [w.label for w in plan.dom.wires]
+    for r, label in enumerate(inputs):
+        names[label if inputs.count(label) == 1 else f"{label}.{r}"] = r
+    for step, label in zip(plan.steps, plan.labels):
+        for i, r in enumerate(step.outs):
+            names[label if len(step.outs) == 1 else f"{label}.{i}"] = r
+    by_wire: dict[str, list[int]] = {}
+    for r, w in enumerate(plan.wires):
+        by_wire.setdefault(w.label, []).append(r)
+    for label, registers in by_wire.items():
+        aliases = [(label, registers[0])] if len(registers) == 1 else \
+            [(f"{label}_{k}", r) for k, r in enumerate(registers)]
+        for alias, r in aliases:
+            names.setdefault(alias, r)
+    return names
+
+
+def _renamed(box: Box, ins: list[int]) -> list[int] | None:
+    """The registers of a box's outputs when it only renames registers (a swap; a spider with one
+    input, which copies, discards or passes it), else ``None``: the box is a kernel call."""
+    if isinstance(box, Swap):
+        return ins[1:] + ins[:1]
+    if not box.spider or len(ins) > 1:
+        return None
+    if not ins:
+        raise BoxError(f"box '{box.name}' adds no wires: a zero has no batch shape to take")
+    return ins * len(box.cod)
 
 
 def _with_frees(steps: list[tuple[Any, ...]], outputs: list[int]) -> tuple[Step, ...]:
@@ -163,6 +299,6 @@ def _with_frees(steps: list[tuple[Any, ...]], outputs: list[int]) -> tuple[Step,
                  for (box, fn, ins, outs, key), free in zip(steps, frees))
 
 
-def compile(diagram: Diagram, rules: Mapping[str, Rule] | None = None) -> Plan:
+def compile_plan(diagram: Diagram, rules: Mapping[str, Rule] | None = None) -> Plan:
     """Compile ``diagram`` into a plan with the built-in kernels (and ``rules``)."""
     return TorchFunctor(rules)(diagram)

@@ -6,19 +6,19 @@ import math
 
 import torch
 
-from compinterp.syntax import Kind
+from compinterp.syntax import Attention, Embed, Kind, Norm, PosEmbed
 
 
 def init_params(box: Kind, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Fresh parameters for ``box``: uniform in ``±1/sqrt(fan_in)`` for maps, N(0, 1) for
-    embeddings, ones and zeros for norms, zeros for attention biases."""
+    embeddings (of tokens and of positions), ones and zeros for norms, zeros for attention biases."""
     out: dict[str, torch.Tensor] = {}
     for role, shape in box.param_shapes().items():
-        if box.kind == "Embed":
+        if isinstance(box, (Embed, PosEmbed)):
             out[role] = torch.randn(shape, generator=generator, dtype=dtype)
-        elif box.kind == "Norm":
+        elif isinstance(box, Norm):
             out[role] = (torch.ones if role == "weight" else torch.zeros)(shape, dtype=dtype)
-        elif box.kind == "Attention" and len(shape) == 1:
+        elif isinstance(box, Attention) and len(shape) == 1:
             out[role] = torch.zeros(shape, dtype=dtype)
         else:
             fan_in = _fan_in(box, role, shape)
@@ -31,6 +31,6 @@ def _fan_in(box: Kind, role: str, shape: tuple[int, ...]) -> int:
     """The number of inputs feeding the units a parameter belongs to."""
     if len(shape) == 2:
         return shape[1]
-    if box.kind in ("Bilinear", "Gated"):
+    if box.gated:
         return box.data["hidden"] if role == "d" else box.dom.dim
     return box.dom.dim

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from compinterp.errors import BoxError
 from compinterp.syntax import Box
 
 Kernel = Callable[..., tuple[torch.Tensor, ...]]
@@ -124,14 +123,82 @@ def mul(p: Any, *xs: torch.Tensor) -> tuple[torch.Tensor]:
     return (out,)
 
 
-def attention(heads: int, causal: bool, bias: bool, p: Params, x: torch.Tensor) -> tuple[torch.Tensor]:
-    """Multi-head softmax self-attention over axis ``-2``: ``Wo softmax(q k^T / sqrt(dh)) v``."""
-    def split(w: str, b: str) -> torch.Tensor:
-        y = F.linear(x, p[w], p[b] if bias else None)
-        return y.unflatten(-1, (heads, -1)).transpose(-3, -2)
+def _has(bias: bool | str, projection: str) -> bool:
+    """Whether ``projection`` (``q``, ``k``, ``v`` or ``o``) has a bias under an Attention box's ``bias``."""
+    return bias if isinstance(bias, bool) else projection in bias
 
-    z = F.scaled_dot_product_attention(split("Wq", "bq"), split("Wk", "bk"), split("Wv", "bv"), is_causal=causal)
-    return (F.linear(z.transpose(-3, -2).flatten(-2), p["Wo"], p["bo"] if bias else None),)
+
+def rotary(x: torch.Tensor, dim: int, base: float) -> torch.Tensor:
+    """Rotary position embedding of ``x`` (``(..., T, e)``, positions ``0..T-1``) on its first ``dim``
+    dimensions, in the rotate-half convention: pair ``i`` is dimensions ``i`` and ``i + dim/2``,
+    turned by the angle ``t * base^(-2i/dim)``.
+
+    >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    >>> rotary(x, 2, 10000.0)
+    tensor([[1.0000, 0.0000],
+            [0.5403, 0.8415]])
+    """
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=x.device) / dim)
+    angles = torch.einsum("t, f -> t f", torch.arange(x.shape[-2], dtype=torch.float32, device=x.device), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    turned, rest = x[..., :dim], x[..., dim:]
+    first, second = turned.chunk(2, dim=-1)
+    turned = turned * cos + torch.cat((-second, first), dim=-1) * sin
+    return torch.cat((turned, rest), dim=-1) if rest.shape[-1] else turned
+
+
+def _window_mask(t: int, window: int, device: torch.device) -> torch.Tensor:
+    """Which keys each query sees under a causal sliding window: ``0 <= query - key < window``."""
+    behind = torch.arange(t, device=device)[:, None] - torch.arange(t, device=device)[None, :]
+    return (behind >= 0) & (behind < window)
+
+
+def attention_heads(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor, *,
+                    kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
+                    scale: float | None = None, window: int | None = None) -> torch.Tensor:
+    """Each head's output before the output projection, ``(..., T, heads, head_dim)``:
+    ``softmax(scale q k^T) v`` per head over the sequence axis ``-2`` of ``x``, with ``kv_heads``
+    key/value heads each shared by ``heads / kv_heads`` consecutive query heads, rotary positions
+    on the first ``rotary_dim`` dimensions of queries and keys, and a sliding causal ``window``."""
+    def split(w: str, projection: str, n: int) -> torch.Tensor:
+        b = p["b" + projection] if _has(bias, projection) else None
+        return F.linear(x, p[w], b).unflatten(-1, (n, -1)).transpose(-3, -2)
+
+    kv = kv_heads or heads
+    q, k, v = split("Wq", "q", heads), split("Wk", "k", kv), split("Wv", "v", kv)
+    if kv == heads and not rotary_dim and scale is None and window is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(-3, -2)
+    if rotary_dim:
+        q, k = rotary(q, rotary_dim, rotary_base), rotary(k, rotary_dim, rotary_base)
+    if kv != heads:
+        k, v = k.repeat_interleave(heads // kv, dim=-3), v.repeat_interleave(heads // kv, dim=-3)
+    if window is not None and window < x.shape[-2]:
+        mask = _window_mask(x.shape[-2], window, x.device)
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    else:
+        z = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    return z.transpose(-3, -2)
+
+
+def attention_out(bias: bool | str, p: Params, z: torch.Tensor) -> torch.Tensor:
+    """The heads summed through the output projection: einsum ``"... t h e, d (h e) -> ... t d"`` plus ``bo``."""
+    return F.linear(z.flatten(-2), p["Wo"], p["bo"] if _has(bias, "o") else None)
+
+
+def attention(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor,
+              **settings: Any) -> tuple[torch.Tensor]:
+    """Multi-head softmax self-attention over axis ``-2``: ``Wo softmax(q k^T / sqrt(dh)) v``
+    (``settings`` as for :func:`attention_heads`)."""
+    return (attention_out(bias, p, attention_heads(heads, causal, bias, p, x, **settings)),)
+
+
+def pos_embed(p: Params, x: torch.Tensor) -> tuple[torch.Tensor]:
+    """``x + W[:T]`` over the sequence axis ``-2`` of ``x``; refuses sequences longer than the table."""
+    t, positions = x.shape[-2], p["W"].shape[0]
+    if t > positions:
+        raise ValueError(f"a sequence of {t} positions is longer than its table of {positions} positions")
+    return (x + p["W"][:t],)
 
 
 def opaque(dims: tuple[int, ...], module: Callable[..., Any], *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -147,32 +214,46 @@ def opaque(dims: tuple[int, ...], module: Callable[..., Any], *xs: torch.Tensor)
     return outs
 
 
-def kernel(box: Box) -> Kernel:
-    """The kernel of one box of a known kind."""
-    kind, data = box.kind, box.data
-    if kind == "Embed":
-        return embed
-    if kind in ("Linear", "Unembed"):
-        return affine if data["bias"] else linear
-    if kind == "Bilinear":
-        return bilinear_bias if data["bias"] else bilinear
-    if kind == "Gated":
-        return partial(gated_bias if data["bias"] else gated, POINTWISE[data["activation"]])
-    if kind == "Norm":
-        if data["norm"] == "rms":
-            return partial(rms_norm, data["eps"], data["affine"])
-        return partial(layer_norm, data["eps"], data["affine"], data["bias"])
-    if kind == "Elementwise":
-        return partial(pointwise, POINTWISE[data["fn"]])
-    if kind == "TopK":
-        return partial(topk, data["k"], data["absolute"])
-    if kind == "Add":
-        return add
-    if kind == "Mul":
-        return mul
-    if kind == "Attention":
-        return partial(attention, data["heads"], data["causal"], data["bias"])
-    if kind == "Opaque":
-        return partial(opaque, box.cod.dims)
-    raise BoxError(f"no torch semantics for box '{box.name}' of kind {kind}: "
-                   "give the functor a rule for it (TorchFunctor(rules={...}))")
+def _affine(box: Box) -> Kernel:
+    return affine if box.data["bias"] else linear
+
+
+def _norm(box: Box) -> Kernel:
+    data = box.data
+    if data["norm"] == "rms":
+        return partial(rms_norm, data["eps"], data["affine"])
+    return partial(layer_norm, data["eps"], data["affine"], data["bias"])
+
+
+def _attention(kernel: Callable[..., Any], box: Box) -> Callable[..., Any]:
+    """``kernel`` (:func:`attention` or :func:`attention_heads`) bound to an Attention box's data."""
+    data = box.data
+    settings = {key: data[key] for key in ("kv_heads", "rotary_dim", "rotary_base", "scale", "window") if key in data}
+    return partial(kernel, data["heads"], data["causal"], data["bias"], **settings)
+
+
+RULES: dict[str, Callable[[Box], Kernel]] = {
+    "Embed": lambda box: embed,
+    "Linear": _affine,
+    "Unembed": _affine,
+    "Bilinear": lambda box: bilinear_bias if box.data["bias"] else bilinear,
+    "Gated": lambda box: partial(gated_bias if box.data["bias"] else gated, POINTWISE[box.data["activation"]]),
+    "Norm": _norm,
+    "Elementwise": lambda box: partial(pointwise, POINTWISE[box.data["fn"]]),
+    "TopK": lambda box: partial(topk, box.data["k"], box.data["absolute"]),
+    "Add": lambda box: add,
+    "Mul": lambda box: mul,
+    "Attention": partial(_attention, attention),
+    "PosEmbed": lambda box: pos_embed,
+    "Opaque": lambda box: partial(opaque, box.cod.dims),
+}
+"""The built-in torch semantics: for each box kind, the rule that gives a box its kernel."""
+
+
+HeadKernels = tuple[Callable[[Params, torch.Tensor], torch.Tensor], Callable[[Params, torch.Tensor], torch.Tensor]]
+
+HEADS: dict[str, Callable[[Box], HeadKernels]] = {
+    "Attention": lambda box: (_attention(attention_heads, box), partial(attention_out, box.data["bias"])),
+}
+"""For each kind with heads, the rule giving a box's two halves: ``heads(p, x) -> z (..., T, H, dh)``
+and ``out(p, z) -> y``, with ``out(p, heads(p, x))`` its kernel's output; sites on heads cut there."""

@@ -37,16 +37,17 @@ from typing import Any
 import torch
 
 from compinterp.errors import CompinterpError, InputError, ParameterError
-from compinterp.syntax import Box, Diagram, Space, Swap, describe
+from compinterp.syntax import (Add, Attention, Bilinear, Box, Copy, Diagram, Elementwise, Embed, Gated, Linear, Mul,
+                               Norm, Opaque, Space, Swap, TopK, describe)
 
 _MAX_DENSE = 50_000_000
 """Largest dense coefficient tensor :meth:`PolyNet.tensor` will build (entries)."""
 
-_REASONS = {
-    "Norm": "a normalisation divides by a norm of its input",
-    "Attention": "softmax attention is not a polynomial",
-    "Opaque": "an opaque torch module has no known polynomial form",
-    "TopK": "keeping the k largest features is not a polynomial",
+_REASONS: dict[type[Box], str] = {
+    Norm: "a normalisation divides by a norm of its input",
+    Attention: "softmax attention is not a polynomial",
+    Opaque: "an opaque torch module has no known polynomial form",
+    TopK: "keeping the k largest features is not a polynomial",
 }
 
 
@@ -76,13 +77,14 @@ def _reason(box: Box) -> str | None:
     """Why ``box`` has no tensor semantics, or ``None`` if it has one."""
     if isinstance(box, Swap):
         return None
-    if box.kind in TensorFunctor.KINDS and getattr(box, "polynomial", False):
+    if box.polynomial and isinstance(box, tuple(TensorFunctor.KINDS)):
         return None
-    if box.kind == "Gated":
+    if isinstance(box, Gated):
         return f"its gate applies {box.data['activation']}"
-    if box.kind == "Elementwise":
+    if isinstance(box, Elementwise):
         return f"{box.data['fn']} is not a polynomial (only identity, neg and square are)"
-    return _REASONS.get(box.kind, f"no tensor semantics for box kind {box.kind}")
+    return next((reason for kind, reason in _REASONS.items() if isinstance(box, kind)),
+                f"no tensor semantics for box kind {box.kind}")
 
 
 @dataclass(frozen=True)
@@ -287,8 +289,11 @@ class TensorFunctor:
     each wire holds ``M s_k`` (a matrix on a stage state), so copies and swaps cost nothing.
     """
 
-    KINDS = ("Embed", "Linear", "Unembed", "Bilinear", "Copy", "Add", "Mul", "Elementwise")
-    """The box kinds with tensor semantics (``Elementwise`` only for identity, neg and square)."""
+    KINDS: dict[type[Box], str] = {Embed: "embed", Linear: "linear", Bilinear: "bilinear", Copy: "copy",
+                                   Add: "add", Mul: "mul", Elementwise: "elementwise"}
+    """The box kinds with tensor semantics and the method computing each: ``linear`` for ``Linear``
+    and ``Unembed``; ``Elementwise`` only for identity, neg and square; ``Gated`` is a ``Bilinear``
+    but not polynomial, so has none."""
 
     def __init__(self, dtype: torch.dtype = torch.float64) -> None:
         self.dtype = dtype
@@ -314,10 +319,11 @@ class TensorFunctor:
             if isinstance(box, Swap):
                 outs = ins[1:] + ins[:1]
             else:
-                if box.kind == "Embed" and ins[0].origin is not None:
+                if isinstance(box, Embed) and ins[0].origin is not None:
                     tokens[ins[0].origin] = True
                 p = {role: t.detach().to(like) for role, t in _box_params(box, params).items()}
-                outs = getattr(self, box.kind.lower())(chain, box, p, *ins)
+                rule = next(method for kind, method in self.KINDS.items() if isinstance(box, kind))
+                outs = getattr(self, rule)(chain, box, p, *ins)
             wires[offset:offset + k] = outs
         top = len(chain.widths) - 1
         lifted = [chain.lift(w, top) for w in wires]
@@ -417,5 +423,5 @@ def tensor_semantics(model: Any, dtype: torch.dtype = torch.float64) -> PolyNet:
     if reason is not None:
         raise NotPolynomialError(f"no tensor semantics for {describe(diagram)}: {reason}")
     boxes = model.boxes
-    params = {name: model.box_params(name) for name in model.params if boxes[name].kind != "Opaque"}
+    params = {name: model.box_params(name) for name in model.params if not boxes[name].opaque}
     return TensorFunctor(dtype)(diagram, params)

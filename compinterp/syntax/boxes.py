@@ -104,6 +104,29 @@ class Linear(Kind):
         return shapes
 
 
+class PosEmbed(Kind):
+    """Learned absolute positions: adds row ``t`` of a table ``W : positions x dim`` to position
+    ``t`` of a ``(..., T, dim)`` wire, for ``T`` up to ``positions``.
+
+    >>> PosEmbed("pos", Space("resid", 8), positions=16).param_shapes()
+    {'W': (16, 8)}
+    """
+
+    kind = "PosEmbed"
+
+    def __init__(self, name: str, space: Space, positions: int) -> None:
+        _check_name(self.kind, name)
+        _one_wire(self.kind, name, "space", space)
+        super().__init__(name, space, space, {"positions": _positive(self.kind, name, "positions", positions)})
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(name, dom, **data)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"W": (self.data["positions"], self.dom.dim)}
+
+
 class Unembed(Linear):
     """The final map to logits; computes like :class:`Linear`, marked as the readout."""
 
@@ -285,13 +308,29 @@ class Mul(Kind):
 
 
 class Attention(Kind):
-    """Multi-head softmax self-attention over the sequence axis (``-2``) of ``space``."""
+    """Multi-head softmax self-attention over the sequence axis (``-2``) of ``space``.
+
+    The head structure is data: ``kv_heads`` key/value heads shared by groups of query heads
+    (grouped-query attention; default one per head), rotary position embeddings on the first
+    ``rotary_dim`` dimensions of each query and key head (0: none) with base ``rotary_base``,
+    the logits' ``scale`` (default ``1/sqrt(head_dim)``), a sliding ``window`` of keys (default
+    all), and ``bias``: ``True`` for all four projections, or the letters of those that have
+    one (``"qkv"``). Settings left at their defaults are not written into ``data``.
+
+    >>> a = Attention("attn", Space("resid", 8), heads=4, kv_heads=2, rotary_dim=2, bias="qkv")
+    >>> a.data
+    {'heads': 4, 'head_dim': 2, 'causal': True, 'bias': 'qkv', 'kv_heads': 2, 'rotary_dim': 2, 'rotary_base': 10000.0}
+    >>> a.param_shapes()
+    {'Wq': (8, 8), 'Wk': (4, 8), 'Wv': (4, 8), 'Wo': (8, 8), 'bq': (8,), 'bk': (4,), 'bv': (4,)}
+    """
 
     kind = "Attention"
     has_heads = True
 
     def __init__(self, name: str, space: Space, heads: int, head_dim: int | None = None,
-                 causal: bool = True, bias: bool = False) -> None:
+                 causal: bool = True, bias: bool | str = False, kv_heads: int | None = None,
+                 rotary_dim: int = 0, rotary_base: float = 10000.0, scale: float | None = None,
+                 window: int | None = None) -> None:
         _check_name(self.kind, name)
         d = _one_wire(self.kind, name, "space", space).dim
         _positive(self.kind, name, "heads", heads)
@@ -301,19 +340,55 @@ class Attention(Kind):
                                "give head_dim")
             head_dim = d // heads
         _positive(self.kind, name, "head_dim", head_dim)
-        super().__init__(name, space, space, {"heads": heads, "head_dim": head_dim,
-                                              "causal": bool(causal), "bias": bool(bias)})
+        data: dict[str, Any] = {"heads": heads, "head_dim": head_dim, "causal": bool(causal),
+                                "bias": _attention_bias(name, bias)}
+        if kv_heads is not None and kv_heads != heads:
+            if _positive(self.kind, name, "kv_heads", kv_heads) > heads or heads % kv_heads:
+                raise BoxError(f"Attention box '{name}': kv_heads must divide heads ({heads}), got {kv_heads}")
+            data["kv_heads"] = kv_heads
+        if rotary_dim:
+            if _positive(self.kind, name, "rotary_dim", rotary_dim) > head_dim or rotary_dim % 2:
+                raise BoxError(f"Attention box '{name}': rotary_dim must be even and at most head_dim "
+                               f"({head_dim}), got {rotary_dim}")
+            if isinstance(rotary_base, bool) or not isinstance(rotary_base, (int, float)) or rotary_base <= 0:
+                raise BoxError(f"Attention box '{name}': rotary_base must be a positive number, got {rotary_base!r}")
+            data |= {"rotary_dim": rotary_dim, "rotary_base": float(rotary_base)}
+        if scale is not None:
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+                raise BoxError(f"Attention box '{name}': scale must be a positive number, got {scale!r}")
+            data["scale"] = float(scale)
+        if window is not None:
+            if not causal:
+                raise BoxError(f"Attention box '{name}': a sliding window needs causal=True")
+            data["window"] = _positive(self.kind, name, "window", window)
+        super().__init__(name, space, space, data)
 
     @classmethod
     def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
         return cls(name, dom, **data)
 
+    def biases(self) -> str:
+        """The letters of the projections (``q``, ``k``, ``v``, ``o``) that have a bias."""
+        bias = self.data["bias"]
+        return ("qkvo" if bias else "") if isinstance(bias, bool) else bias
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        d, inner = self.dom.dim, self.data["heads"] * self.data["head_dim"]
-        shapes = {"Wq": (inner, d), "Wk": (inner, d), "Wv": (inner, d), "Wo": (d, inner)}
-        if self.data["bias"]:
-            shapes |= {"bq": (inner,), "bk": (inner,), "bv": (inner,), "bo": (d,)}
-        return shapes
+        d, dh = self.dom.dim, self.data["head_dim"]
+        inner, kv = self.data["heads"] * dh, self.data.get("kv_heads", self.data["heads"]) * dh
+        shapes = {"Wq": (inner, d), "Wk": (kv, d), "Wv": (kv, d), "Wo": (d, inner)}
+        sizes = {"q": inner, "k": kv, "v": kv, "o": d}
+        return shapes | {f"b{p}": (sizes[p],) for p in self.biases()}
+
+
+def _attention_bias(name: str, bias: Any) -> bool | str:
+    """``bias`` as an Attention box stores it: a bool for all or none, else the letters in ``qkvo`` order."""
+    if isinstance(bias, bool):
+        return bias
+    if not isinstance(bias, str) or set(bias) - set("qkvo") or len(set(bias)) != len(bias):
+        raise BoxError(f"Attention box '{name}': bias must be a bool or letters of 'qkvo' "
+                       f"(the projections with a bias), got {bias!r}")
+    letters = "".join(p for p in "qkvo" if p in bias)
+    return {"": False, "qkvo": True}.get(letters, letters)
 
 
 class Opaque(Kind):
@@ -338,7 +413,8 @@ class Opaque(Kind):
 
 
 KINDS: dict[str, type[Kind]] = {cls.kind: cls for cls in (
-    Embed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, Copy, Add, Mul, Attention, Opaque)}
+    Embed, PosEmbed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, Copy, Add, Mul, Attention,
+    Opaque)}
 """Every box kind by name, as written in files."""
 
 READERS: dict[str, type[Box]] = {"Swap": Swap, **KINDS}

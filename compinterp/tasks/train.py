@@ -79,7 +79,8 @@ class TrainResult:
     def save(self, path: str | Path) -> Path:
         """Write the model to directory ``path`` (:func:`compinterp.save`) and the numbers to
         ``path/train.json``."""
-        from compinterp.files import save, write_atomically
+        from compinterp.disk import write_atomically
+        from compinterp.files import save
 
         path = save(self.model, path)
         run = json.dumps(self.to_json(), indent=1) + "\n"

@@ -21,12 +21,9 @@ from compinterp.interpretation import Interpretation
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
 from compinterp.refinement.dictionary.core import Dictionary, box_activations, train
-from compinterp.syntax import Box, Diagram
+from compinterp.syntax import Add, Box, Copy, Diagram, Elementwise, Mul, Opaque, TopK
 
-NAMES = ("sae", "transcoder", "bilinear_ae")
-"""The dictionary passes by name (``compinterp.refine(..., passes=["sae"])``, ``--passes sae``)."""
-
-SKIP = ("Copy", "Add", "Mul", "Elementwise", "TopK", "Opaque")
+SKIP = (Copy, Add, Mul, Elementwise, TopK, Opaque)
 """Box kinds a dictionary pass does not offer to rewrite by default (no wire of their own worth a dictionary)."""
 
 
@@ -66,7 +63,7 @@ class DictionaryPass:
                                      f"boxes: {', '.join(boxes)}")
             return [name for name in self.boxes if name in boxes and f"{name}_dec" not in boxes]
         return [name for name, box in boxes.items()
-                if box.kind not in SKIP and len(box.dom) == 1 and len(box.cod) == 1 and f"{name}_dec" not in boxes
+                if not isinstance(box, SKIP) and len(box.dom) == 1 and len(box.cod) == 1 and f"{name}_dec" not in boxes
                 and FEATURES not in (box.dom.wires[0].label, box.cod.wires[0].label)]
 
     def candidates(self, model: Model) -> Sequence[Rewrite]:
@@ -90,7 +87,7 @@ class DictionaryPass:
             raise InputError(f"{self.name}: no box named '{rewrite.box}' in the model")
         dictionary = dictionary if dictionary is not None else self.fit(model, rewrite)
         image = self.image(box, dictionary)
-        own = {name: copy.deepcopy(model.params[name]) for name, b in model.boxes.items() if b.kind == "Opaque"}
+        own = {name: copy.deepcopy(model.params[name]) for name, b in model.boxes.items() if b.opaque}
         return Interpretation(model, boxes={box.name: image}, params=dictionary.params(box.name), modules=own,
                               rules=model.rules)
 
@@ -125,19 +122,3 @@ class DictionaryPass:
         """The box followed by the dictionary on its output wire."""
         return box >> dictionary.diagram(box.name, box.cod, box.cod)
 
-
-def make_pass(name: str, data: Any, boxes: Sequence[str] | None = None, *, widths: Sequence[int] | None = None,
-              ks: Sequence[int] | None = None, **kwargs: Any) -> DictionaryPass:
-    """The dictionary pass called ``name`` (``sae``, ``transcoder``, ``bilinear_ae``) on ``boxes``, trained on
-    ``data`` (not ``"exact"``: a dictionary is fitted to activations); ``None`` settings keep the defaults."""
-    from compinterp.refinement.dictionary.bilinear_ae import BilinearAE
-    from compinterp.refinement.dictionary.sae import SAE
-    from compinterp.refinement.dictionary.transcoder import Transcoder
-    classes = {cls.name: cls for cls in (SAE, Transcoder, BilinearAE)}
-    if name not in classes:
-        raise InputError(f"unknown dictionary pass {name!r}; choose one of {', '.join(NAMES)}")
-    if isinstance(data, str) and data == "exact":
-        raise InputError(f"the {name} pass trains on activations: give data (digits, gaussian:N or FILE.pt), "
-                         "not 'exact'")
-    chosen = {"widths": widths, "ks": ks}
-    return classes[name](data, boxes, **{k: v for k, v in chosen.items() if v is not None}, **kwargs)

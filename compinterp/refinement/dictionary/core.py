@@ -34,7 +34,7 @@ from compinterp.complexity.sparse import FEATURES
 from compinterp.data import as_source, placed, placement
 from compinterp.errors import InputError
 from compinterp.model import Model
-from compinterp.semantics import Plan
+from compinterp.semantics import Plan, Recorder
 from compinterp.semantics.kernels import topk
 from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, TopK, chain
 
@@ -64,10 +64,11 @@ def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
 
 def _run_to(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], box: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on ``xs`` up to the first step of ``box``: its input and output."""
-    for step, ins in plan.trace(params, *xs):
-        if step.box.name == box:
-            return ins[0], step.fn(params[step.key] if step.key is not None else None, ins[0])[0]
-    raise InputError(f"box '{box}' is not computed by the model's plan (it is a copy or a swap)")
+    uses = Recorder(plan, params, frozenset({box})).record(*xs).get(box)
+    if not uses:
+        raise InputError(f"box '{box}' is not computed by the model's plan (it is a copy or a swap)")
+    (ins, outs) = uses[0]
+    return ins[0], outs[0]
 
 
 class Dictionary(nn.Module):

@@ -32,17 +32,18 @@ F64 = torch.float64
 Params = dict[str, torch.Tensor]
 
 
-def find_box(model: Model, name: str, kinds: Collection[str], pass_name: str) -> Kind:
-    """Box ``name`` of ``model``, checked to be one of ``kinds``, else a :class:`BoxError` naming it and the pass."""
+def find_box(model: Model, name: str, kinds: Collection[type[Kind]], pass_name: str) -> Kind:
+    """Box ``name`` of ``model``, checked to be exactly one of ``kinds`` (a subclass is a kind of its own:
+    a ``Gated`` box is no ``Bilinear``), else a :class:`BoxError` naming it and the pass."""
     if not isinstance(model, Model):
         raise BoxError(f"{pass_name} rewrites a compinterp Model, got {type(model).__name__}")
     boxes = model.boxes
     if not isinstance(name, str) or name not in boxes:
         raise BoxError(f"{pass_name}: the model has no box named {name!r}; its boxes are {', '.join(boxes)}")
     box = boxes[name]
-    if box.kind not in kinds:
+    if type(box) not in kinds:
         raise BoxError(f"{pass_name}: box '{name}' is {article(box.kind)} box ({box.dom} -> {box.cod}); "
-                       f"{pass_name} rewrites {listed(kinds)} boxes")
+                       f"{pass_name} rewrites {listed([kind.kind for kind in kinds])} boxes")
     return box
 
 
@@ -146,7 +147,7 @@ def frobenius_sq(f: Factors) -> torch.Tensor:
 def copied_modules(model: Model, diagram: Diagram) -> dict[str, torch.nn.Module]:
     """Deep copies of the modules of the ``Opaque`` boxes of ``diagram`` that ``model`` holds."""
     return {name: copy.deepcopy(model.params[name]) for name, box in named_boxes(diagram).items()
-            if box.kind == "Opaque" and name in model.params}
+            if box.opaque and name in model.params}
 
 
 def cast(params: Mapping[str, Mapping[str, torch.Tensor]], model: Model) -> dict[str, Params]:
@@ -168,6 +169,6 @@ def build(model: Model, diagram: Diagram, params: Mapping[str, Mapping[str, torc
     for name, box in named_boxes(diagram).items():
         if name in new:
             given[name] = new[name]
-        elif box.kind != "Opaque" and isinstance(box, Kind) and box.param_shapes():
+        elif not box.opaque and isinstance(box, Kind) and box.param_shapes():
             given[name] = model.box_params(name)
     return Model(diagram, given, modules=copied_modules(model, diagram), rules=model.rules)

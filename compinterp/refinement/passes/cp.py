@@ -135,7 +135,7 @@ def cp(model: Model, box: str, rank: int, steps: int = 200, seed: int = 0, progr
     """``model`` with Bilinear box ``box`` refit as a rank-``rank`` CP decomposition (``steps`` L-BFGS
     iterations at most, seeded by ``seed``; a progress bar if ``progress``, and by default for long fits
     (``hidden x inputs >= 2^16``) when writing to a terminal)."""
-    f = find_box(model, box, ("Bilinear",), "cp")
+    f = find_box(model, box, (Bilinear,), "cp")
     rank = in_range("cp", box, "rank", rank, 1, 1 << 30)
     steps = in_range("cp", box, "steps", steps, 1, 1 << 30)
     target = Factors.of(f, params64(model, box))
@@ -161,7 +161,7 @@ class CP:
     def candidates(self, model: Model) -> list[Rewrite]:
         """For each Bilinear box, every rank below its hidden width, mildest (largest) first."""
         return [Rewrite(self.name, name, self._settings(r)) for name, box in model.boxes.items()
-                if box.kind == "Bilinear" for r in (self.ranks or grid(box.data["hidden"]))
+                if type(box) is Bilinear for r in (self.ranks or grid(box.data["hidden"]))
                 if 1 <= r < box.data["hidden"]]
 
     def apply(self, model: Model, rewrite: Rewrite) -> Model:
@@ -175,4 +175,4 @@ class CP:
     def lossless(self, model: Model) -> list[Rewrite]:
         """For each Bilinear box, ``rank = hidden``: the box's own factors, exact."""
         return [Rewrite(self.name, name, self._settings(box.data["hidden"]))
-                for name, box in model.boxes.items() if box.kind == "Bilinear"]
+                for name, box in model.boxes.items() if type(box) is Bilinear]

@@ -180,7 +180,7 @@ def eigen(model: Model, box: str, k: int | None = None, *, mode: str = "per_outp
 
 def _folded(model: Model, box: str, names: Sequence[str]) -> tuple[Work | None, Box, dict[str, torch.Tensor]]:
     """The box to decompose, with ``names`` folded in first (then also the work holding it)."""
-    find_box(model, box, ("Bilinear",), "eigen")
+    find_box(model, box, (Bilinear,), "eigen")
     if not names:
         return None, model.boxes[box], params64(model, box)
     if isinstance(names, str) or not all(isinstance(n, str) for n in names):
@@ -239,7 +239,7 @@ class Eigen:
         out = []
         for name, box in model.boxes.items():
             nodes = net.occurrences(name)
-            if box.kind != "Bilinear" or len(nodes) != 1:
+            if type(box) is not Bilinear or len(nodes) != 1:
                 continue
             names: tuple[str, ...] = ()
             if self.fold == "auto":

@@ -44,41 +44,37 @@ from compinterp.refinement.passes._common import F64, Params, article, build, fr
 from compinterp.refinement.passes.graph import Net, Node
 from compinterp.syntax import Add, Bilinear, Box, Copy, Embed, Gated, Kind, Linear, Space, Unembed
 
-AFFINE = ("Linear", "Unembed")
-"""Box kinds ``y = W x + b``."""
-LAYERS = ("Bilinear", "Gated")
-"""Box kinds ``y = D(g(L x + l) * (R x + r)) + d``: linear maps fold into ``L, R`` and ``D``."""
-
-
 def mergeable(a: Box, b: Box) -> bool:
-    """Whether ``a >> b`` folds into one box."""
-    return ((a.kind == "Embed" and b.kind in AFFINE) or (a.kind in AFFINE and b.kind in AFFINE + LAYERS)
-            or (a.kind in LAYERS and b.kind in AFFINE))
+    """Whether ``a >> b`` folds into one box: affine boxes ``y = W x + b`` fold into each other, into
+    the embedding before them and into gated layers ``y = D(g(L x + l) * (R x + r)) + d`` (at ``L, R``
+    and ``D``)."""
+    return ((isinstance(a, Embed) and b.affine) or (a.affine and (b.affine or b.gated))
+            or (a.gated and b.affine))
 
 
 def layer_box(like: Box, name: str, dom: Space, cod: Space, hidden: int, bias: bool) -> Kind:
     """A Bilinear or Gated box like ``like`` (same activation) with new spaces, width and biases."""
-    if like.kind == "Gated":
+    if isinstance(like, Gated):
         return Gated(name, dom, cod, hidden, activation=like.data["activation"], bias=bias)
     return Bilinear(name, dom, cod, hidden, bias=bias)
 
 
-def affine_box(kind: str, name: str, dom: Space, cod: Space, bias: bool) -> Kind:
-    """A Linear or Unembed box."""
-    return (Unembed if kind == "Unembed" else Linear)(name, dom, cod, bias=bias)
+def affine_box(like: Box, name: str, dom: Space, cod: Space, bias: bool) -> Kind:
+    """A Linear or Unembed box like ``like`` (an Unembed stays the read-out) with new spaces and bias."""
+    return (Unembed if isinstance(like, Unembed) else Linear)(name, dom, cod, bias=bias)
 
 
 def merged(a: Box, pa: Params, b: Box, pb: Params, name: str) -> tuple[Kind, Params]:
     """The one box computing ``a >> b``, with its parameters (see the module docstring)."""
-    if a.kind == "Embed":
+    if isinstance(a, Embed):
         W = pa["W"] @ pb["W"].T
         return Embed(name, a.dom, b.cod), {"W": W + pb["b"] if "b" in pb else W}
-    if b.kind in AFFINE and a.kind in AFFINE:
+    if b.affine and a.affine:
         p = {"W": pb["W"] @ pa["W"]}
         if "b" in pa or "b" in pb:
             p["b"] = (pb["W"] @ pa["b"] if "b" in pa else 0) + pb.get("b", 0)
-        return affine_box(b.kind, name, a.dom, b.cod, "b" in p), p
-    if a.kind in AFFINE:
+        return affine_box(b, name, a.dom, b.cod, "b" in p), p
+    if a.affine:
         W, c = pa["W"], pa.get("b")
         bias = c is not None or b.data["bias"]
         p = {"L": pb["L"] @ W, "R": pb["R"] @ W, "D": pb["D"]}
@@ -108,9 +104,9 @@ class Work:
     def of(cls, model: Model) -> Work:
         """The work on ``model``'s diagram and parameters."""
         params = {name: {role: t.detach().to(F64) for role, t in model.params[name].named_parameters()}
-                  for name, box in model.boxes.items() if box.kind != "Opaque" and name in model.params}
+                  for name, box in model.boxes.items() if not box.opaque and name in model.params}
         opaque = {name: sum(p.numel() for p in model.params[name].parameters())
-                  for name, box in model.boxes.items() if box.kind == "Opaque"}
+                  for name, box in model.boxes.items() if box.opaque}
         return cls(Net(model.diagram), params, opaque, set())
 
     def copy(self) -> Work:
@@ -165,7 +161,7 @@ class Work:
         if q.box.data["bias"]:
             if carrier is None:
                 raise BoxError(f"box '{q.box.name}' has a bias, so one summand must carry it")
-            plain = affine_box(q.box.kind, self.name(f"{q.box.name}_w"), q.box.dom, q.box.cod, False)
+            plain = affine_box(q.box, self.name(f"{q.box.name}_w"), q.box.dom, q.box.cod, False)
             self.add_box(plain, {"W": self.params[q.box.name]["W"]})
         wire = net.wires[q.outs[0]]
         sums = [net.edge(wire) for _ in add.ins]
@@ -211,10 +207,10 @@ class Work:
 
     def _forward(self, i: int) -> Work | None:
         node = self.net.nodes[i]
-        if node.box.kind not in AFFINE + ("Embed",):
+        if not (node.box.affine or isinstance(node.box, Embed)):
             return None
         copy = self.net.consumer(node.outs[0])
-        if copy is None or copy.box.kind != "Copy" or not copy.outs:
+        if copy is None or not isinstance(copy.box, Copy) or not copy.outs:
             return None
         trial = self.copy()
         for c in trial.push_forward(trial.net.nodes[i]):
@@ -225,10 +221,10 @@ class Work:
 
     def _backward(self, i: int) -> Work | None:
         node = self.net.nodes[i]
-        if node.box.kind not in AFFINE:
+        if not node.box.affine:
             return None
         add = self.net.producer(node.ins[0])
-        if add is None or add.box.kind != "Add" or not add.ins:
+        if add is None or not isinstance(add.box, Add) or not add.ins:
             return None
         before = [self.net.producer(e) for e in add.ins]
         able = [k for k, b in enumerate(before) if b is not None and len(b.outs) == 1 and mergeable(b.box, node.box)]
@@ -272,7 +268,7 @@ def _fold_one(work: Work, target: Node, name: str, pass_name: str, pushed: set[s
     if before is not None and before.box.name == name and work.direct(before, target):
         _foldable(before, box, pass_name)
         return work.merge(before, target)
-    if before is not None and before.box.kind == "Copy":
+    if before is not None and isinstance(before.box, Copy):
         source = net.producer(before.ins[0])
         if source is not None and source.box.name == name and len(source.outs) == 1:
             _foldable(source, box, pass_name)
@@ -284,7 +280,7 @@ def _fold_one(work: Work, target: Node, name: str, pass_name: str, pushed: set[s
     if after is not None and after.box.name == name and work.direct(target, after):
         _foldable(after, box, pass_name)
         return work.merge(target, after)
-    if after is not None and after.box.kind == "Add":
+    if after is not None and isinstance(after.box, Add):
         sink = net.consumer(after.outs[0])
         if sink is not None and sink.box.name == name:
             _foldable(sink, box, pass_name)
@@ -298,8 +294,8 @@ def _fold_one(work: Work, target: Node, name: str, pass_name: str, pushed: set[s
 
 
 def _foldable(node: Node, box: str, pass_name: str) -> None:
-    if node.box.kind not in AFFINE:
-        why = " (its inputs are token ids, which a Bilinear box cannot read)" if node.box.kind == "Embed" else ""
+    if not node.box.affine:
+        why = " (its inputs are token ids, which a Bilinear box cannot read)" if isinstance(node.box, Embed) else ""
         raise BoxError(f"{pass_name}: cannot fold '{node.box.name}' into box '{box}': it is "
                        f"{article(node.box.kind)} box{why}; fold takes Linear and Unembed boxes")
 
@@ -308,14 +304,14 @@ def foldable(net: Net, target: Node) -> list[str]:
     """The names of the Linear/Unembed boxes that :func:`fold` can fold into ``target``, before then after."""
     names = []
     before = net.producer(target.ins[0])
-    if before is not None and before.box.kind == "Copy":
+    if before is not None and isinstance(before.box, Copy):
         before = net.producer(before.ins[0])
-    if before is not None and before.box.kind in AFFINE and len(before.outs) == 1:
+    if before is not None and before.box.affine and len(before.outs) == 1:
         names.append(before.box.name)
     after = net.consumer(target.outs[0])
-    if after is not None and after.box.kind == "Add":
+    if after is not None and isinstance(after.box, Add):
         after = net.consumer(after.outs[0])
-    if after is not None and after.box.kind in AFFINE:
+    if after is not None and after.box.affine:
         names.append(after.box.name)
     return names
 

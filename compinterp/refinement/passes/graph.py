@@ -121,7 +121,7 @@ class Net:
         nodes: list[Node] = [Node(Copy(Space(self.wires[e]), 0), [e], []) for e in self.inputs if e not in read]
         for node in self.nodes:
             unread = [e for e in node.outs if e not in read]
-            if unread and node.box.kind == "Copy":
+            if unread and isinstance(node.box, Copy):
                 node.outs = [e for e in node.outs if e in read]
                 node.box = Copy(node.box.dom, len(node.outs), name=node.box.name)
                 unread = []
@@ -133,7 +133,7 @@ class Net:
     def drop_identities(self) -> None:
         """Remove copies to one wire and adds of one summand (identities), reconnecting their edges."""
         for node in list(self.nodes):
-            if node.box.kind in ("Copy", "Add") and len(node.ins) == 1 and len(node.outs) == 1:
+            if isinstance(node.box, (Copy, Add)) and len(node.ins) == 1 and len(node.outs) == 1:
                 self.nodes.remove(node)
                 self.rename(node.outs[0], node.ins[0])
 
@@ -142,7 +142,7 @@ class Net:
         with :meth:`prune_dead`)."""
         for e in node.outs:
             add = self.consumer(e)
-            if add is None or add.box.kind != "Add":
+            if add is None or not isinstance(add.box, Add):
                 raise BoxError(f"box '{node.box.name}' would be left with nothing to compute, and its output "
                                f"{self.wires[e].name} is not a summand of an add, so it cannot simply go")
             if len(add.ins) == 1:

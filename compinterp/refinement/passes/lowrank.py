@@ -37,7 +37,7 @@ from compinterp.refinement.base import Rewrite
 from compinterp.refinement.passes._common import find_box, fresh, grid, in_range, params64, replace
 from compinterp.syntax import Embed, Linear, Space, Unembed, chain
 
-KINDS = ("Linear", "Unembed", "Embed")
+KINDS = (Linear, Unembed, Embed)
 """The box kinds this pass factorises."""
 
 
@@ -53,11 +53,11 @@ def lowrank(model: Model, box: str, rank: int) -> Model:
     taken = set(model.boxes)
     first, second = fresh(taken, f"{box}_in"), fresh(taken, f"{box}_out")
     wire = Space(f"{box}_rank", r)
-    if f.kind == "Embed":
+    if isinstance(f, Embed):
         image = chain(Embed(first, f.dom, wire), Linear(second, wire, f.cod))
         params = {first: {"W": A}, second: {"W": B.T}}
     else:
-        image = chain(Linear(first, f.dom, wire), (Unembed if f.kind == "Unembed" else Linear)(
+        image = chain(Linear(first, f.dom, wire), (Unembed if isinstance(f, Unembed) else Linear)(
             second, wire, f.cod, bias=f.data["bias"]))
         params = {first: {"W": B}, second: {"W": A} | ({"b": p["b"]} if "b" in p else {})}
     return replace(model, {box: image}, params)
@@ -79,7 +79,7 @@ class LowRank:
         """Each box this pass applies to: name, rows, columns and numerical rank."""
         out = []
         for name, box in model.boxes.items():
-            if box.kind in KINDS:
+            if type(box) in KINDS:
                 W = params64(model, name)["W"]
                 out.append((name, W.shape[0], W.shape[1], int(torch.linalg.matrix_rank(W))))
         return out

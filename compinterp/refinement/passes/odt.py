@@ -41,36 +41,36 @@ from compinterp.errors import BoxError
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
 from compinterp.refinement.passes._common import Params, article, build, fresh, grid, in_range, listed, params64
-from compinterp.refinement.passes.fuse import AFFINE, LAYERS, affine_box, layer_box
+from compinterp.refinement.passes.fuse import affine_box, layer_box
 from compinterp.refinement.passes.graph import Net, Node
-from compinterp.syntax import Box, Kind, Space
+from compinterp.syntax import Bilinear, Box, Gated, Kind, Linear, Space, Unembed
 
-KINDS = AFFINE + LAYERS
-"""The box kinds a chain is made of."""
+KINDS = (Linear, Unembed, Bilinear, Gated)
+"""The box kinds a chain is made of: affine boxes ``y = W x + b`` and gated layers ``y = D(g(L x) * R x)``."""
 
 
 def _out(box: Box, p: Params) -> torch.Tensor:
     """The output map with its bias as a last column: ``[M | d]`` (or ``M``)."""
-    M, bias = (p["W"], p.get("b")) if box.kind in AFFINE else (p["D"], p.get("d"))
+    M, bias = (p["W"], p.get("b")) if box.affine else (p["D"], p.get("d"))
     return M if bias is None else torch.cat([M, bias[:, None]], 1)
 
 
 def _with_out(box: Box, p: Params, Mb: torch.Tensor) -> Params:
     """``p`` with a new output map (and bias) ``[M | d]``."""
-    roles = ("W", "b") if box.kind in AFFINE else ("D", "d")
+    roles = ("W", "b") if box.affine else ("D", "d")
     biased = roles[1] in p
     return p | {roles[0]: Mb[:, :-1] if biased else Mb} | ({roles[1]: Mb[:, -1]} if biased else {})
 
 
 def _ins(box: Box) -> tuple[str, ...]:
     """The roles of the input maps."""
-    return ("W",) if box.kind in AFFINE else ("L", "R")
+    return ("W",) if box.affine else ("L", "R")
 
 
 def _reshaped(box: Kind, name: str, dom: Space, cod: Space) -> Kind:
     """``box`` under a new name with new spaces."""
-    if box.kind in AFFINE:
-        return affine_box(box.kind, name, dom, cod, box.data["bias"])
+    if box.affine:
+        return affine_box(box, name, dom, cod, box.data["bias"])
     return layer_box(box, name, dom, cod, box.data["hidden"], box.data["bias"])
 
 
@@ -93,10 +93,10 @@ def chains(net: Net) -> list[list[Node]]:
         counts[node.box.name] = counts.get(node.box.name, 0) + 1
 
     def link(a: Node) -> Node | None:
-        if a.box.kind not in KINDS or counts[a.box.name] != 1 or len(a.outs) != 1:
+        if not isinstance(a.box, KINDS) or counts[a.box.name] != 1 or len(a.outs) != 1:
             return None
         b = net.consumer(a.outs[0])
-        return b if b is not None and b.box.kind in KINDS and counts[b.box.name] == 1 and b.ins == a.outs else None
+        return b if b is not None and isinstance(b.box, KINDS) and counts[b.box.name] == 1 and b.ins == a.outs else None
 
     after = {a: link(a) for a in net.nodes}
     heads = set(after) - {b for b in after.values() if b is not None}
@@ -118,9 +118,9 @@ def _chain(model: Model, net: Net, boxes: Sequence[str]) -> list[Node]:
     for name in boxes:
         if name not in names:
             raise BoxError(f"odt: the model has no box named {name!r}; its boxes are {', '.join(names)}")
-        if names[name].kind not in KINDS:
+        if not isinstance(names[name], KINDS):
             raise BoxError(f"odt: box '{name}' is {article(names[name].kind)} box; a chain is made of "
-                           f"{listed(KINDS)} boxes")
+                           f"{listed([kind.kind for kind in KINDS])} boxes")
     for path in chains(net):
         at = [n.box.name for n in path]
         for i in range(len(at) - len(boxes) + 1):

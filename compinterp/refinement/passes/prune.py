@@ -42,9 +42,9 @@ from compinterp.refinement.passes._common import F64, Factors, build, find_box, 
 from compinterp.refinement.passes.fuse import layer_box
 from compinterp.refinement.passes.graph import Net
 from compinterp.semantics.kernels import POINTWISE
-from compinterp.syntax import Attention, Box
+from compinterp.syntax import Add, Attention, Bilinear, Box, Gated
 
-KINDS = ("Bilinear", "Gated", "Attention")
+KINDS = (Bilinear, Gated, Attention)
 """The box kinds whose units this pass prunes."""
 _DEAD = 1e-12
 """A unit scoring at most this fraction of the best counts as contributing nothing (round-off)."""
@@ -52,21 +52,21 @@ _DEAD = 1e-12
 
 def units(box: Box) -> int:
     """How many units (hidden units or heads) the box has."""
-    return box.data["heads"] if box.kind == "Attention" else box.data["hidden"]
+    return box.data["heads"] if box.has_heads else box.data["hidden"]
 
 
 def scores(model: Model, box: str) -> torch.Tensor:
     """The score of each unit of box ``box`` (see the module docstring), in float64."""
     f = find_box(model, box, KINDS, "prune")
     p = params64(model, box)
-    if f.kind == "Attention":
+    if f.has_heads:
         heads, size = f.data["heads"], f.data["head_dim"]
         V = p["Wv"] if "bv" not in p else torch.cat([p["Wv"], p["bv"][:, None]], 1)
         return torch.stack([(p["Wo"][:, h * size:(h + 1) * size] @ V[h * size:(h + 1) * size]).norm()
                             for h in range(heads)])
     fac = Factors.of(f, p)
     left, right = fac.L.norm(dim=1), fac.R.norm(dim=1)
-    if f.kind == "Gated":
+    if isinstance(f, Gated):
         zero = POINTWISE[f.data["activation"]](torch.zeros((), dtype=F64)).abs()
         return fac.D.norm(dim=0) * right * (zero + left)
     dot = (fac.L * fac.R).sum(1)
@@ -89,11 +89,16 @@ def _kept(model: Model, box: str, keep: int) -> torch.Tensor:
 def _smaller(model: Model, box: Box, keep: torch.Tensor, name: str) -> tuple[Box, dict[str, torch.Tensor]]:
     """The box with only the units ``keep``, and its parameters."""
     p = params64(model, box.name)
-    if box.kind == "Attention":
+    if box.has_heads:
         size = box.data["head_dim"]
         rows = (keep[:, None] * size + torch.arange(size, device=keep.device)).flatten()
         new = {role: (t[:, rows] if role == "Wo" else t if role == "bo" else t[rows]) for role, t in p.items()}
-        return Attention(name, box.dom, len(keep), size, causal=box.data["causal"], bias=box.data["bias"]), new
+        if "kv_heads" in box.data:
+            raise BoxError(f"prune: box '{box.name}' shares keys and values between query heads "
+                             f"(kv_heads={box.data['kv_heads']}); pruning grouped-query heads is not supported")
+        settings = {k: box.data[k] for k in ("rotary_dim", "rotary_base", "scale", "window") if k in box.data}
+        return Attention(name, box.dom, len(keep), size, causal=box.data["causal"], bias=box.data["bias"],
+                         **settings), new
     new = {role: (t[:, keep] if role == "D" else t if role == "d" else t[keep]) for role, t in p.items()}
     return layer_box(box, name, box.dom, box.cod, len(keep), box.data["bias"]), new
 
@@ -133,7 +138,7 @@ def removable(model: Model, box: str, net: Net | None = None) -> bool:
     for node in net.occurrences(box):
         for e in node.outs:
             add = net.consumer(e)
-            if add is None or add.box.kind != "Add" or len(add.ins) < 2:
+            if add is None or not isinstance(add.box, Add) or len(add.ins) < 2:
                 return False
     return True
 
@@ -154,7 +159,7 @@ class Prune:
         """For each box, every ``keep`` below its number of units, mildest (most kept) first."""
         rewrites, net = [], Net(model.diagram)
         for name, box in model.boxes.items():
-            if box.kind not in KINDS:
+            if type(box) not in KINDS:
                 continue
             n, live = units(box), alive(model, name)
             keeps = self.keeps or grid(n, start=live if live < n else None)
@@ -174,4 +179,4 @@ class Prune:
         """For each box, keep the units that are not dead (score above round-off): exact."""
         net = Net(model.diagram)
         return [Rewrite(self.name, name, {"keep": max(alive(model, name), 0 if removable(model, name, net) else 1)})
-                for name, box in model.boxes.items() if box.kind in KINDS]
+                for name, box in model.boxes.items() if type(box) in KINDS]
