@@ -19,7 +19,7 @@ _EXPORTS = {
     "save": "compinterp.files",
     "draw": "compinterp.drawing",
     **{name: "compinterp.interventions" for name in (
-        "Site", "Rotation", "run_with_cache", "intervene", "interchange", "zero", "mean", "resample", "steer",
+        "Site", "Rotation", "run_with_cache", "intervene", "patch", "zero", "mean", "resample", "steer",
         "patching", "attribution_patching", "grid", "every_head")},
     **{name: "compinterp.syntax" for name in (
         "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "PosEmbed", "Linear", "Unembed", "Bilinear", "Gated",

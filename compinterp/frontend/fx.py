@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from compinterp.errors import ImportTraceError, InputError
+from compinterp.frontend.hf import from_hf, is_hf
 from compinterp.frontend.layout import Application, wire_up
 from compinterp.frontend.matching import Unit, base_name, label
 from compinterp.frontend.patterns import Recognizer
@@ -63,6 +64,9 @@ def from_torch(module: nn.Module, *example_inputs: torch.Tensor, check: bool = T
     becomes ``Opaque`` boxes wrapping ``torch.fx.GraphModule`` pieces of the traced graph;
     a submodule whose code cannot be traced is kept whole inside one.
 
+    A HuggingFace ``transformers`` model is not traced: it goes to :func:`~compinterp.frontend.hf.from_hf`,
+    checked on the first example input (token ids) when ``check``.
+
     Wires: a space's dimension is the value's last axis at the examples' sizes (so a value
     whose last axis is the sequence, such as a mask passed as input, fixes its length).
     Inputs are named after the forward's arguments; the inputs and output of a spider or of
@@ -77,6 +81,8 @@ def from_torch(module: nn.Module, *example_inputs: torch.Tensor, check: bool = T
     recognised by its values at the examples' length. In-place updates (``x.add_(y)``) are
     not followed: the check reports them.
     """
+    if is_hf(module):
+        return from_hf(module, example_inputs[0] if check and example_inputs else None)
     name = _validate(module, example_inputs, leaves)
     reference = _reference(module, example_inputs, name)
     traced = trace(module, example_inputs, tuple(leaves))

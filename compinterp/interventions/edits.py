@@ -10,7 +10,7 @@ values the edits need; then the base runs with every edit in place.
 >>> x = ci.Space("x", 2)
 >>> model = ci.Model(ci.Linear("f", x, x) >> ci.Linear("g", x, x), seed=0)
 >>> base, source = torch.zeros(1, 2), torch.ones(1, 2)
->>> patched = intervene(model, base, [interchange(Site("f"), source)])
+>>> patched = intervene(model, base, [patch(Site("f"), source)])
 >>> torch.allclose(patched, model(source))
 True
 """
@@ -45,7 +45,7 @@ class Intervention:
     name: str = field(default="intervention")
 
 
-def interchange(site: Site, *source: torch.Tensor) -> Intervention:
+def patch(site: Site, *source: torch.Tensor) -> Intervention:
     """The site's part set to its value on ``source`` (one tensor per input wire)."""
     return Intervention(_site(site), source=tuple(source), name="interchange")
 

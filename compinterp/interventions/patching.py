@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from compinterp.drawing.heatmaps import heatmap
 from compinterp.errors import InputError
 from compinterp.interventions.cache import HEADS_SUFFIX, run_with_cache
 from compinterp.interventions.edits import _inputs
@@ -62,10 +63,10 @@ class Sweep:
 
     def plot(self, path: str | Path, *, title: str = "activation patching") -> Path:
         """A heat map of the sweep (rows x positions) to a PNG or SVG file."""
-        from compinterp.drawing.heatmaps import sweep_heatmap
         values = self.values if self.values.dim() == 2 else self.values.reshape(1, -1)
-        return sweep_heatmap(values, self.rows or ("",), self.cols or tuple(repr(s) for s in self.sites), path,
-                             title=f"{title} ({self.method})")
+        cols = self.cols or tuple(repr(s) for s in self.sites)
+        return heatmap(values, self.rows or ("",), cols, path, title=f"{title} ({self.method})",
+                       xlabel="position" if self.cols and self.cols[0].lstrip("-").isdigit() else "")
 
 
 def grid(model: Any, wires: Sequence[str], positions: int | Sequence[int]) -> tuple[list[Site], tuple[str, ...],
@@ -115,7 +116,7 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tup
             out = _single(run_edited(plan, params, copies, edits=edits, head_edits=head_edits)[0])
             values.extend(float(metric(y)) for y in out.split(b))
     shape = (len(rows), len(cols)) if rows and cols and len(rows) * len(cols) == len(sites) else (len(sites),)
-    return Sweep(tuple(sites), torch.tensor(values).reshape(shape), base, top, rows, cols)
+    return Sweep(tuple(sites), torch.tensor(values, dtype=torch.float64).reshape(shape), base, top, rows, cols)
 
 
 def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tuple[list[Site],
@@ -144,7 +145,7 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Sequence
         delta = site.select(clean_value - value)
         estimates.append(float(base_value.detach()) + (0.0 if grad is None else float((grad * delta).sum())))
     shape = (len(rows), len(cols)) if rows and cols and len(rows) * len(cols) == len(sites) else (len(sites),)
-    values = torch.tensor(estimates)
+    values = torch.tensor(estimates, dtype=torch.float64)
     picked = torch.randperm(len(sites), generator=torch.Generator().manual_seed(seed))[:check].tolist()
     agreement = None
     if len(picked) >= 2:

@@ -251,13 +251,18 @@ class TopK(Kind):
         return cls(name, dom, **data)
 
 
-class Copy(Kind):
-    """The copy spider ``x -> x @ ... @ x`` (``n`` copies; ``n = 0`` discards)."""
+class Spider(Kind):
+    """Base of the spiders (Frobenius structure on one space): copy, add, multiply; no parameters."""
 
-    kind = "Copy"
     polynomial = True
     spider = True
     polymorphic = True
+
+
+class Copy(Spider):
+    """The copy spider ``x -> x @ ... @ x`` (``n`` copies; ``n = 0`` discards)."""
+
+    kind = "Copy"
 
     def __init__(self, space: Space, n: int = 2, name: str = "copy") -> None:
         _one_wire(self.kind, name, "space", space)
@@ -270,41 +275,35 @@ class Copy(Kind):
         return cls(dom, name=name, **data)
 
 
-class Add(Kind):
+class _Merge(Spider):
+    """A spider ``x @ ... @ x -> x`` merging ``n`` wires, ``n`` at least :attr:`least`."""
+
+    least: ClassVar[int] = 0
+
+    def __init__(self, space: Space, n: int = 2, name: str | None = None) -> None:
+        name = self.kind.lower() if name is None else name
+        _one_wire(self.kind, name, "space", space)
+        if isinstance(n, bool) or not isinstance(n, int) or n < self.least:
+            raise BoxError(f"{self.kind} box '{name}': n must be a {'positive' if self.least else 'non-negative'} "
+                           f"integer, got {n!r}")
+        super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(cod, name=name, **data)
+
+
+class Add(_Merge):
     """The adding spider ``x @ ... @ x -> x`` (``n`` summands; ``n = 0`` is zero)."""
 
     kind = "Add"
-    polynomial = True
-    spider = True
-    polymorphic = True
-
-    def __init__(self, space: Space, n: int = 2, name: str = "add") -> None:
-        _one_wire(self.kind, name, "space", space)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise BoxError(f"Add box '{name}': n must be a non-negative integer, got {n!r}")
-        super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
-
-    @classmethod
-    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
-        return cls(cod, name=name, **data)
 
 
-class Mul(Kind):
+class Mul(_Merge):
     """The elementwise (Hadamard) product ``x @ ... @ x -> x`` of ``n`` wires."""
 
     kind = "Mul"
-    polynomial = True
-    spider = True
-    polymorphic = True
-
-    def __init__(self, space: Space, n: int = 2, name: str = "mul") -> None:
-        _one_wire(self.kind, name, "space", space)
-        _positive(self.kind, name, "n", n)
-        super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
-
-    @classmethod
-    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
-        return cls(cod, name=name, **data)
+    least = 1
 
 
 class Attention(Kind):

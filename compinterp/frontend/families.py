@@ -1,0 +1,87 @@
+"""Transformer families as table rows: where each piece of a HuggingFace model is, and its conventions.
+
+A :class:`Family` names the modules of one decoder block and of the model around it (paths
+relative to the model's ``base_model``, or to a block for the block's own parts) and says
+how to read them: norm kind and the attribute holding its eps, fused or separate q/k/v
+projections, gated or plain MLP, ``Conv1D`` weights stored transposed, rotary or learned
+positions, parallel or sequential residual, and where a sliding window is set. Everything a
+module or the config states itself (sizes, heads, kv heads, head dim, biases, the attention
+scale, causality, tied embeddings) is read from there, not written in the row.
+:data:`FAMILIES` registers rows by the config's ``model_type``; adding a family of the same
+shape is adding a row.
+
+>>> FAMILIES["llama"].mlp, FAMILIES["gpt2"].conv1d
+('gated', True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Family:
+    """One architecture family of decoder-only transformers (see the module docstring)."""
+
+    layers: str
+    """The ``ModuleList`` of blocks, from the base model."""
+    final_norm: str
+    """The norm after the last block, from the base model."""
+    attn_norm: str
+    """In a block: the norm before attention."""
+    attn: str
+    """In a block: the attention module."""
+    qkv: tuple[str, ...]
+    """In the attention module: ``(q, k, v)`` projections, or one fused projection."""
+    out: str
+    """In the attention module: the output projection."""
+    mlp_norm: str
+    """In a block: the norm before the MLP."""
+    mlp_in: tuple[str, ...]
+    """In a block: ``(gate, up)`` projections of a gated MLP, or the one input projection."""
+    mlp_out: str
+    """In a block: the MLP's output projection."""
+    norm: str = "rms"
+    """``"rms"`` or ``"layer"``."""
+    eps: str = "variance_epsilon"
+    """The attribute of a norm module holding its eps."""
+    act: str = "hidden_act"
+    """The config attribute naming the MLP's activation."""
+    fused: str = ""
+    """How a fused q/k/v projection's outputs are ordered: ``"blocks"`` (all q, all k, all v) or
+    ``"per_head"`` (q, k, v of head 0, then of head 1, ...)."""
+    conv1d: bool = False
+    """Whether projections are GPT-2 ``Conv1D`` modules (weights stored ``in x out``)."""
+    positions: str = ""
+    """A learned position table (an ``nn.Embedding``) from the base model; ``""``: rotary positions."""
+    parallel: str = ""
+    """The config attribute that says attention and MLP read the same residual (``""``: never)."""
+    window: str = ""
+    """Where a sliding window is set: ``"config"`` (``config.sliding_window``), ``"module"`` (the
+    attention module's ``sliding_window``), ``""``: nowhere."""
+
+    @property
+    def mlp(self) -> str:
+        """``"gated"`` (``down(act(gate x) * up x)``) or ``"plain"`` (``out(act(in x))``)."""
+        return "gated" if len(self.mlp_in) == 2 else "plain"
+
+
+_LLAMA = Family(layers="layers", final_norm="norm", attn_norm="input_layernorm", attn="self_attn",
+                qkv=("q_proj", "k_proj", "v_proj"), out="o_proj", mlp_norm="post_attention_layernorm",
+                mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj")
+
+FAMILIES: MappingProxyType[str, Family] = MappingProxyType({
+    "gpt2": Family(layers="h", final_norm="ln_f", attn_norm="ln_1", attn="attn", qkv=("c_attn",), out="c_proj",
+                   mlp_norm="ln_2", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj", norm="layer", eps="eps",
+                   act="activation_function", fused="blocks", conv1d=True, positions="wpe"),
+    "llama": _LLAMA,
+    "mistral": replace(_LLAMA, window="config"),
+    "qwen2": replace(_LLAMA, window="module"),
+    "gpt_neox": Family(layers="layers", final_norm="final_layer_norm", attn_norm="input_layernorm",
+                       attn="attention", qkv=("query_key_value",), out="dense",
+                       mlp_norm="post_attention_layernorm", mlp_in=("mlp.dense_h_to_4h",),
+                       mlp_out="mlp.dense_4h_to_h", norm="layer", eps="eps", fused="per_head",
+                       parallel="use_parallel_residual"),
+})
+"""The families :func:`~compinterp.frontend.hf.from_hf` reads, by the HF config's ``model_type``."""

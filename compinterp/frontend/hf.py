@@ -1,0 +1,280 @@
+"""``from_hf``: a HuggingFace transformer as a diagram of our boxes, read from its module tree.
+
+The model's ``forward`` is never traced: a table row (:mod:`compinterp.frontend.families`,
+chosen by ``config.model_type``) says where the embedding, each block's norms, attention and
+MLP, the final norm and the readout are, and one walker turns the module tree and the row
+into ``Embed`` (``+ PosEmbed``) ``>>`` per block ``residual(Norm >> Attention)``,
+``residual(Norm >> MLP)`` (or both on one residual when the family is parallel) ``>> Norm >>
+Unembed``. Attention boxes carry heads, kv heads, head dim, rotary settings, scale and
+causality; GPT-2's ``Conv1D`` weights are transposed into ``Linear`` ones; a readout tied to
+the token embedding stays one tensor. transformers is imported only to read a directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from compinterp.errors import CompinterpError, ImportTraceError
+from compinterp.frontend.families import FAMILIES, Family
+from compinterp.model import Model
+from compinterp.syntax import (
+    Add,
+    Attention,
+    Copy,
+    Diagram,
+    Elementwise,
+    Embed,
+    Gated,
+    Id,
+    Linear,
+    Norm,
+    PosEmbed,
+    Space,
+    Unembed,
+    chain,
+    residual,
+)
+
+ACTIVATIONS: MappingProxyType[str, str] = MappingProxyType({
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+    "silu": "silu", "swish": "silu", "tanh": "tanh", "sigmoid": "sigmoid",
+})
+"""HuggingFace activation names (``config.hidden_act``, ``activation_function``) as ours."""
+
+Params = dict[str, dict[str, torch.Tensor]]
+Projection = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def is_hf(obj: object) -> bool:
+    """Whether ``obj``'s class comes from ``transformers`` (checked without importing it)."""
+    return type(obj).__module__.startswith("transformers.")
+
+
+def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | None = None) -> Model:
+    """The :class:`~compinterp.Model` of a HuggingFace decoder-only transformer, box for box.
+
+    Args:
+        model: a ``transformers.PreTrainedModel`` of a family in
+            :data:`~compinterp.frontend.families.FAMILIES` (a causal LM ends in ``Unembed`` to
+            ``logits``; a bare base model in the final norm on ``resid``), or a local
+            ``save_pretrained`` directory, read with ``local_files_only=True``.
+        example: token ids ``(batch, seq)``; if given, the import is checked against the
+            model's own forward on them and :class:`~compinterp.errors.ImportTraceError` raised
+            if they differ.
+
+    The input wire is ``tokens:vocab`` (integer ids; no padding mask: every position is a token).
+    There is no dropout: the import computes what the model computes in eval mode.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        model = _load(Path(model))
+    if not isinstance(model, nn.Module) or not is_hf(model) or not hasattr(model, "config"):
+        raise ImportTraceError(f"from_hf needs a transformers PreTrainedModel or a save_pretrained directory, "
+                               f"got {type(model).__name__}")
+    name, model_type = type(model).__name__, getattr(model.config, "model_type", None)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ImportTraceError(f"from_hf: no table row for {name} (model_type {model_type!r}); known: "
+                               f"{', '.join(FAMILIES)}; add a Family to compinterp.frontend.families.FAMILIES")
+    diagram, params, ties = _Walker(model, family).diagram()
+    try:
+        imported = Model(diagram, params, ties=ties)
+    except CompinterpError as err:
+        raise ImportTraceError(f"from_hf: the weights of {name} do not fit its diagram: {err}") from None
+    if example is not None:
+        _check(imported, model, example, name)
+    return imported
+
+
+class _Walker:
+    """Reads one model's module tree along a family's row, collecting boxes' parameters on the way."""
+
+    def __init__(self, model: nn.Module, family: Family) -> None:
+        self.model, self.family, self.config = model, family, model.config
+        self.base: nn.Module = getattr(model, "base_model", model)
+        self.params: Params = {}
+
+    def diagram(self) -> tuple[Diagram, Params, dict[str, str]]:
+        """The diagram, its parameters by box, and the ties (``{"unembed.W": "embed.W"}`` when tied)."""
+        family, config = self.family, self.config
+        embed = self.model.get_input_embeddings()
+        vocab, width = embed.weight.shape
+        resid = Space("resid", width)
+        self.params["embed"] = {"W": embed.weight}
+        parts: list[Diagram] = [Embed("embed", Space("tokens", vocab), resid)]
+        if family.positions:
+            table = self.find(self.base, family.positions).weight
+            self.params["pos"] = {"W": table}
+            parts.append(PosEmbed("pos", resid, positions=table.shape[0]))
+        parallel = bool(family.parallel and getattr(config, family.parallel, False))
+        for i, block in enumerate(self.find(self.base, family.layers)):
+            attn = self.norm(f"ln_attn{i}", resid, self.find(block, family.attn_norm)) \
+                >> self.attention(f"attn{i}", resid, self.find(block, family.attn))
+            mlp = self.norm(f"ln_mlp{i}", resid, self.find(block, family.mlp_norm)) >> self.mlp(i, resid, block)
+            parts += [Copy(resid, 3) >> attn @ mlp @ Id(resid) >> Add(resid, 3)] if parallel \
+                else [residual(attn), residual(mlp)]
+        parts.append(self.norm("ln_final", resid, self.find(self.base, family.final_norm)))
+        ties: dict[str, str] = {}
+        head = self.model.get_output_embeddings()
+        if head is not None:
+            bias = getattr(head, "bias", None)
+            parts.append(Unembed("unembed", resid, Space("logits", head.weight.shape[0]), bias=bias is not None))
+            self.params["unembed"] = {} if bias is None else {"b": bias}
+            if head.weight is embed.weight:
+                ties["unembed.W"] = "embed.W"
+            else:
+                self.params["unembed"]["W"] = head.weight
+        return chain(*parts), self.params, ties
+
+    def find(self, root: nn.Module, path: str) -> Any:
+        """The submodule at ``path`` (dots) under ``root``; an error naming the path and the row if absent."""
+        try:
+            return root.get_submodule(path)
+        except AttributeError:
+            raise ImportTraceError(f"from_hf: {type(self.model).__name__} has no module '{path}' under "
+                                   f"{type(root).__name__}, which its family's row names") from None
+
+    def projection(self, root: nn.Module, path: str) -> Projection:
+        """Weight ``(out, in)`` and bias of a linear projection (a ``Conv1D``'s weight transposed)."""
+        module = self.find(root, path)
+        kind = type(module).__name__
+        if self.family.conv1d != (kind == "Conv1D") or not (kind == "Conv1D" or isinstance(module, nn.Linear)):
+            expected = "a Conv1D" if self.family.conv1d else "an nn.Linear"
+            raise ImportTraceError(f"from_hf: module '{path}' of {type(self.model).__name__} is a {kind}; "
+                                   f"its family's row expects {expected}")
+        weight = module.weight.t().contiguous() if self.family.conv1d else module.weight
+        return weight, module.bias
+
+    def norm(self, name: str, resid: Space, module: nn.Module) -> Norm:
+        """A norm module as one ``Norm`` box, its eps read from the row's attribute."""
+        eps = getattr(module, self.family.eps, None)
+        if not isinstance(eps, (int, float)):
+            raise ImportTraceError(f"from_hf: norm {type(module).__name__} of {type(self.model).__name__} has no "
+                                   f"numeric attribute '{self.family.eps}' (its family's eps attribute)")
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+        box = Norm(name, resid, norm=self.family.norm, eps=eps, affine=weight is not None, bias=bias is not None)
+        values = {role: t for role, t in (("weight", weight), ("bias", bias)) if t is not None}
+        if values:
+            self.params[name] = values
+        return box
+
+    def attention(self, name: str, resid: Space, module: nn.Module) -> Attention:
+        """An attention module as one ``Attention`` box: heads, kv heads, rotary, scale, window, biases."""
+        config, family = self.config, self.family
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or resid.dim // heads
+        if len(family.qkv) == 1:
+            q, k, v = _split_fused(self.projection(module, family.qkv[0]), family.fused, heads, kv_heads, head_dim)
+        else:
+            q, k, v = (self.projection(module, path) for path in family.qkv)
+        o = self.projection(module, family.out)
+        projections = dict(zip("qkvo", (q, k, v, o)))
+        scaling = getattr(module, "scaling", None)
+        scale = None if scaling is None or math.isclose(scaling, head_dim ** -0.5, rel_tol=1e-12) else float(scaling)
+        rotary_dim, base = (0, 10000.0) if family.positions else self.rotary(head_dim)
+        window = {"config": getattr(config, "sliding_window", None),
+                  "module": getattr(module, "sliding_window", None)}.get(family.window)
+        box = Attention(name, resid, heads, head_dim=head_dim, causal=bool(getattr(module, "is_causal", True)),
+                        bias="".join(p for p, (_, b) in projections.items() if b is not None), kv_heads=kv_heads,
+                        rotary_dim=rotary_dim, rotary_base=base, scale=scale, window=window)
+        self.params[name] = {f"W{p}": w for p, (w, _) in projections.items()} \
+            | {f"b{p}": b for p, (_, b) in projections.items() if b is not None}
+        return box
+
+    def rotary(self, head_dim: int) -> tuple[int, float]:
+        """The rotary dimensions per head and the base, from the config (only the default rotary)."""
+        rope = dict(getattr(self.config, "rope_parameters", None) or {})
+        kind = rope.get("rope_type", "default")
+        if kind != "default":
+            raise ImportTraceError(f"from_hf: {type(self.model).__name__} uses rope_type {kind!r}; only the "
+                                   "default rotary embedding is read")
+        base = rope.get("rope_theta", getattr(self.config, "rope_theta", None))
+        if not isinstance(base, (int, float)):
+            raise ImportTraceError(f"from_hf: {type(self.model).__name__}'s config gives no rope_theta")
+        factor = rope.get("partial_rotary_factor", getattr(self.config, "partial_rotary_factor", None) or 1.0)
+        return int(head_dim * factor), float(base)
+
+    def mlp(self, i: int, resid: Space, block: nn.Module) -> Diagram:
+        """The MLP of block ``i``: one ``Gated`` box, or ``Linear >> Elementwise >> Linear``."""
+        act_name = getattr(self.config, self.family.act, None)
+        act = ACTIVATIONS.get(act_name) if isinstance(act_name, str) else None
+        if act is None:
+            raise ImportTraceError(f"from_hf: {type(self.model).__name__}'s activation {act_name!r} "
+                                   f"(config.{self.family.act}) is not one of {', '.join(ACTIVATIONS)}")
+        ins = [self.projection(block, path) for path in self.family.mlp_in]
+        down, down_bias = self.projection(block, self.family.mlp_out)
+        biased = {b is not None for _, b in ins} | {down_bias is not None}
+        if len(biased) > 1:
+            raise ImportTraceError(f"from_hf: block {i} of {type(self.model).__name__} has biases on some of its "
+                                   "MLP projections only")
+        if self.family.mlp == "gated":
+            (gate, gate_bias), (up, up_bias) = ins
+            self.params[f"mlp{i}"] = {"L": gate, "R": up, "D": down} | (
+                {"l": gate_bias, "r": up_bias, "d": down_bias} if down_bias is not None else {})
+            return Gated(f"mlp{i}", resid, resid, hidden=gate.shape[0], activation=act, bias=down_bias is not None)
+        ((up, up_bias),) = ins
+        hidden = Space("hidden", up.shape[0])
+        self.params[f"mlp_in{i}"] = {"W": up} | ({"b": up_bias} if up_bias is not None else {})
+        self.params[f"mlp_out{i}"] = {"W": down} | ({"b": down_bias} if down_bias is not None else {})
+        return Linear(f"mlp_in{i}", resid, hidden, bias=up_bias is not None) \
+            >> Elementwise(act, hidden, name=f"act{i}") \
+            >> Linear(f"mlp_out{i}", hidden, resid, bias=down_bias is not None)
+
+
+def _split_fused(qkv: Projection, layout: str, heads: int, kv_heads: int, head_dim: int) -> list[Projection]:
+    """A fused q/k/v projection's weight and bias split into the three: ``"blocks"`` stacks all of q,
+    then k, then v; ``"per_head"`` stacks head by head, einsum-like ``"(h three e) d"``."""
+    weight, bias = qkv
+    if layout == "blocks":
+        sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+        ws = weight.split(sizes)
+        bs = bias.split(sizes) if bias is not None else (None, None, None)
+        return [(w, b) for w, b in zip(ws, bs)]
+    if layout == "per_head" and kv_heads == heads:
+        ws = weight.unflatten(0, (heads, 3, head_dim)).unbind(1)
+        bs = bias.unflatten(0, (heads, 3, head_dim)).unbind(1) if bias is not None else (None, None, None)
+        return [(w.flatten(0, 1), b.flatten() if b is not None else None) for w, b in zip(ws, bs)]
+    raise ImportTraceError(f"from_hf: a fused q/k/v projection laid out as {layout!r} with {kv_heads} kv heads "
+                           f"for {heads} heads is not read")
+
+
+def _load(path: Path) -> nn.Module:
+    """The causal LM saved with ``save_pretrained`` in directory ``path``, in eval mode, from local files only."""
+    if not (path / "config.json").is_file():
+        raise ImportTraceError(f"from_hf: {path} is not a save_pretrained directory (no config.json)")
+    try:
+        import transformers
+    except ImportError:
+        raise ImportTraceError(f"from_hf: reading {path} needs transformers: pip install 'compinterp[hf]'") from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ImportTraceError(f"from_hf: transformers cannot read {path}: {first}") from None
+    return model.eval()
+
+
+def _check(imported: Model, model: nn.Module, ids: torch.Tensor, name: str) -> None:
+    """Raise if the import's outputs on token ids ``ids`` differ from the model's own forward."""
+    with torch.no_grad():
+        out = model(input_ids=ids)
+        reference = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+        got = imported(ids)
+    if got.shape != reference.shape:
+        raise ImportTraceError(f"from_hf: the import of {name} gives shape {tuple(got.shape)} on the example, "
+                               f"the model {tuple(reference.shape)}")
+    tol = torch.finfo(reference.dtype).eps ** 0.5
+    scale = max(1.0, float(reference.abs().max()))
+    if not torch.allclose(got, reference, rtol=tol, atol=tol * scale):
+        diff = float((got.double() - reference.double()).abs().max())
+        raise ImportTraceError(f"from_hf: the import of {name} differs from it on the example by up to {diff:.3g} "
+                               "(is the model in eval mode?)")
+
