@@ -13,7 +13,7 @@ backward pass, and reports its agreement with exact patching on a sample of the 
 >>> model = ci.Model(ci.Linear("f", x, x) >> ci.Linear("g", x, ci.Space("y", 1)), seed=0)
 >>> clean, corrupted = torch.ones(4, 3), torch.zeros(4, 3)
 >>> sweep = patching(model, clean, corrupted, [ci.Site("f"), ci.Site("x")], lambda y: y.mean())
->>> torch.allclose(sweep.values, model(clean).mean().expand(2))
+>>> torch.allclose(sweep.values.float(), model(clean).mean().expand(2))
 True
 """
 

@@ -1,0 +1,212 @@
+"""HuggingFace transformers come in as diagrams of our boxes, exactly: logits, parameter counts, ties,
+files that load without transformers, and the errors of the importer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from support import assert_error
+
+import compinterp as ci
+from compinterp.errors import ImportTraceError, InputError
+
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[hf]')")
+
+SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
+         "vocab_size": 100}
+GQA = {**SMALL, "num_key_value_heads": 2}
+
+CONFIGS: dict[str, Callable[[], object]] = {
+    "gpt2": lambda: transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=80,
+                                            bos_token_id=0, eos_token_id=0),
+    "llama": lambda: transformers.LlamaConfig(**GQA),
+    "llama_tied": lambda: transformers.LlamaConfig(**SMALL, tie_word_embeddings=True, attention_bias=True,
+                                                   mlp_bias=True),
+    "qwen2": lambda: transformers.Qwen2Config(**GQA, use_sliding_window=True, sliding_window=5, max_window_layers=1),
+    "mistral": lambda: transformers.MistralConfig(**GQA, sliding_window=16),
+    "gpt_neox": lambda: transformers.GPTNeoXConfig(**SMALL, partial_rotary_factor=0.5),
+}
+"""Tiny random configurations: grouped-query attention (Llama, Qwen2, Mistral), biases on q/k/v only
+(Qwen2), sliding windows shorter than the longest test sequence (Qwen2's second layer, Mistral),
+tied embeddings (GPT-2, Llama tied), parallel residual and partial rotary (GPT-NeoX)."""
+
+LENGTHS = (1, 7, 64)
+ARCHS = sorted(CONFIGS)
+
+
+def build(arch: str, attention: str = "eager") -> torch.nn.Module:
+    """A random model of ``arch`` in eval mode, every parameter (biases and norm scales too) perturbed."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch](), attn_implementation=attention).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, tuple[torch.nn.Module, ci.Model]]:
+    out = {}
+    for arch in ARCHS:
+        model = build(arch)
+        out[arch] = (model, ci.from_hf(model))
+    return out
+
+
+def ids(length: int, batch: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randint(100, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def hf_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=tokens).logits
+
+
+@pytest.mark.parametrize("length", LENGTHS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_equal_hf(models: dict, arch: str, length: int) -> None:
+    model, imported = models[arch]
+    tokens = ids(length)
+    with torch.no_grad():
+        got = imported(tokens)
+    assert got.shape == (3, length, 100)
+    assert float((got - hf_logits(model, tokens)).abs().max()) < 1e-4
+
+
+def test_sdpa_attention_gives_the_same_import() -> None:
+    model = build("llama", attention="sdpa")
+    tokens = ids(64)
+    assert float((ci.from_hf(model)(tokens) - hf_logits(model, tokens)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_parameter_is_in_a_recognised_box_and_counted_once(models: dict, arch: str) -> None:
+    model, imported = models[arch]
+    boxes = imported.boxes
+    recognised = sum(p.numel() for name, module in imported.params.named_children() if not boxes[name].opaque
+                     for p in module.parameters())
+    assert recognised / imported.num_params() >= 0.98
+    assert imported.num_params() == sum(p.numel() for p in model.parameters())
+
+
+def test_diagram_shape(models: dict) -> None:
+    gpt2 = models["gpt2"][1]
+    kinds = [box.kind for box in gpt2.diagram.boxes]
+    assert kinds[:2] == ["Embed", "PosEmbed"] and kinds[-2:] == ["Norm", "Unembed"]
+    assert kinds[2:16] == ["Copy", "Norm", "Attention", "Add", "Copy", "Norm", "Linear", "Elementwise", "Linear",
+                           "Add"] + ["Copy", "Norm", "Attention", "Add"]
+    assert gpt2.boxes["attn0"].data == {"heads": 4, "head_dim": 16, "causal": True, "bias": True}
+    llama = models["llama"][1].boxes
+    assert llama["attn1"].data == {"heads": 4, "head_dim": 16, "causal": True, "bias": False, "kv_heads": 2,
+                                   "rotary_dim": 16, "rotary_base": 10000.0}
+    assert llama["mlp0"].kind == "Gated" and llama["ln_attn0"].data["norm"] == "rms"
+    qwen2 = models["qwen2"][1].boxes
+    assert qwen2["attn0"].data["bias"] == "qkv" and "window" not in qwen2["attn0"].data
+    assert qwen2["attn1"].data["window"] == 5
+    neox = models["gpt_neox"][1]
+    assert neox.boxes["attn0"].data["rotary_dim"] == 8
+    assert [box.kind for box in neox.diagram.boxes][1:9] == ["Copy", "Norm", "Attention", "Norm", "Linear",
+                                                             "Elementwise", "Linear", "Add"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama_tied"])
+def test_tied_weights_stay_tied(models: dict, arch: str) -> None:
+    model, imported = models[arch]
+    assert imported.ties == {"unembed.W": "embed.W"}
+    assert imported.box_params("unembed")["W"] is imported.box_params("embed")["W"]
+    trained = ci.from_hf(model)
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+    trained(ids(7)).square().mean().backward()
+    optimizer.step()
+    W = trained.box_params("embed")["W"]
+    assert trained.box_params("unembed")["W"] is W and not torch.equal(W, imported.box_params("embed")["W"])
+
+
+def test_untied_readout_is_its_own_parameter(models: dict) -> None:
+    imported = models["llama"][1]
+    assert imported.ties == {} and imported.box_params("unembed")["W"] is not imported.box_params("embed")["W"]
+
+
+LOADER = """
+import sys
+sys.modules["transformers"] = None
+import torch
+import compinterp
+from safetensors.torch import load_file
+for folder in sys.argv[1:]:
+    model = compinterp.load(folder + "/model")
+    data = load_file(folder + "/io.safetensors")
+    with torch.no_grad():
+        assert torch.equal(model(data["ids"]), data["logits"]), folder
+    assert model.box_params("unembed")["W"] is model.box_params("embed")["W"] or not model.ties, folder
+print("loaded", len(sys.argv) - 1)
+"""
+
+
+def test_saved_models_load_without_transformers(models: dict, tmp_path: Path) -> None:
+    folders = []
+    for arch in ARCHS:
+        imported = models[arch][1]
+        folder = tmp_path / arch
+        imported.save(folder / "model")
+        tokens = ids(7)
+        with torch.no_grad():
+            save_file({"ids": tokens, "logits": imported(tokens)}, str(folder / "io.safetensors"))
+        assert sorted(p.name for p in (folder / "model").iterdir()) == ["diagram.json", "meta.json",
+                                                                         "weights.safetensors"]
+        weights = load_file(str(folder / "model" / "weights.safetensors"))
+        meta = json.loads((folder / "model" / "meta.json").read_text())
+        assert meta["num_params"] == imported.num_params()
+        if imported.ties:
+            assert meta["ties"] == {"unembed.W": "embed.W"} and "unembed.W" not in weights
+        folders.append(str(folder))
+    done = subprocess.run([sys.executable, "-c", LOADER, *folders], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"loaded {len(ARCHS)}"
+
+
+def test_compinterp_never_imports_transformers_itself() -> None:
+    code = ("import sys, compinterp; from compinterp.frontend import from_hf, from_torch; compinterp.from_hf; "
+            "print('transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_from_torch_dispatches_and_checks(models: dict) -> None:
+    model, _ = models["mistral"]
+    tokens = ids(7)
+    imported = ci.from_torch(model, tokens)
+    assert "Attention" in {box.kind for box in imported.diagram.boxes}
+    assert float((imported(tokens) - hf_logits(model, tokens)).abs().max()) < 1e-4
+
+
+def test_from_a_save_pretrained_directory(models: dict, tmp_path: Path) -> None:
+    model, imported = models["gpt2"]
+    model.save_pretrained(tmp_path / "hf")
+    again = ci.from_hf(tmp_path / "hf", ids(7))
+    assert torch.equal(again(ids(7)), imported(ids(7)))
+    assert again.ties == {"unembed.W": "embed.W"}
+
+
+def test_errors_name_the_culprit(models: dict, tmp_path: Path) -> None:
+    assert_error(ImportTraceError, lambda: ci.from_hf(torch.nn.Linear(2, 2)), "from_hf", "Linear")
+    gptj = transformers.AutoModelForCausalLM.from_config(transformers.GPTJConfig(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=50, rotary_dim=8))
+    assert_error(ImportTraceError, lambda: ci.from_hf(gptj), "GPTJForCausalLM", "'gptj'", "no table row", "gpt2")
+    assert_error(ImportTraceError, lambda: ci.from_hf(tmp_path), str(tmp_path), "config.json")
+    assert_error(InputError, lambda: models["gpt2"][1](ids(81)), "'pos'", "81", "80 positions")
+    scaled = transformers.LlamaConfig(**SMALL, rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                "rope_theta": 10000.0})
+    llama = transformers.AutoModelForCausalLM.from_config(scaled)
+    assert_error(ImportTraceError, lambda: ci.from_hf(llama), "LlamaForCausalLM", "'linear'")
+    training = build("gpt2").train()
+    assert_error(ImportTraceError, lambda: ci.from_hf(training, ids(7)), "GPT2LMHeadModel", "differs", "eval mode")
