@@ -30,7 +30,8 @@ _EXPORTS = {
     **{name: "compinterp.syntax" for name in ("diagram_to_json", "diagram_from_json")},
     "read_diagram": "compinterp.files",
     **{name: "compinterp.interpretation" for name in ("Interpretation", "maps")},
-    **{name: "compinterp.faithfulness" for name in ("check", "interchange", "FaithfulnessReport", "data")},
+    **{name: "compinterp.faithfulness" for name in ("check", "interchange", "fit", "FitResult", "FaithfulnessReport",
+                                                    "data")},
     **{name: "compinterp.semantics.tensor" for name in (
         "tensor_semantics", "PolyNet", "NotPolynomialError", "why_not_polynomial")},
     "symbolic": "compinterp.semantics.symbolic",

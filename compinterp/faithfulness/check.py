@@ -36,6 +36,7 @@ from compinterp.faithfulness.metrics import LogitMoments, Moments
 from compinterp.faithfulness.report import BoxRow, FaithfulnessReport
 from compinterp.interpretation import Interpretation
 from compinterp.interpretation.maps import Identity, Map
+from compinterp.interventions import Site
 from compinterp.model import Model
 from compinterp.semantics import Interpreter, Plan, Step
 from compinterp.syntax import Space, Wire, describe
@@ -72,41 +73,40 @@ def check(model: Model, explanation: Interpretation | Model, data: Any, *, batch
     return _Squares(model, explanation).evaluate(as_source(data), None, batch_size, device, logits, progress)
 
 
-def interchange(model: Model, interpretation: Interpretation, base: Any, source: Any, wire: str, *,
-                output: int = 0, batch_size: int = 256, device: str | torch.device | None = None,
-                logits: bool | None = None, progress: bool = True) -> FaithfulnessReport:
+def interchange(model: Model, interpretation: Interpretation, base: Any, source: Any, wire: str | Site, *,
+                output: int = 0, own_value: bool = False, batch_size: int = 256,
+                device: str | torch.device | None = None, logits: bool | None = None,
+                progress: bool = True) -> FaithfulnessReport:
     """The check under an interchange intervention on ``wire`` (output ``output`` of that box).
 
     For each pair of batches, the wire's value ``v`` on the ``source`` inputs is
-    patched into the model's run on ``base``, and ``sigma(v)`` into the
+    patched into the model's run on ``base``, and ``sigma`` of the patched value into the
     explanation's run on ``sigma(base)``; the report measures whether the two
     still agree (every downstream square, and end to end). With logits,
     ``end_to_end.top1`` is the interchange-intervention accuracy (IIA).
-    ``wire`` is a box's row name in a report (``"mlp0"``, ``"add#2"``); ``base``
-    and ``source`` take the forms ``check`` takes, with the same batch sizes.
+    ``wire`` is a box's row name in a report (``"mlp0"``, ``"add#2"``), or a
+    :class:`~compinterp.Site` on it that narrows the patch to positions or a subspace (the
+    model's value becomes ``v + P_S(source - v)``; with ``sigma`` the site's rotation, the
+    explanation then reads exactly the source's variable). ``base`` and ``source`` take the
+    forms ``check`` takes, with the same batch sizes.
     """
     squares = _Squares(model, interpretation)
-    if squares.images is None:
-        raise BoxError("an interchange needs an Interpretation that maps each box; "
-                       "a second model is compared only end to end")
-    if wire not in squares.labels:
-        raise BoxError(f"no box '{wire}' to intervene on; the model's boxes are {', '.join(squares.labels)}")
-    t = squares.labels.index(wire)
-    box = squares.steps[t].box
-    if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output < len(box.cod):
-        raise BoxError(f"box '{wire}' ({describe(box)}) has {len(box.cod)} output(s); output {output!r} does not exist")
-    patch = _Patch(t, output, as_source(source), box.cod.wires[output])
+    patch = squares.patch(wire, output, as_source(source))
     return squares.evaluate(as_source(base), patch, batch_size, device, logits, progress)
 
 
 @dataclass(frozen=True)
 class _Patch:
-    """Set output ``output`` of step ``step`` to its value on the ``source`` batches."""
+    """Set the part ``site`` of output ``output`` of step ``step`` to its value on the ``source`` batches."""
 
     step: int
     output: int
-    source: Source
+    source: Source | None
     wire: Wire
+    site: Site
+    own: bool = False
+    """Whether the explanation takes its own value on the source (a high-level intervention, as in
+    causal abstraction) instead of ``sigma`` of the model's patched value."""
 
 
 class _Squares:
@@ -143,6 +143,26 @@ class _Squares:
             self.sigma[r] = None if isinstance(sigma, Identity) else sigma
         self.out_dims = [explanation.space(step.box.cod).dims for step in self.steps]
         self.cod_dims = explanation.space(model.cod).dims
+
+    def patch(self, wire: str | Site, output: int, source: Source | None, own: bool = False) -> _Patch:
+        """The patch of an interchange on ``wire`` (a step label or a site on one), checked."""
+        if self.images is None:
+            raise BoxError("an interchange needs an Interpretation that maps each box; "
+                           "a second model is compared only end to end")
+        site = wire if isinstance(wire, Site) else Site(wire) if isinstance(wire, str) else None
+        if site is None:
+            raise BoxError(f"an interchange acts on a box's row name or a Site, got {type(wire).__name__}")
+        if site.wire not in self.labels:
+            raise BoxError(f"no box '{site.wire}' to intervene on; the model's boxes are {', '.join(self.labels)}")
+        if site.heads is not None:
+            raise BoxError(f"an interchange check patches wires; {site} narrows to heads, which the explanation "
+                           "does not see: use compinterp.intervene for head patches")
+        t = self.labels.index(site.wire)
+        box = self.steps[t].box
+        if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output < len(box.cod):
+            raise BoxError(f"box '{site.wire}' ({describe(box)}) has {len(box.cod)} output(s); "
+                           f"output {output!r} does not exist")
+        return _Patch(t, output, source, box.cod.wires[output], site, own)
 
     def evaluate(self, source: Source, patch: _Patch | None, batch_size: int, device: str | torch.device | None,
                  logits: bool | None, progress: bool) -> FaithfulnessReport:
@@ -181,7 +201,7 @@ class _Squares:
         all_reduce(buffers)
         return self._report(count, whole, local, logit, patch)
 
-    def _batch(self, xs: Sequence[torch.Tensor], local: list[Moments], value: tuple[torch.Tensor, ...] | None,
+    def _batch(self, xs: Sequence[torch.Tensor], local: list[Moments], value: Any,
                patch: _Patch | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """One batch through every square; returns ``sigma(M(x))`` and ``E(sigma(x))`` on the outputs."""
         if self.images is None:
@@ -189,11 +209,19 @@ class _Squares:
         outs = _BothSides(self, local, patch, value).run(*xs)
         return [mapped for _, mapped, _ in outs], [expl for _, _, expl in outs]
 
-    def _capture(self, xs: Sequence[torch.Tensor], patch: _Patch) -> tuple[torch.Tensor, ...]:
-        """The model's outputs of the patched step on ``xs`` (the plan run up to that step)."""
-        capture = _Capture(self.plan, self.model.plan_params(), patch.step)
-        capture.run(*xs, until=patch.step + 1)
-        return capture.outs
+    def _capture(self, xs: Sequence[torch.Tensor], patch: _Patch) -> tuple[tuple[Any, ...], tuple[Any, ...] | None]:
+        """The patched step's outputs on ``xs``: the model's, and with ``patch.own`` the explanation's
+        own (its run on ``sigma(xs)``), each run only up to that step."""
+        if patch.own:
+            capture: Interpreter = _BothSides(self, None, None, None)
+        else:
+            capture = Interpreter(self.plan, self.model.plan_params(), side="model ")
+        outs: list[tuple[Any, ...]] = []
+        keep = _Keep(capture, patch.step, outs)
+        keep.run(*xs, until=patch.step + 1)
+        if patch.own:
+            return tuple(m for m, _, _ in outs[0]), tuple(e for _, _, e in outs[0])
+        return outs[0], None
 
     def map(self, r: int, x: torch.Tensor | None) -> torch.Tensor | None:
         """``sigma`` of register ``r``'s wire applied to ``x``."""
@@ -308,12 +336,13 @@ class _BothSides(Interpreter):
     """The model's plan run with three values in each register: the model's activation ``a``,
     ``sigma(a)``, and the explanation's own value; each step also runs its image ``[[S(f)]]_E``
     on ``sigma`` of the model's inputs (the local square, accumulated in ``local``) and on the
-    explanation's inputs (the square of the whole diagram, carried along)."""
+    explanation's inputs (the square of the whole diagram, carried along). Without ``local``, only the
+    explanation's own run is carried (for training, :mod:`compinterp.faithfulness.fit`)."""
 
     side = "model "
 
-    def __init__(self, squares: _Squares, local: list[Moments], patch: _Patch | None,
-                 value: tuple[torch.Tensor, ...] | None) -> None:
+    def __init__(self, squares: _Squares, local: list[Moments] | None, patch: _Patch | None,
+                 value: tuple[tuple[Any, ...], tuple[Any, ...] | None] | None) -> None:
         super().__init__(squares.plan, squares.model.plan_params())
         self.squares, self.local, self.patch, self.value = squares, local, patch, value
 
@@ -334,35 +363,43 @@ class _BothSides(Interpreter):
             return outs
         mapped = [squares.map(r, y) for r, y in zip(step.outs, outs)]
         image = squares.images[t]
-        local = image.run(*[m for _, m, _ in args])
-        _same_shapes(mapped, local, squares.labels[t], step)
-        self.local[t].update(mapped, local)
-        same = all(_equal(e, m) for _, m, e in args)
-        expl = local if same else image.run(*[e for _, _, e in args])
+        if self.local is None:
+            expl = image.run(*[e for _, _, e in args])
+        else:
+            local = image.run(*[m for _, m, _ in args])
+            _same_shapes(mapped, local, squares.labels[t], step)
+            self.local[t].update(mapped, local)
+            same = all(_equal(e, m) for _, m, e in args)
+            expl = local if same else image.run(*[e for _, _, e in args])
         if self.patch is not None and self.patch.step == t:
             i, r = self.patch.output, step.outs[self.patch.output]
-            value = self.value[i]
+            value, own = self.value[0][i], self.value[1]
             if value.shape != outs[i].shape:
                 raise InputError(f"the source batch gives {self.patch.wire.name} of shape {tuple(value.shape)} but "
                                  f"the base batch has {tuple(outs[i].shape)}: base and source batches "
                                  "must have the same shapes")
             outs, mapped, expl = list(outs), list(mapped), list(expl)
-            outs[i] = value
-            mapped[i] = expl[i] = squares.map(r, value)
+            outs[i] = outs[i] + self.patch.site.select(value - outs[i])
+            mapped[i] = squares.map(r, outs[i])
+            expl[i] = mapped[i] if own is None else own[i]
         return tuple(zip(outs, mapped, expl))
 
 
-class _Capture(Interpreter):
-    """The model's plan, keeping the outputs of step ``step``."""
+class _Keep(Interpreter):
+    """Runs another interpreter's steps as it would, keeping the outputs of step ``step``."""
 
-    side = "model "
+    def __init__(self, inner: Interpreter, step: int, kept: list[tuple[Any, ...]]) -> None:
+        super().__init__(inner.plan, inner.params, side=inner.side)
+        self.inner, self.step, self.kept = inner, step, kept
 
-    def __init__(self, plan: Plan, params: Any, step: int) -> None:
-        super().__init__(plan, params)
-        self.step, self.outs = step, ()
+    def shape(self, value: Any) -> str:
+        return self.inner.shape(value)
+
+    def initial_env(self, xs: Sequence[Any], initial: Any) -> list[Any]:
+        return self.inner.initial_env(xs, initial)
 
     def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
-        outs = super().run_step(t, step, args)
+        outs = self.inner.run_step(t, step, args)
         if t == self.step:
-            self.outs = outs
+            self.kept.append(outs)
         return outs

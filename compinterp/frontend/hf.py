@@ -228,6 +228,18 @@ class _Walker:
             >> Linear(f"mlp_out{i}", hidden, resid, bias=down_bias is not None)
 
 
+def recognised_fraction(model: Model) -> float:
+    """The fraction of a model's parameters (each tensor once, tied ones too) held by non-Opaque boxes."""
+    boxes, sizes, recognised = model.boxes, dict[int, int](), set[int]()
+    for name, module in model.params.named_children():
+        for p in module.parameters():
+            sizes[id(p)] = p.numel()
+            if not boxes[name].opaque:
+                recognised.add(id(p))
+    total = sum(sizes.values())
+    return sum(sizes[i] for i in recognised) / total if total else 1.0
+
+
 def _split_fused(qkv: Projection, layout: str, heads: int, kv_heads: int, head_dim: int) -> list[Projection]:
     """A fused q/k/v projection's weight and bias split into the three: ``"blocks"`` stacks all of q,
     then k, then v; ``"per_head"`` stacks head by head, einsum-like ``"(h three e) d"``."""

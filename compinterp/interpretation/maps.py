@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compinterp.errors import CompositionError, FormatError, ParameterError
+from compinterp.interventions.sites import Rotation
 from compinterp.semantics import POINTWISE
 
 
@@ -170,6 +171,43 @@ class EncoderDecoder(Map):
                    tensors["decoder_bias"] if entry["decoder_bias"] else None, entry["activation"])
 
 
+class RotationMap(Map):
+    """``sigma(x) = R[:k] x`` for a learned orthogonal ``R : d x d``: the first ``k`` coordinates of a
+    rotated basis (distributed alignment search; :func:`compinterp.fit` learns ``R``). An
+    interchange on a :class:`~compinterp.Site` with ``subspace=map.rotation`` patches exactly
+    what this map reads."""
+
+    kind = "rotation"
+
+    def __init__(self, dim: int, k: int, seed: int = 0) -> None:
+        super().__init__()
+        self.rotation = Rotation(dim, k, seed=seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.rotation.basis)
+
+    def out_dim(self, in_dim: int, wire: str, dtype: torch.dtype = torch.float32) -> int:
+        dim = self.rotation.basis.shape[1]
+        if dim != in_dim:
+            raise CompositionError(f"the rotation map on wire {wire} rotates vectors of dimension {dim}, "
+                                   f"but the wire has dimension {in_dim}")
+        return self.rotation.k
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": int(self.rotation.basis.shape[1]), "k": self.rotation.k}
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], wire: str,
+                  functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> Map:
+        sigma = cls(entry["dim"], entry["k"])
+        try:
+            sigma.load_state_dict(dict(tensors))
+        except RuntimeError as err:
+            raise FormatError(f"the rotation map of wire {wire} does not fit its tensors in the file: "
+                              f"{str(err).splitlines()[0]}") from None
+        return sigma
+
+
 class Function(Map):
     """Any torch callable acting on the last axis (a module's parameters move and train with it).
 
@@ -227,12 +265,23 @@ def encoder_decoder(encoder: torch.Tensor, decoder: torch.Tensor, encoder_bias: 
     return EncoderDecoder(encoder, decoder, encoder_bias, decoder_bias, activation)
 
 
+def rotation(dim: int, k: int, seed: int = 0) -> RotationMap:
+    """A learnable rotation keeping ``k`` of ``dim`` coordinates, started at a seeded random rotation.
+
+    >>> import torch
+    >>> sigma = rotation(4, 1, seed=0)
+    >>> sigma(torch.ones(3, 4)).shape
+    torch.Size([3, 1])
+    """
+    return RotationMap(dim, k, seed)
+
+
 def function(fn: Callable[[torch.Tensor], torch.Tensor], name: str | None = None) -> Function:
     """Wrap any torch callable (a module, a function) as a semantic map."""
     return Function(fn, name)
 
 
-MAPS: dict[str, type[Map]] = {cls.kind: cls for cls in (Identity, LinearMap, EncoderDecoder, Function)}
+MAPS: dict[str, type[Map]] = {cls.kind: cls for cls in (Identity, LinearMap, EncoderDecoder, RotationMap, Function)}
 """Every semantic map kind by name, as written in files."""
 
 

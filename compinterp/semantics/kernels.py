@@ -131,15 +131,16 @@ def _has(bias: bool | str, projection: str) -> bool:
 def rotary(x: torch.Tensor, dim: int, base: float) -> torch.Tensor:
     """Rotary position embedding of ``x`` (``(..., T, e)``, positions ``0..T-1``) on its first ``dim``
     dimensions, in the rotate-half convention: pair ``i`` is dimensions ``i`` and ``i + dim/2``,
-    turned by the angle ``t * base^(-2i/dim)``.
+    turned by the angle ``t * base^(-2i/dim)``, computed in at least float32.
 
     >>> x = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
     >>> rotary(x, 2, 10000.0)
     tensor([[1.0000, 0.0000],
             [0.5403, 0.8415]])
     """
-    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=x.device) / dim)
-    angles = torch.einsum("t, f -> t f", torch.arange(x.shape[-2], dtype=torch.float32, device=x.device), inv_freq)
+    exact = torch.promote_types(x.dtype, torch.float32)
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, dtype=exact, device=x.device) / dim)
+    angles = torch.einsum("t, f -> t f", torch.arange(x.shape[-2], dtype=exact, device=x.device), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     turned, rest = x[..., :dim], x[..., dim:]
