@@ -20,7 +20,7 @@ _EXPORTS = {
     "draw": "compinterp.drawing",
     **{name: "compinterp.interventions" for name in (
         "Site", "Rotation", "run_with_cache", "intervene", "patch", "zero", "mean", "resample", "steer",
-        "patching", "attribution_patching", "grid", "every_head")},
+        "patching", "attribution_patching", "grid", "every_head", "attention_patterns")},
     **{name: "compinterp.syntax" for name in (
         "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "PosEmbed", "Linear", "Unembed", "Bilinear", "Gated",
         "Norm", "Elementwise", "TopK", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
@@ -30,6 +30,7 @@ _EXPORTS = {
     **{name: "compinterp.syntax" for name in ("diagram_to_json", "diagram_from_json")},
     "read_diagram": "compinterp.files",
     **{name: "compinterp.interpretation" for name in ("Interpretation", "maps")},
+    **{name: "compinterp.interpretation.hypotheses" for name in ("heads_follow", "only_through")},
     **{name: "compinterp.faithfulness" for name in ("check", "interchange", "fit", "FitResult", "FaithfulnessReport",
                                                     "data")},
     **{name: "compinterp.semantics.tensor" for name in (

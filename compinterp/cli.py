@@ -28,6 +28,7 @@ _EPILOG = """examples:
   compinterp check runs/digits runs/explanation --data digits
   compinterp refine runs/digits --min-faithfulness 0.99 --out runs/refined
   compinterp draw runs/digits -o digits.svg
+  compinterp import path/to/hf_checkpoint --out runs/imported
 
 Run 'compinterp COMMAND --help' for a command's options and an example."""
 
@@ -141,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu or cuda (default: cpu)")
     train.add_argument("--json", action="store_true", help="print the run's numbers as JSON")
 
+    imp = _command(commands, "import", _import,
+                   "import a HuggingFace checkpoint directory (config.json + safetensors) as a compinterp model",
+                   "compinterp import path/to/gpt2 --out runs/gpt2 --json")
+    imp.add_argument("source", metavar="DIR", help="a directory written by a transformers model's save_pretrained")
+    imp.add_argument("--out", metavar="MODEL_DIR", required=True, help="the compinterp model directory to write")
+    imp.add_argument("--json", action="store_true", help="print what was written as JSON")
+
     demo = _command(commands, "demo", _demo,
                     "train a digits model, check an eigen-explanation, refine it, and write an HTML report",
                     "compinterp demo --out runs/demo\n"
@@ -186,6 +194,18 @@ def _info(args: argparse.Namespace) -> None:
     summary = info(args.model)
     summary["description_length"] = description_length(args.model).to_json()
     print(json.dumps(summary, indent=1) if args.json else _table(summary))
+
+
+def _import(args: argparse.Namespace) -> None:
+    """``compinterp import``: a HuggingFace checkpoint directory, read from its module tree, saved as our model."""
+    from compinterp.frontend.hf import convert
+    done = convert(args.source, args.out)
+    if args.json:
+        print(json.dumps(done, indent=1))
+        return
+    kinds = ", ".join(f"{n} {kind}" for kind, n in done["boxes"].items())
+    print(f"wrote {done['out']}: {done['model_type']}, {done['num_params']} parameters, "
+          f"{done['recognised']:.1%} in recognised boxes ({kinds})")
 
 
 def _check(args: argparse.Namespace) -> None:

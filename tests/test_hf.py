@@ -212,3 +212,18 @@ def test_errors_name_the_culprit(models: dict, tmp_path: Path) -> None:
     assert_error(ImportTraceError, lambda: ci.from_hf(llama), "LlamaForCausalLM", "'linear'")
     training = build("gpt2").train()
     assert_error(ImportTraceError, lambda: ci.from_hf(training, ids(7)), "GPT2LMHeadModel", "differs", "eval mode")
+
+
+def test_cli_import_gives_the_same_logits(models: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from compinterp.cli import main
+    model, _ = models["qwen2"]
+    model.save_pretrained(tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "ours"), "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert done["model_type"] == "qwen2" and done["recognised"] == 1.0 and done["boxes"]["Attention"] == 2
+    tokens = ids(64)
+    with torch.no_grad():
+        assert float((ci.load(tmp_path / "ours")(tokens) - hf_logits(model, tokens)).abs().max()) < 1e-4
+    assert main(["import", str(tmp_path / "ours"), "--out", str(tmp_path / "again")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("compinterp: error: from_hf:") and error.count("\n") == 1

@@ -4,7 +4,7 @@ token labels, to PNG or SVG files (headless; written atomically by :func:`save_f
 >>> import tempfile
 >>> import torch
 >>> with tempfile.TemporaryDirectory() as tmp:
-...     path = attention_patterns(torch.eye(3).expand(2, 3, 3), ["a", "b", "c"], Path(tmp) / "heads.svg")
+...     path = draw_patterns(torch.eye(3).expand(2, 3, 3), ["a", "b", "c"], Path(tmp) / "heads.svg")
 ...     text = path.read_text()
 >>> all(label in text for label in ("head 0", "head 1", "query", "key"))
 True
@@ -46,7 +46,7 @@ def heatmap(values: torch.Tensor, rows: Sequence[str], cols: Sequence[str], path
     return save_figure(figure, path, dpi=dpi, verb="draw a heat map to")
 
 
-def attention_patterns(patterns: torch.Tensor, tokens: Sequence[str], path: str | os.PathLike[str], *,
+def draw_patterns(patterns: torch.Tensor, tokens: Sequence[str], path: str | os.PathLike[str], *,
                        title: str = "", heads: Sequence[int] | None = None, dpi: float = 100) -> Path:
     """Each head's attention pattern (``heads x T x T``, queries down, keys across) as a grid of heat
     maps labelled with ``tokens``."""

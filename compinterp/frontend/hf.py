@@ -12,6 +12,7 @@ the token embedding stays one tensor. transformers is imported only to read a di
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from compinterp.errors import CompinterpError, ImportTraceError
+from compinterp.files import check_target
 from compinterp.frontend.families import FAMILIES, Family
 from compinterp.model import Model
 from compinterp.syntax import (
@@ -90,6 +92,26 @@ def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | N
     if example is not None:
         _check(imported, model, example, name)
     return imported
+
+
+def convert(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
+    """Import the ``save_pretrained`` directory ``source`` and save it as a compinterp model in ``out``;
+    returns what was written (JSON: paths, model type, parameter count, recognised fraction, boxes by kind)."""
+    check_target(out)
+    model = from_hf(source)
+    model.save(out)
+    kinds: dict[str, int] = {}
+    for box in model.boxes.values():
+        kinds[box.kind] = kinds.get(box.kind, 0) + 1
+    return {"source": str(source), "out": str(out), "model_type": _read_model_type(Path(source)),
+            "num_params": model.num_params(), "recognised": recognised_fraction(model), "ties": model.ties,
+            "boxes": kinds}
+
+
+def _read_model_type(path: Path) -> str | None:
+    """The ``model_type`` in a checkpoint directory's ``config.json``."""
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return config.get("model_type") if isinstance(config, dict) else None
 
 
 class _Walker:

@@ -22,6 +22,7 @@ from compinterp.data import as_source, placed, placement
 from compinterp.errors import InputError
 from compinterp.interventions.run import head_steps, run_edited
 from compinterp.semantics import Plan
+from compinterp.semantics.kernels import PATTERN
 
 HEADS_SUFFIX = ".heads"
 """``cache["attn1.heads"]``: an attention box's per-head outputs ``(..., T, H, d_head)``."""
@@ -88,6 +89,20 @@ def run_with_cache(model: Any, *xs: torch.Tensor, names: Iterable[str] | None = 
     out = {name: values[r] for name, r in wires.items()}
     out.update({name: heads[r] for name, r in head_values.items()})
     return Cache(out)
+
+
+def attention_patterns(model: Any, *xs: torch.Tensor, box: str) -> torch.Tensor:
+    """The attention patterns ``(..., heads, T, T)`` (queries down, keys across) of the attention box
+    labelled ``box`` on ``xs`` (its fixed heads as fixed)."""
+    plan = model.plan
+    steps = [t for t, label in enumerate(plan.labels) if label == box]
+    if not steps or plan.steps[steps[0]].box.kind not in PATTERN:
+        boxes = [label for label, step in zip(plan.labels, plan.steps) if step.box.kind in PATTERN]
+        raise InputError(f"no attention box labelled {box!r}; the model's are {', '.join(boxes) or 'none'}")
+    step = plan.steps[steps[0]]
+    with torch.no_grad():
+        _, values, _ = run_edited(plan, model.plan_params(), xs, keep={step.ins[0]}, outputs=False)
+        return PATTERN[step.box.kind](step.box)(model.plan_params()[step.key], values[step.ins[0]])
 
 
 def cache_batches(model: Any, data: Any, *, names: Iterable[str] | None = None, batch_size: int = 256,

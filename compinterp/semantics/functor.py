@@ -158,18 +158,21 @@ class Interpreter:
         regs = self.initial_env(xs, initial)
         given = initial or {}
         steps = self.plan.steps if until is None else self.plan.steps[:until]
+        run_step = self.run_step
         t, step = -1, None
         try:
             for t, step in enumerate(steps):
                 if given and all(r in given for r in step.outs):
                     outs = tuple(given[r] for r in step.outs)
                 else:
-                    outs = self.run_step(t, step, [regs[i] for i in step.ins])
+                    outs = run_step(t, step, [regs[i] for i in step.ins])
                     if type(outs) is not tuple or len(outs) != len(step.outs):
                         raise InputError(f"{self.side}box '{step.box.name}' ({describe(step.box)}): its kernel must "
                                          f"return a tuple of {len(step.outs)} tensor(s), got {type(outs).__name__}")
+                if given:
+                    outs = tuple(given.get(r, y) for r, y in zip(step.outs, outs))
                 for r, y in zip(step.outs, outs):
-                    regs[r] = given.get(r, y) if given else y
+                    regs[r] = y
                 for r in step.free:
                     regs[r] = None
         except CompinterpError:

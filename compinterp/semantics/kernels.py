@@ -155,28 +155,92 @@ def _window_mask(t: int, window: int, device: torch.device) -> torch.Tensor:
     return (behind >= 0) & (behind < window)
 
 
-def attention_heads(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor, *,
-                    kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
-                    scale: float | None = None, window: int | None = None) -> torch.Tensor:
-    """Each head's output before the output projection, ``(..., T, heads, head_dim)``:
-    ``softmax(scale q k^T) v`` per head over the sequence axis ``-2`` of ``x``, with ``kv_heads``
-    key/value heads each shared by ``heads / kv_heads`` consecutive query heads, rotary positions
-    on the first ``rotary_dim`` dimensions of queries and keys, and a sliding causal ``window``."""
+def fixed_pattern(spec: str | list[list[float]], t: int, causal: bool, device: torch.device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """The ``T x T`` pattern (queries down, keys across) of a named pattern or a given matrix's
+    top-left block.
+
+    >>> fixed_pattern("previous", 3, True, torch.device("cpu"), torch.float32)
+    tensor([[1., 0., 0.],
+            [1., 0., 0.],
+            [0., 1., 0.]])
+    """
+    if not isinstance(spec, str):
+        matrix = torch.tensor(spec, device=device, dtype=dtype)
+        if matrix.shape[0] < t:
+            raise ValueError(f"a fixed pattern of {matrix.shape[0]} positions is shorter than the sequence ({t})")
+        return matrix[:t, :t]
+    rows = torch.arange(t, device=device)
+    if spec == "previous":
+        return F.one_hot((rows - 1).clamp(min=0), t).to(dtype)
+    if spec == "first":
+        return F.one_hot(torch.zeros_like(rows), t).to(dtype)
+    if spec == "self":
+        return torch.eye(t, device=device, dtype=dtype)
+    seen = torch.ones(t, t, device=device, dtype=dtype)
+    seen = seen.tril() if causal else seen
+    return seen / seen.sum(-1, keepdim=True)
+
+
+def _projections(heads: int, bias: bool | str, p: Params, x: torch.Tensor, kv_heads: int | None, rotary_dim: int,
+                 rotary_base: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values ``(..., heads, T, head_dim)``, keys and values shared across each
+    group of query heads, rotary positions applied."""
     def split(w: str, projection: str, n: int) -> torch.Tensor:
         b = p["b" + projection] if _has(bias, projection) else None
         return F.linear(x, p[w], b).unflatten(-1, (n, -1)).transpose(-3, -2)
 
     kv = kv_heads or heads
     q, k, v = split("Wq", "q", heads), split("Wk", "k", kv), split("Wv", "v", kv)
-    if kv == heads and not rotary_dim and scale is None and window is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(-3, -2)
     if rotary_dim:
         q, k = rotary(q, rotary_dim, rotary_base), rotary(k, rotary_dim, rotary_base)
     if kv != heads:
         k, v = k.repeat_interleave(heads // kv, dim=-3), v.repeat_interleave(heads // kv, dim=-3)
+    return q, k, v
+
+
+def attention_pattern(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor, *,
+                      kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
+                      scale: float | None = None, window: int | None = None,
+                      patterns: dict[str, Any] | None = None) -> torch.Tensor:
+    """Each head's attention pattern ``softmax(scale q k^T)`` over the sequence axis ``-2`` of ``x``,
+    ``(..., heads, T, T)`` (queries down, keys across), fixed heads given by ``patterns``."""
+    q, k, _ = _projections(heads, bias, p, x, kv_heads, rotary_dim, rotary_base)
+    t = x.shape[-2]
+    scores = torch.einsum("... h q e, ... h k e -> ... h q k", q, k) * (scale or q.shape[-1] ** -0.5)
+    if window is not None:
+        scores = scores.masked_fill(~_window_mask(t, window, x.device), float("-inf"))
+    elif causal:
+        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+    weights = scores.softmax(-1)
+    if patterns:
+        fixed = torch.zeros(heads, dtype=torch.bool, device=x.device)
+        table = torch.zeros(heads, t, t, dtype=weights.dtype, device=x.device)
+        for head, spec in patterns.items():
+            fixed[int(head)] = True
+            table[int(head)] = fixed_pattern(spec, t, causal, x.device, weights.dtype)
+        weights = torch.where(fixed[:, None, None], table, weights)
+    return weights
+
+
+def attention_heads(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor, *,
+                    kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
+                    scale: float | None = None, window: int | None = None,
+                    patterns: dict[str, Any] | None = None) -> torch.Tensor:
+    """Each head's output before the output projection, ``(..., T, heads, head_dim)``:
+    ``softmax(scale q k^T) v`` per head over the sequence axis ``-2`` of ``x``, with ``kv_heads``
+    key/value heads each shared by ``heads / kv_heads`` consecutive query heads, rotary positions
+    on the first ``rotary_dim`` dimensions of queries and keys, a sliding causal ``window``, and
+    the heads named in ``patterns`` attending by their fixed pattern instead."""
+    if patterns:
+        weights = attention_pattern(heads, causal, bias, p, x, kv_heads=kv_heads, rotary_dim=rotary_dim,
+                                    rotary_base=rotary_base, scale=scale, window=window, patterns=patterns)
+        v = _projections(heads, bias, p, x, kv_heads, rotary_dim, rotary_base)[2]
+        return torch.einsum("... h q k, ... h k e -> ... q h e", weights, v)
+    q, k, v = _projections(heads, bias, p, x, kv_heads, rotary_dim, rotary_base)
     if window is not None and window < x.shape[-2]:
-        mask = _window_mask(x.shape[-2], window, x.device)
-        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(x.shape[-2], window, x.device),
+                                           scale=scale)
     else:
         z = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
     return z.transpose(-3, -2)
@@ -229,7 +293,8 @@ def _norm(box: Box) -> Kernel:
 def _attention(kernel: Callable[..., Any], box: Box) -> Callable[..., Any]:
     """``kernel`` (:func:`attention` or :func:`attention_heads`) bound to an Attention box's data."""
     data = box.data
-    settings = {key: data[key] for key in ("kv_heads", "rotary_dim", "rotary_base", "scale", "window") if key in data}
+    settings = {key: data[key] for key in ("kv_heads", "rotary_dim", "rotary_base", "scale", "window", "patterns")
+                if key in data}
     return partial(kernel, data["heads"], data["causal"], data["bias"], **settings)
 
 
@@ -252,6 +317,11 @@ RULES: dict[str, Callable[[Box], Kernel]] = {
 
 
 HeadKernels = tuple[Callable[[Params, torch.Tensor], torch.Tensor], Callable[[Params, torch.Tensor], torch.Tensor]]
+
+PATTERN: dict[str, Callable[[Box], Callable[[Params, torch.Tensor], torch.Tensor]]] = {
+    "Attention": partial(_attention, attention_pattern),
+}
+"""For each kind with heads, the rule giving a box's attention patterns ``(..., H, T, T)`` on its input."""
 
 HEADS: dict[str, Callable[[Box], HeadKernels]] = {
     "Attention": lambda box: (_attention(attention_heads, box), partial(attention_out, box.data["bias"])),

@@ -33,6 +33,10 @@ ELEMENTWISE = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh
 
 NORMS = ("rms", "layer")
 
+PATTERNS = ("previous", "first", "self", "uniform")
+"""Attention patterns a head may be fixed to by name: each query attends to the previous position
+(position 0 to itself), to the first position, to itself, or evenly to every key it sees."""
+
 
 def _check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
@@ -314,7 +318,10 @@ class Attention(Kind):
     ``rotary_dim`` dimensions of each query and key head (0: none) with base ``rotary_base``,
     the logits' ``scale`` (default ``1/sqrt(head_dim)``), a sliding ``window`` of keys (default
     all), and ``bias``: ``True`` for all four projections, or the letters of those that have
-    one (``"qkv"``). Settings left at their defaults are not written into ``data``.
+    one (``"qkv"``). ``patterns`` fixes heads' attention patterns (a hypothesis about them):
+    ``{head: name}`` with a name of :data:`PATTERNS`, or ``{head: T x T matrix}`` (lists; a
+    shorter sequence reads its top-left block). Settings left at their defaults are not written
+    into ``data``.
 
     >>> a = Attention("attn", Space("resid", 8), heads=4, kv_heads=2, rotary_dim=2, bias="qkv")
     >>> a.data
@@ -329,7 +336,7 @@ class Attention(Kind):
     def __init__(self, name: str, space: Space, heads: int, head_dim: int | None = None,
                  causal: bool = True, bias: bool | str = False, kv_heads: int | None = None,
                  rotary_dim: int = 0, rotary_base: float = 10000.0, scale: float | None = None,
-                 window: int | None = None) -> None:
+                 window: int | None = None, patterns: dict[int | str, str | list[list[float]]] | None = None) -> None:
         _check_name(self.kind, name)
         d = _one_wire(self.kind, name, "space", space).dim
         _positive(self.kind, name, "heads", heads)
@@ -360,6 +367,8 @@ class Attention(Kind):
             if not causal:
                 raise BoxError(f"Attention box '{name}': a sliding window needs causal=True")
             data["window"] = _positive(self.kind, name, "window", window)
+        if patterns:
+            data["patterns"] = _patterns(name, patterns, heads)
         super().__init__(name, space, space, data)
 
     @classmethod
@@ -377,6 +386,25 @@ class Attention(Kind):
         shapes = {"Wq": (inner, d), "Wk": (kv, d), "Wv": (kv, d), "Wo": (d, inner)}
         sizes = {"q": inner, "k": kv, "v": kv, "o": d}
         return shapes | {f"b{p}": (sizes[p],) for p in self.biases()}
+
+
+def _patterns(name: str, patterns: Any, heads: int) -> dict[str, str | list[list[float]]]:
+    """Fixed head patterns as an Attention box stores them: head indices as strings, checked."""
+    if not isinstance(patterns, dict):
+        raise BoxError(f"Attention box '{name}': patterns must be a mapping {{head: pattern}}, got {patterns!r}")
+    out: dict[str, str | list[list[float]]] = {}
+    for head, spec in patterns.items():
+        index = int(head) if isinstance(head, str) and head.isdigit() else head
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < heads:
+            raise BoxError(f"Attention box '{name}': patterns name head {head!r}, but the heads are 0 to {heads - 1}")
+        square = isinstance(spec, list) and spec and all(
+            isinstance(row, list) and len(row) == len(spec)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row) for row in spec)
+        if spec not in PATTERNS and not square:
+            raise BoxError(f"Attention box '{name}': head {index}'s pattern must be one of {', '.join(PATTERNS)} "
+                           f"or a square matrix (a list of rows), got {spec!r:.80}")
+        out[str(index)] = spec if isinstance(spec, str) else [[float(v) for v in row] for row in spec]
+    return dict(sorted(out.items(), key=lambda item: int(item[0])))
 
 
 def _attention_bias(name: str, bias: Any) -> bool | str:

@@ -1,0 +1,96 @@
+"""Hypotheses about heads and subspaces, as interpretations built without touching the diagram.
+
+* :func:`heads_follow`: "head ``h`` of box ``B`` follows this attention pattern" (previous token,
+  first token, itself, uniform, or a given matrix): ``S(B)`` is ``B`` with those heads' patterns
+  fixed, the same weights otherwise.
+* :func:`only_through`: "box ``f``'s output matters only through the subspace ``span(Q)``":
+  ``S(f) = f >> keep``, ``keep(x) = Q^T Q x + (I - Q^T Q) m``, the complement held at its mean
+  ``m`` over data (zero without data).
+
+Both are ordinary interpretations: :func:`compinterp.check` measures them per box and end to end.
+
+>>> import torch
+>>> import compinterp as ci
+>>> x = ci.Space("x", 3)
+>>> model = ci.Model(ci.Linear("f", x, x) >> ci.Linear("g", x, ci.Space("y", 1)), seed=0)
+>>> interp = only_through(model, {"f": torch.eye(3)})     # the whole space: nothing is dropped
+>>> ci.check(model, interp, torch.randn(100, 3), progress=False).end_to_end.faithfulness
+1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from compinterp.errors import BoxError
+from compinterp.interpretation.interpretation import Interpretation
+from compinterp.interventions import cache_batches
+from compinterp.model import Model
+from compinterp.syntax import Diagram, Linear
+
+
+def heads_follow(model: Model, patterns: Mapping[str, Mapping[int, str | list[list[float]]]]) -> Interpretation:
+    """The interpretation in which the named heads follow fixed attention patterns:
+    ``{"attn0": {1: "previous"}}`` (names in :data:`compinterp.syntax.PATTERNS`, or matrices)."""
+    boxes = model.boxes
+    images: dict[str, Diagram] = {}
+    params: dict[str, dict[str, torch.Tensor]] = {}
+    for name, heads in patterns.items():
+        box = boxes.get(name)
+        if box is None or not box.has_heads:
+            attention = [n for n, b in boxes.items() if b.has_heads]
+            raise BoxError(f"heads_follow: no attention box named {name!r}; the model's are "
+                           f"{', '.join(attention) or 'none'}")
+        data = dict(box.data)
+        data["patterns"] = {**data.get("patterns", {}), **{str(h): p for h, p in dict(heads).items()}}
+        image = type(box).from_json(f"{name}_fixed", box.dom, box.cod, data)
+        images[name] = image
+        params[image.name] = {k: v.detach() for k, v in model.box_params(name).items()}
+    return Interpretation(model, boxes=images, params=params, rules=model.rules)
+
+
+def only_through(model: Model, subspaces: Mapping[str, torch.Tensor], *, data: Any = None,
+                 batch_size: int = 256) -> Interpretation:
+    """The interpretation in which each named box's output matters only through a subspace
+    (``{box: Q}``, ``Q : k x d`` with orthonormal rows); the rest of the output is held at its
+    mean over ``data`` (over examples and positions), or at zero without data."""
+    boxes = model.boxes
+    images: dict[str, Diagram] = {}
+    params: dict[str, dict[str, torch.Tensor]] = {}
+    for name, Q in subspaces.items():
+        box = boxes.get(name)
+        if box is None or len(box.cod) != 1:
+            raise BoxError(f"only_through: {name!r} is not a box with one output wire; boxes: {', '.join(boxes)}")
+        d = box.cod.dim
+        if not isinstance(Q, torch.Tensor) or Q.dim() != 2 or Q.shape[1] != d:
+            shape = tuple(Q.shape) if isinstance(Q, torch.Tensor) else type(Q).__name__
+            raise BoxError(f"only_through: the subspace of box '{name}' must be k x {d} (its output is "
+                           f"{box.cod}), got {shape}")
+        if not torch.allclose(Q @ Q.T, torch.eye(len(Q), dtype=Q.dtype), atol=1e-4):
+            raise BoxError(f"only_through: the subspace of box '{name}' has rows that are not orthonormal")
+        Q = Q.detach().to(torch.float64)
+        P = Q.T @ Q
+        mean = _mean(model, name, data, batch_size) if data is not None else torch.zeros(d, dtype=torch.float64)
+        keep = Linear(f"{name}_keep", box.cod, box.cod, bias=True)
+        images[name] = box >> keep
+        dtype = next(iter(model.box_params(name).values())).dtype if name in model.params else torch.float32
+        params[keep.name] = {"W": P.to(dtype), "b": ((torch.eye(d, dtype=torch.float64) - P) @ mean).to(dtype)}
+    return Interpretation(model, boxes=images, params=params, rules=model.rules)
+
+
+def _mean(model: Model, name: str, data: Any, batch_size: int) -> torch.Tensor:
+    """The mean of box ``name``'s output over ``data``, every use, example and position."""
+    labels = [label for label in model.plan.labels if label == name or label.startswith(f"{name}#")]
+    total, count = None, 0
+    for cache in cache_batches(model, data, names=labels, batch_size=batch_size):
+        for label in labels:
+            value = cache[label].detach().to(torch.float64)
+            flat = value.reshape(-1, value.shape[-1])
+            total = flat.sum(0) if total is None else total + flat.sum(0)
+            count += flat.shape[0]
+    if total is None:
+        raise BoxError(f"only_through: the data held no samples to take box '{name}''s mean on")
+    return total / count
