@@ -1,10 +1,11 @@
 """Transformer families as table rows: where each piece of a HuggingFace model is, and its conventions.
 
-A :class:`Family` names the modules of one decoder block and of the model around it (paths
+A :class:`Family` names the modules of one block and of the model around it (paths
 relative to the model's ``base_model``, or to a block for the block's own parts) and says
 how to read them: norm kind and the attribute holding its eps, fused or separate q/k/v
 projections, gated or plain MLP, ``Conv1D`` weights stored transposed, rotary or learned
-positions, parallel or sequential residual, and where a sliding window is set. Everything a
+positions, parallel or sequential residual, norms before or after the residual sum, where a
+sliding window is set, and for encoders token types, a padding mask and a prediction head. Everything a
 module or the config states itself (sizes, heads, kv heads, head dim, biases, the attention
 scale, causality, tied embeddings) is read from there, not written in the row.
 :data:`FAMILIES` registers rows by the config's ``model_type``; adding a family of the same
@@ -22,7 +23,7 @@ from types import MappingProxyType
 
 @dataclass(frozen=True)
 class Family:
-    """One architecture family of decoder-only transformers (see the module docstring)."""
+    """One architecture family of transformers (see the module docstring)."""
 
     layers: str
     """The ``ModuleList`` of blocks, from the base model."""
@@ -33,9 +34,9 @@ class Family:
     attn: str
     """In a block: the attention module."""
     qkv: tuple[str, ...]
-    """In the attention module: ``(q, k, v)`` projections, or one fused projection."""
+    """In a block: ``(q, k, v)`` projections, or one fused projection."""
     out: str
-    """In the attention module: the output projection."""
+    """In a block: the attention's output projection."""
     mlp_norm: str
     """In a block: the norm before the MLP."""
     mlp_in: tuple[str, ...]
@@ -60,6 +61,17 @@ class Family:
     window: str = ""
     """Where a sliding window is set: ``"config"`` (``config.sliding_window``), ``"module"`` (the
     attention module's ``sliding_window``), ``""``: nowhere."""
+    post_norm: bool = False
+    """Whether each norm comes after its residual sum (BERT) rather than before the block reads it."""
+    embed_norm: str = ""
+    """A norm after the embeddings, from the base model."""
+    token_types: str = ""
+    """A token-type (segment) embedding, from the base model: a second input wire of type ids."""
+    head: tuple[str, ...] = ()
+    """From the model itself: a dense projection and a norm between the last block and the readout
+    (``dense >> act >> norm``, BERT's masked-LM head)."""
+    padded: bool = False
+    """Whether attention reads a padding mask: a third input wire ``keep:1``, 1.0 for tokens, 0.0 for padding."""
 
     @property
     def mlp(self) -> str:
@@ -68,20 +80,26 @@ class Family:
 
 
 _LLAMA = Family(layers="layers", final_norm="norm", attn_norm="input_layernorm", attn="self_attn",
-                qkv=("q_proj", "k_proj", "v_proj"), out="o_proj", mlp_norm="post_attention_layernorm",
-                mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj")
+                qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), out="self_attn.o_proj",
+                mlp_norm="post_attention_layernorm", mlp_in=("mlp.gate_proj", "mlp.up_proj"), mlp_out="mlp.down_proj")
 
 FAMILIES: MappingProxyType[str, Family] = MappingProxyType({
-    "gpt2": Family(layers="h", final_norm="ln_f", attn_norm="ln_1", attn="attn", qkv=("c_attn",), out="c_proj",
-                   mlp_norm="ln_2", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj", norm="layer", eps="eps",
+    "gpt2": Family(layers="h", final_norm="ln_f", attn_norm="ln_1", attn="attn", qkv=("attn.c_attn",),
+                   out="attn.c_proj", mlp_norm="ln_2", mlp_in=("mlp.c_fc",), mlp_out="mlp.c_proj", norm="layer", eps="eps",
                    act="activation_function", fused="blocks", conv1d=True, positions="wpe"),
     "llama": _LLAMA,
     "mistral": replace(_LLAMA, window="config"),
     "qwen2": replace(_LLAMA, window="module"),
     "gpt_neox": Family(layers="layers", final_norm="final_layer_norm", attn_norm="input_layernorm",
-                       attn="attention", qkv=("query_key_value",), out="dense",
+                       attn="attention", qkv=("attention.query_key_value",), out="attention.dense",
                        mlp_norm="post_attention_layernorm", mlp_in=("mlp.dense_h_to_4h",),
                        mlp_out="mlp.dense_4h_to_h", norm="layer", eps="eps", fused="per_head",
                        parallel="use_parallel_residual"),
+    "bert": Family(layers="encoder.layer", final_norm="", attn_norm="attention.output.LayerNorm",
+                   attn="attention.self", qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
+                   out="attention.output.dense", mlp_norm="output.LayerNorm", mlp_in=("intermediate.dense",),
+                   mlp_out="output.dense", norm="layer", eps="eps", positions="embeddings.position_embeddings",
+                   post_norm=True, embed_norm="embeddings.LayerNorm", token_types="embeddings.token_type_embeddings",
+                   head=("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"), padded=True),
 })
 """The families :func:`~compinterp.frontend.hf.from_hf` reads, by the HF config's ``model_type``."""

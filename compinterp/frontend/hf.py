@@ -27,6 +27,7 @@ from compinterp.files import check_target
 from compinterp.frontend.families import FAMILIES, Family
 from compinterp.model import Model
 from compinterp.syntax import (
+    KEEP,
     Add,
     Attention,
     Copy,
@@ -39,6 +40,7 @@ from compinterp.syntax import (
     Norm,
     PosEmbed,
     Space,
+    Swap,
     Unembed,
     chain,
     residual,
@@ -129,19 +131,40 @@ class _Walker:
         vocab, width = embed.weight.shape
         resid = Space("resid", width)
         self.params["embed"] = {"W": embed.weight}
-        parts: list[Diagram] = [Embed("embed", Space("tokens", vocab), resid)]
+        first: Diagram = Embed("embed", Space("tokens", vocab), resid)
+        if family.token_types:
+            types = self.find(self.base, family.token_types).weight
+            self.params["token_type"] = {"W": types}
+            first = first @ Embed("token_type", Space("token_types", types.shape[0]), resid) >> Add(resid)
+        parts = [self.beside(first)]
         if family.positions:
             table = self.find(self.base, family.positions).weight
             self.params["pos"] = {"W": table}
-            parts.append(PosEmbed("pos", resid, positions=table.shape[0]))
+            parts.append(self.beside(PosEmbed("pos", resid, positions=table.shape[0])))
+        if family.embed_norm:
+            parts.append(self.beside(self.norm("ln_embed", resid, self.find(self.base, family.embed_norm))))
         parallel = bool(family.parallel and getattr(config, family.parallel, False))
+        if parallel and (family.padded or family.post_norm):
+            raise ImportTraceError(f"from_hf: {type(self.model).__name__}'s row asks for a parallel residual with "
+                                   "a padding mask or norms after the sum, which the walker does not build")
         for i, block in enumerate(self.find(self.base, family.layers)):
-            attn = self.norm(f"ln_attn{i}", resid, self.find(block, family.attn_norm)) \
-                >> self.attention(f"attn{i}", resid, self.find(block, family.attn))
-            mlp = self.norm(f"ln_mlp{i}", resid, self.find(block, family.mlp_norm)) >> self.mlp(i, resid, block)
-            parts += [Copy(resid, 3) >> attn @ mlp @ Id(resid) >> Add(resid, 3)] if parallel \
-                else [residual(attn), residual(mlp)]
-        parts.append(self.norm("ln_final", resid, self.find(self.base, family.final_norm)))
+            attn_norm = self.norm(f"ln_attn{i}", resid, self.find(block, family.attn_norm))
+            attn = self.attention(f"attn{i}", resid, block)
+            mlp_norm = self.norm(f"ln_mlp{i}", resid, self.find(block, family.mlp_norm))
+            mlp = self.mlp(i, resid, block)
+            if parallel:
+                parts.append(Copy(resid, 3) >> (attn_norm >> attn) @ (mlp_norm >> mlp) @ Id(resid) >> Add(resid, 3))
+            elif family.post_norm:
+                parts += [self.residual(attn), self.beside(attn_norm), self.beside(residual(mlp)),
+                          self.beside(mlp_norm)]
+            else:
+                parts += [self.residual(self.beside(attn_norm) >> attn), self.beside(residual(mlp_norm >> mlp))]
+        if family.padded:
+            parts.append(Id(resid) @ Copy(KEEP, 0))
+        if family.final_norm:
+            parts.append(self.norm("ln_final", resid, self.find(self.base, family.final_norm)))
+        if family.head:
+            parts.append(self.head(resid))
         ties: dict[str, str] = {}
         head = self.model.get_output_embeddings()
         if head is not None:
@@ -153,6 +176,27 @@ class _Walker:
             else:
                 self.params["unembed"]["W"] = head.weight
         return chain(*parts), self.params, ties
+
+    def beside(self, diagram: Diagram) -> Diagram:
+        """``diagram`` with the padding wire passed alongside, when the family has one."""
+        return diagram @ Id(KEEP) if self.family.padded else diagram
+
+    def residual(self, block: Diagram) -> Diagram:
+        """The residual stream around an attention block, which also reads the padding wire when there is one."""
+        if not self.family.padded:
+            return residual(block)
+        resid = block.cod
+        return chain(Copy(resid) @ Copy(KEEP), Id(resid) @ Swap(resid, KEEP) @ Id(KEEP),
+                     block @ Id(resid) @ Id(KEEP), Add(resid) @ Id(KEEP))
+
+    def head(self, resid: Space) -> Diagram:
+        """The prediction head between the last block and the readout: ``dense >> act >> norm``."""
+        dense, norm = self.family.head
+        weight, bias = self.projection(self.model, dense)
+        self.params["head"] = {"W": weight} | ({"b": bias} if bias is not None else {})
+        return Linear("head", resid, resid, bias=bias is not None) >> Elementwise(self.activation(), resid,
+                                                                                  name="head_act") \
+            >> self.norm("ln_head", resid, self.find(self.model, norm))
 
     def find(self, root: nn.Module, path: str) -> Any:
         """The submodule at ``path`` (dots) under ``root``; an error naming the path and the row if absent."""
@@ -186,17 +230,18 @@ class _Walker:
             self.params[name] = values
         return box
 
-    def attention(self, name: str, resid: Space, module: nn.Module) -> Attention:
-        """An attention module as one ``Attention`` box: heads, kv heads, rotary, scale, window, biases."""
+    def attention(self, name: str, resid: Space, block: nn.Module) -> Attention:
+        """A block's attention as one ``Attention`` box: heads, kv heads, rotary, scale, window, biases."""
         config, family = self.config, self.family
+        module = self.find(block, family.attn)
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or resid.dim // heads
         if len(family.qkv) == 1:
-            q, k, v = _split_fused(self.projection(module, family.qkv[0]), family.fused, heads, kv_heads, head_dim)
+            q, k, v = _split_fused(self.projection(block, family.qkv[0]), family.fused, heads, kv_heads, head_dim)
         else:
-            q, k, v = (self.projection(module, path) for path in family.qkv)
-        o = self.projection(module, family.out)
+            q, k, v = (self.projection(block, path) for path in family.qkv)
+        o = self.projection(block, family.out)
         projections = dict(zip("qkvo", (q, k, v, o)))
         scaling = getattr(module, "scaling", None)
         scale = None if scaling is None or math.isclose(scaling, head_dim ** -0.5, rel_tol=1e-12) else float(scaling)
@@ -205,7 +250,7 @@ class _Walker:
                   "module": getattr(module, "sliding_window", None)}.get(family.window)
         box = Attention(name, resid, heads, head_dim=head_dim, causal=bool(getattr(module, "is_causal", True)),
                         bias="".join(p for p, (_, b) in projections.items() if b is not None), kv_heads=kv_heads,
-                        rotary_dim=rotary_dim, rotary_base=base, scale=scale, window=window)
+                        rotary_dim=rotary_dim, rotary_base=base, scale=scale, window=window, padded=family.padded)
         self.params[name] = {f"W{p}": w for p, (w, _) in projections.items()} \
             | {f"b{p}": b for p, (_, b) in projections.items() if b is not None}
         return box
@@ -223,13 +268,18 @@ class _Walker:
         factor = rope.get("partial_rotary_factor", getattr(self.config, "partial_rotary_factor", None) or 1.0)
         return int(head_dim * factor), float(base)
 
+    def activation(self) -> str:
+        """The MLP's activation, by our name, from the config attribute the row names."""
+        name = getattr(self.config, self.family.act, None)
+        act = ACTIVATIONS.get(name) if isinstance(name, str) else None
+        if act is None:
+            raise ImportTraceError(f"from_hf: {type(self.model).__name__}'s activation {name!r} "
+                                   f"(config.{self.family.act}) is not one of {', '.join(ACTIVATIONS)}")
+        return act
+
     def mlp(self, i: int, resid: Space, block: nn.Module) -> Diagram:
         """The MLP of block ``i``: one ``Gated`` box, or ``Linear >> Elementwise >> Linear``."""
-        act_name = getattr(self.config, self.family.act, None)
-        act = ACTIVATIONS.get(act_name) if isinstance(act_name, str) else None
-        if act is None:
-            raise ImportTraceError(f"from_hf: {type(self.model).__name__}'s activation {act_name!r} "
-                                   f"(config.{self.family.act}) is not one of {', '.join(ACTIVATIONS)}")
+        act = self.activation()
         ins = [self.projection(block, path) for path in self.family.mlp_in]
         down, down_bias = self.projection(block, self.family.mlp_out)
         biased = {b is not None for _, b in ins} | {down_bias is not None}
@@ -280,7 +330,8 @@ def _split_fused(qkv: Projection, layout: str, heads: int, kv_heads: int, head_d
 
 
 def _load(path: Path) -> nn.Module:
-    """The causal LM saved with ``save_pretrained`` in directory ``path``, in eval mode, from local files only."""
+    """The model saved with ``save_pretrained`` in directory ``path`` (the class its config names, else a
+    causal LM), in eval mode, from local files only."""
     if not (path / "config.json").is_file():
         raise ImportTraceError(f"from_hf: {path} is not a save_pretrained directory (no config.json)")
     try:
@@ -289,11 +340,28 @@ def _load(path: Path) -> nn.Module:
         raise ImportTraceError(f"from_hf: reading {path} needs transformers: pip install 'compinterp[hf]'") from None
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True)
+        named = (getattr(config, "architectures", None) or [""])[0]
+        cls = getattr(transformers, named, None) or transformers.AutoModelForCausalLM
+        model = cls.from_pretrained(path, config=config, local_files_only=True)
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ImportTraceError(f"from_hf: transformers cannot read {path}: {first}") from None
     return model.eval()
+
+
+def hf_inputs(model: Model, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """The inputs of a model imported by :func:`from_hf`, from HF's arguments: the token ids, then
+    the token types (zeros if not given) and the padding mask as the ``keep:1`` wire (ones if not
+    given) where its diagram reads them."""
+    wires = [wire.name for wire in model.dom.wires]
+    out = [input_ids]
+    if "token_types" in wires:
+        out.append(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
+    if KEEP.inside[0].name in wires:
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out.append(mask[..., None].to(model.box_params("embed")["W"].dtype))
+    return tuple(out)
 
 
 def _check(imported: Model, model: nn.Module, ids: torch.Tensor, name: str) -> None:
@@ -301,7 +369,7 @@ def _check(imported: Model, model: nn.Module, ids: torch.Tensor, name: str) -> N
     with torch.no_grad():
         out = model(input_ids=ids)
         reference = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
-        got = imported(ids)
+        got = imported(*hf_inputs(imported, ids))
     if got.shape != reference.shape:
         raise ImportTraceError(f"from_hf: the import of {name} gives shape {tuple(got.shape)} on the example, "
                                f"the model {tuple(reference.shape)}")

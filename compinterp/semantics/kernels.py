@@ -199,8 +199,13 @@ def _projections(heads: int, bias: bool | str, p: Params, x: torch.Tensor, kv_he
     return q, k, v
 
 
-def attention_pattern(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor, *,
-                      kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
+def _keys(keep: torch.Tensor) -> torch.Tensor:
+    """A padded Attention box's ``keep`` wire ``(..., T, 1)`` as the keys each query may see, ``(..., 1, 1, T)``."""
+    return (keep[..., 0] > 0)[..., None, None, :]
+
+
+def attention_pattern(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor,
+                      keep: torch.Tensor | None = None, *, kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
                       scale: float | None = None, window: int | None = None,
                       patterns: dict[str, Any] | None = None) -> torch.Tensor:
     """Each head's attention pattern ``softmax(scale q k^T)`` over the sequence axis ``-2`` of ``x``,
@@ -212,6 +217,8 @@ def attention_pattern(heads: int, causal: bool, bias: bool | str, p: Params, x: 
         scores = scores.masked_fill(~_window_mask(t, window, x.device), float("-inf"))
     elif causal:
         scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+    if keep is not None:
+        scores = scores.masked_fill(~_keys(keep), float("-inf"))
     weights = scores.softmax(-1)
     if patterns:
         fixed = torch.zeros(heads, dtype=torch.bool, device=x.device)
@@ -223,22 +230,31 @@ def attention_pattern(heads: int, causal: bool, bias: bool | str, p: Params, x: 
     return weights
 
 
-def attention_heads(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor, *,
-                    kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
+def attention_heads(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor,
+                    keep: torch.Tensor | None = None, *, kv_heads: int | None = None, rotary_dim: int = 0, rotary_base: float = 10000.0,
                     scale: float | None = None, window: int | None = None,
                     patterns: dict[str, Any] | None = None) -> torch.Tensor:
     """Each head's output before the output projection, ``(..., T, heads, head_dim)``:
     ``softmax(scale q k^T) v`` per head over the sequence axis ``-2`` of ``x``, with ``kv_heads``
     key/value heads each shared by ``heads / kv_heads`` consecutive query heads, rotary positions
-    on the first ``rotary_dim`` dimensions of queries and keys, a sliding causal ``window``, and
-    the heads named in ``patterns`` attending by their fixed pattern instead."""
+    on the first ``rotary_dim`` dimensions of queries and keys, a sliding causal ``window``, no
+    key where ``keep`` (a padded box's second wire) is 0, and the heads named in ``patterns``
+    attending by their fixed pattern instead."""
     if patterns:
-        weights = attention_pattern(heads, causal, bias, p, x, kv_heads=kv_heads, rotary_dim=rotary_dim,
+        weights = attention_pattern(heads, causal, bias, p, x, keep, kv_heads=kv_heads, rotary_dim=rotary_dim,
                                     rotary_base=rotary_base, scale=scale, window=window, patterns=patterns)
         v = _projections(heads, bias, p, x, kv_heads, rotary_dim, rotary_base)[2]
         return torch.einsum("... h q k, ... h k e -> ... q h e", weights, v)
     q, k, v = _projections(heads, bias, p, x, kv_heads, rotary_dim, rotary_base)
-    if window is not None and window < x.shape[-2]:
+    if keep is not None:
+        t = x.shape[-2]
+        seen = _keys(keep)
+        if window is not None:
+            seen = seen & _window_mask(t, window, x.device)
+        elif causal:
+            seen = seen & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=seen, scale=scale)
+    elif window is not None and window < x.shape[-2]:
         z = F.scaled_dot_product_attention(q, k, v, attn_mask=_window_mask(x.shape[-2], window, x.device),
                                            scale=scale)
     else:
@@ -252,10 +268,10 @@ def attention_out(bias: bool | str, p: Params, z: torch.Tensor) -> torch.Tensor:
 
 
 def attention(heads: int, causal: bool, bias: bool | str, p: Params, x: torch.Tensor,
-              **settings: Any) -> tuple[torch.Tensor]:
+              keep: torch.Tensor | None = None, **settings: Any) -> tuple[torch.Tensor]:
     """Multi-head softmax self-attention over axis ``-2``: ``Wo softmax(q k^T / sqrt(dh)) v``
-    (``settings`` as for :func:`attention_heads`)."""
-    return (attention_out(bias, p, attention_heads(heads, causal, bias, p, x, **settings)),)
+    (``keep`` and ``settings`` as for :func:`attention_heads`)."""
+    return (attention_out(bias, p, attention_heads(heads, causal, bias, p, x, keep, **settings)),)
 
 
 def pos_embed(p: Params, x: torch.Tensor) -> tuple[torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from compinterp.syntax.boxes import (
     ELEMENTWISE,
+    KEEP,
     PATTERNS,
     KINDS,
     Add,
@@ -29,7 +30,7 @@ from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
 from compinterp.syntax.spaces import Space, Wire
 
 __all__ = [
-    "ELEMENTWISE", "KINDS", "PATTERNS", "Add", "Attention", "Bilinear", "Box", "Copy", "Diagram", "Elementwise",
+    "ELEMENTWISE", "KEEP", "KINDS", "PATTERNS", "Add", "Attention", "Bilinear", "Box", "Copy", "Diagram", "Elementwise",
     "Embed", "Gated", "Id", "Kind", "Linear", "Mul", "Norm", "Opaque", "PosEmbed", "Space", "Swap", "TopK", "Unembed",
     "Wire", "box_from_json", "box_to_json", "chain", "describe", "residual",
     "diagram_from_json", "diagram_to_json",

@@ -310,6 +310,10 @@ class Mul(_Merge):
     least = 1
 
 
+KEEP = Space("keep", 1)
+"""The padding-mask wire of a padded :class:`Attention` box: ``(..., T, 1)``, 1.0 for a token, 0.0 for padding."""
+
+
 class Attention(Kind):
     """Multi-head softmax self-attention over the sequence axis (``-2``) of ``space``.
 
@@ -320,8 +324,9 @@ class Attention(Kind):
     all), and ``bias``: ``True`` for all four projections, or the letters of those that have
     one (``"qkv"``). ``patterns`` fixes heads' attention patterns (a hypothesis about them):
     ``{head: name}`` with a name of :data:`PATTERNS`, or ``{head: T x T matrix}`` (lists; a
-    shorter sequence reads its top-left block). Settings left at their defaults are not written
-    into ``data``.
+    shorter sequence reads its top-left block). ``padded=True`` adds a second input wire,
+    :data:`KEEP` (``(..., T, 1)``: 1 for a token, 0 for padding), and no query attends to a
+    padding key. Settings left at their defaults are not written into ``data``.
 
     >>> a = Attention("attn", Space("resid", 8), heads=4, kv_heads=2, rotary_dim=2, bias="qkv")
     >>> a.data
@@ -336,7 +341,8 @@ class Attention(Kind):
     def __init__(self, name: str, space: Space, heads: int, head_dim: int | None = None,
                  causal: bool = True, bias: bool | str = False, kv_heads: int | None = None,
                  rotary_dim: int = 0, rotary_base: float = 10000.0, scale: float | None = None,
-                 window: int | None = None, patterns: dict[int | str, str | list[list[float]]] | None = None) -> None:
+                 window: int | None = None, patterns: dict[int | str, str | list[list[float]]] | None = None,
+                 padded: bool = False) -> None:
         _check_name(self.kind, name)
         d = _one_wire(self.kind, name, "space", space).dim
         _positive(self.kind, name, "heads", heads)
@@ -369,11 +375,13 @@ class Attention(Kind):
             data["window"] = _positive(self.kind, name, "window", window)
         if patterns:
             data["patterns"] = _patterns(name, patterns, heads)
-        super().__init__(name, space, space, data)
+        if padded:
+            data["padded"] = True
+        super().__init__(name, space @ KEEP if padded else space, space, data)
 
     @classmethod
     def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
-        return cls(name, dom, **data)
+        return cls(name, cod, **data)
 
     def biases(self) -> str:
         """The letters of the projections (``q``, ``k``, ``v``, ``o``) that have a bias."""
@@ -381,7 +389,7 @@ class Attention(Kind):
         return ("qkvo" if bias else "") if isinstance(bias, bool) else bias
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        d, dh = self.dom.dim, self.data["head_dim"]
+        d, dh = self.cod.dim, self.data["head_dim"]
         inner, kv = self.data["heads"] * dh, self.data.get("kv_heads", self.data["heads"]) * dh
         shapes = {"Wq": (inner, d), "Wk": (kv, d), "Wv": (kv, d), "Wo": (d, inner)}
         sizes = {"q": inner, "k": kv, "v": kv, "o": d}
