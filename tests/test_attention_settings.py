@@ -3,6 +3,7 @@ learned positions, and tied parameters: against a by-hand reference, through fil
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,14 +14,26 @@ from support import assert_error
 
 import compinterp as ci
 from compinterp.errors import BoxError, InputError, ParameterError
-from compinterp.semantics.kernels import HEADS, RULES
 from compinterp.frontend.hf import recognised_fraction
-from compinterp.syntax import Attention, Embed, Linear, Opaque, PosEmbed, Space, Unembed, chain
+from compinterp.semantics.kernels import HEADS, RULES
+from compinterp.syntax import (
+    KEEP,
+    Attention,
+    Embed,
+    Linear,
+    Opaque,
+    PosEmbed,
+    Space,
+    Unembed,
+    box_from_json,
+    box_to_json,
+    chain,
+)
 
 R = Space("resid", 12)
 
 
-def by_hand(box: Attention, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def by_hand(box: Attention, p: dict[str, torch.Tensor], x: torch.Tensor, *keep: torch.Tensor) -> torch.Tensor:
     """Attention written out: per-head loops over explicit rotations, shared kv heads and masks."""
     data = box.data
     heads, dh = data["heads"], data["head_dim"]
@@ -50,6 +63,9 @@ def by_hand(box: Attention, p: dict[str, torch.Tensor], x: torch.Tensor) -> torc
             for s in range(T):
                 if data["causal"] and not 0 <= t - s < window:
                     logits[:, t, s] = -math.inf
+                for row in range(x.shape[0]):
+                    if keep and keep[0][row, s, 0] == 0:
+                        logits[row, t, s] = -math.inf
         z[:, :, h] = torch.einsum("b t s, b s e -> b t e", logits.softmax(-1), v[:, :, h // group])
     return torch.einsum("b t i, d i -> b t d", z.flatten(-2), p["Wo"]) + (p["bo"] if "bo" in p else 0)
 
@@ -63,6 +79,9 @@ BOXES = [
     Attention("rope", R, heads=2, rotary_dim=6, rotary_base=100.0),
     Attention("partial", R, heads=2, kv_heads=1, rotary_dim=2, scale=0.05, bias="o"),
     Attention("window", R, heads=4, head_dim=5, kv_heads=2, rotary_dim=4, window=3, bias=True),
+    Attention("padded", R, heads=3, causal=False, bias=True, padded=True),
+    Attention("padded_causal", R, heads=4, kv_heads=2, rotary_dim=2, padded=True),
+    Attention("padded_window", R, heads=2, window=4, padded=True),
 ]
 
 
@@ -71,10 +90,13 @@ def test_attention_kernel_and_its_head_halves_match_by_hand(box: Attention) -> N
     g = torch.Generator().manual_seed(0)
     p = {role: torch.randn(shape, generator=g, dtype=torch.float64) for role, shape in box.param_shapes().items()}
     x = torch.randn(2, 7, 12, generator=g, dtype=torch.float64)
-    (y,) = RULES["Attention"](box)(p, x)
-    torch.testing.assert_close(y, by_hand(box, p, x))
+    keep = (torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 1, 1, 1]], dtype=torch.float64)[..., None],) \
+        if box.data.get("padded") else ()
+    (y,) = RULES["Attention"](box)(p, x, *keep)
+    torch.testing.assert_close(y, by_hand(box, p, x, *keep))
+    assert box_from_json(json.loads(json.dumps(box_to_json(box)))) == box
     heads, out = HEADS["Attention"](box)
-    z = heads(p, x)
+    z = heads(p, x, *keep)
     assert z.shape == (2, 7, box.data["heads"], box.data["head_dim"])
     torch.testing.assert_close(out(p, z), y)
 
@@ -87,7 +109,8 @@ def test_attention_settings_are_data_with_defaults_left_out() -> None:
         "Wq": (12, 12), "Wk": (6, 12), "Wv": (6, 12), "Wo": (12, 12), "bq": (12,), "bv": (6,)}
     old = {"kind": "Attention", "name": "a", "dom": R.to_json(), "cod": R.to_json(),
            "data": {"heads": 3, "head_dim": 4, "causal": False, "bias": True}}
-    assert ci.syntax.box_from_json(old) == Attention("a", R, heads=3, causal=False, bias=True)
+    assert box_from_json(old) == Attention("a", R, heads=3, causal=False, bias=True)
+    assert Attention("a", R, heads=3, padded=True).dom == R @ KEEP
 
 
 @pytest.mark.parametrize("make, fragments", [

@@ -17,7 +17,7 @@ from support import assert_error
 
 import compinterp as ci
 from compinterp.errors import ImportTraceError, InputError
-from compinterp.frontend.hf import recognised_fraction
+from compinterp.frontend.hf import hf_inputs, recognised_fraction
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[hf]')")
 
@@ -35,10 +35,12 @@ CONFIGS: dict[str, Callable[[], object]] = {
     "mistral": lambda: transformers.MistralConfig(**GQA, sliding_window=16),
     "gpt_neox": lambda: transformers.GPTNeoXConfig(**SMALL, rope_parameters={
         "rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}),
+    "bert": lambda: transformers.BertConfig(**SMALL, max_position_embeddings=80),
 }
 """Tiny random configurations: grouped-query attention (Llama, Qwen2, Mistral), biases on q/k/v only
 (Qwen2), sliding windows shorter than the longest test sequence (Qwen2's second layer, Mistral),
-tied embeddings (GPT-2, Llama tied), parallel residual and partial rotary (GPT-NeoX)."""
+tied embeddings (GPT-2, Llama tied, BERT), parallel residual and partial rotary (GPT-NeoX), a
+bidirectional encoder with post-norm blocks, token types and a padding mask (BERT, as a masked LM)."""
 
 LENGTHS = (1, 7, 64)
 ARCHS = sorted(CONFIGS)
@@ -47,7 +49,8 @@ ARCHS = sorted(CONFIGS)
 def build(arch: str, attention: str = "eager") -> torch.nn.Module:
     """A random model of ``arch`` in eval mode, every parameter (biases and norm scales too) perturbed."""
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch](), attn_implementation=attention).eval()
+    auto = transformers.AutoModelForMaskedLM if arch == "bert" else transformers.AutoModelForCausalLM
+    model = auto.from_config(CONFIGS[arch](), attn_implementation=attention).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -67,9 +70,18 @@ def ids(length: int, batch: int = 3, seed: int = 1) -> torch.Tensor:
     return torch.randint(100, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def hf_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def hf_logits(model: torch.nn.Module, tokens: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(input_ids=tokens).logits
+        return model(input_ids=tokens, **kwargs).logits
+
+
+def encoder_inputs(length: int) -> dict[str, torch.Tensor]:
+    """Token types and a padding mask: the second row padded after half its tokens, the third after one."""
+    mask = torch.ones(3, length, dtype=torch.long)
+    mask[1, length // 2 + 1:] = 0
+    mask[2, 1:] = 0
+    types = torch.randint(2, (3, length), generator=torch.Generator().manual_seed(2))
+    return {"token_type_ids": types, "attention_mask": mask}
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -77,18 +89,22 @@ def hf_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def test_logits_equal_hf(models: dict, arch: str, length: int) -> None:
     model, imported = models[arch]
     tokens = ids(length)
+    extra = encoder_inputs(length) if arch == "bert" else {}
     with torch.no_grad():
-        got = imported(tokens)
+        got = imported(*hf_inputs(imported, tokens, **extra))
     assert got.shape == (3, length, 100)
-    assert float((got - hf_logits(model, tokens)).abs().max()) < 1e-4
+    assert float((got - hf_logits(model, tokens, **extra)).abs().max()) < 1e-4
 
 
-def test_sdpa_attention_gives_the_same_import() -> None:
-    model = build("llama", attention="sdpa")
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_sdpa_attention_gives_the_same_import(arch: str) -> None:
+    model = build(arch, attention="sdpa")
+    imported = ci.from_hf(model)
     tokens = ids(64)
+    extra = encoder_inputs(64) if arch == "bert" else {}
     with torch.no_grad():
-        got = ci.from_hf(model)(tokens)
-    assert float((got - hf_logits(model, tokens)).abs().max()) < 1e-4
+        got = imported(*hf_inputs(imported, tokens, **extra))
+    assert float((got - hf_logits(model, tokens, **extra)).abs().max()) < 1e-4
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -116,16 +132,20 @@ def test_diagram_shape(models: dict) -> None:
     assert neox.boxes["attn0"].data["rotary_dim"] == 8 and neox.boxes["attn0"].data["rotary_base"] == 500.0
     assert [box.kind for box in neox.diagram.boxes][1:9] == ["Copy", "Norm", "Attention", "Norm", "Linear",
                                                              "Elementwise", "Linear", "Add"]
+    bert = models["bert"][1]
+    assert str(bert.dom) == "tokens:100 @ token_types:2 @ keep:1" and str(bert.cod) == "logits:100"
+    assert bert.boxes["attn0"].data == {"heads": 4, "head_dim": 16, "causal": False, "bias": True, "padded": True}
+    assert [box.kind for box in bert.diagram.boxes][-5:] == ["Copy", "Linear", "Elementwise", "Norm", "Unembed"]
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama_tied"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama_tied", "bert"])
 def test_tied_weights_stay_tied(models: dict, arch: str) -> None:
     model, imported = models[arch]
     assert imported.ties == {"unembed.W": "embed.W"}
     assert imported.box_params("unembed")["W"] is imported.box_params("embed")["W"]
     trained = ci.from_hf(model)
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
-    trained(ids(7)).square().mean().backward()
+    trained(*hf_inputs(trained, ids(7))).square().mean().backward()
     optimizer.step()
     W = trained.box_params("embed")["W"]
     assert trained.box_params("unembed")["W"] is W and not torch.equal(W, imported.box_params("embed")["W"])
@@ -145,8 +165,9 @@ from safetensors.torch import load_file
 for folder in sys.argv[1:]:
     model = compinterp.load(folder + "/model")
     data = load_file(folder + "/io.safetensors")
+    inputs = [data[f"in{i}"] for i in range(len(data) - 1)]
     with torch.no_grad():
-        assert torch.equal(model(data["ids"]), data["logits"]), folder
+        assert torch.equal(model(*inputs), data["logits"]), folder
     assert model.box_params("unembed")["W"] is model.box_params("embed")["W"] or not model.ties, folder
 print("loaded", len(sys.argv) - 1)
 """
@@ -158,9 +179,10 @@ def test_saved_models_load_without_transformers(models: dict, tmp_path: Path) ->
         imported = models[arch][1]
         folder = tmp_path / arch
         imported.save(folder / "model")
-        tokens = ids(7)
+        inputs = hf_inputs(imported, ids(7), **(encoder_inputs(7) if arch == "bert" else {}))
         with torch.no_grad():
-            save_file({"ids": tokens, "logits": imported(tokens)}, str(folder / "io.safetensors"))
+            save_file({"logits": imported(*inputs)} | {f"in{i}": x for i, x in enumerate(inputs)},
+                      str(folder / "io.safetensors"))
         assert sorted(p.name for p in (folder / "model").iterdir()) == ["diagram.json", "meta.json",
                                                                          "weights.safetensors"]
         weights = load_file(str(folder / "model" / "weights.safetensors"))
@@ -227,3 +249,13 @@ def test_cli_import_gives_the_same_logits(models: dict, tmp_path: Path, capsys: 
     assert main(["import", str(tmp_path / "ours"), "--out", str(tmp_path / "again")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("compinterp: error: from_hf:") and error.count("\n") == 1
+
+
+def test_bert_from_a_directory_and_through_from_torch(models: dict, tmp_path: Path) -> None:
+    model, imported = models["bert"]
+    model.save_pretrained(tmp_path / "bert")
+    again = ci.from_hf(tmp_path / "bert", ids(7))
+    inputs = hf_inputs(again, ids(7), **encoder_inputs(7))
+    with torch.no_grad():
+        assert torch.equal(again(*inputs), imported(*inputs))
+        assert ci.from_torch(model, ids(7)).diagram == imported.diagram

@@ -159,6 +159,8 @@ def test_subspace_interchange_equals_a_hand_projection(model: ci.Model) -> None:
     want = by_hand(model, *base, at={"mid0": lambda x: x + (clean - x) @ Q.T @ Q})
     got = ci.intervene(model, base, [ci.patch(ci.Site("add#2", subspace=Q), *source)])
     assert torch.allclose(got, want, atol=1e-10)
+    projected = ci.intervene(model, base, [ci.patch(ci.Site("add#2", subspace=Q.T @ Q), *source)])
+    assert torch.allclose(projected, want, atol=1e-10)
 
 
 def test_ablations_and_steering(model: ci.Model) -> None:
@@ -235,7 +237,7 @@ def test_sites_refuse_what_does_not_fit(model: ci.Model) -> None:
         ci.intervene(model, xs, [ci.zero(ci.Site("attn0", heads=7))])
     with pytest.raises(InputError, match="position 9 is out of range"):
         ci.intervene(model, xs, [ci.zero(ci.Site("add#2", positions=9))])
-    with pytest.raises(InputError, match="not orthonormal"):
+    with pytest.raises(InputError, match="neither orthonormal rows nor an orthogonal projection"):
         ci.Site("add#2", subspace=2 * torch.eye(WIDTH, dtype=F64)[:2])
     with pytest.raises(InputError, match="subspace has dimension 3 but the wire is resid:16"):
         ci.intervene(model, xs, [ci.zero(ci.Site("add#2", subspace=torch.eye(3)))])

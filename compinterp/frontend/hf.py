@@ -354,11 +354,11 @@ def hf_inputs(model: Model, input_ids: torch.Tensor, token_type_ids: torch.Tenso
     """The inputs of a model imported by :func:`from_hf`, from HF's arguments: the token ids, then
     the token types (zeros if not given) and the padding mask as the ``keep:1`` wire (ones if not
     given) where its diagram reads them."""
-    wires = [wire.name for wire in model.dom.wires]
+    wires = [wire.label for wire in model.dom.wires]
     out = [input_ids]
     if "token_types" in wires:
         out.append(torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids)
-    if KEEP.inside[0].name in wires:
+    if KEEP.wires[0].label in wires:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         out.append(mask[..., None].to(model.box_params("embed")["W"].dtype))
     return tuple(out)

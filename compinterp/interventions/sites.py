@@ -5,7 +5,8 @@ A :class:`Site` names a register of a model's plan (a box's output by its step l
 :attr:`compinterp.semantics.Plan.names`) and optionally narrows it to positions on the
 sequence axis, to heads of an attention box (its per-head outputs before the output
 projection, ``(..., T, H, d_head)``) and to a subspace of the last axis (an orthonormal
-basis ``Q : k x d``, or a :class:`Rotation`'s first ``k`` coordinates). An edit on a site
+basis ``Q : k x d`` or an orthogonal projection ``P = Q^T Q``, or a :class:`Rotation`'s first ``k``
+coordinates). An edit on a site
 changes only the part ``S``: ``v' = v + P_S(t - v)`` for a target ``t``, where ``P_S`` keeps
 the chosen positions and heads and projects onto ``span(Q)``.
 
@@ -68,7 +69,8 @@ class Site:
         wire: a name in the model's ``plan.names``; with ``heads``, an attention box's output.
         positions: sequence positions (axis ``-2`` of a wire, ``-3`` of per-head outputs).
         heads: head indices of the attention box ``wire``; the site is then its per-head outputs.
-        subspace: an orthonormal ``k x d`` basis (rows), or a :class:`Rotation`.
+        subspace: an orthonormal ``k x d`` basis (rows), a ``d x d`` orthogonal projection, or a
+            :class:`Rotation`.
     """
 
     wire: str
@@ -80,12 +82,7 @@ class Site:
         if not isinstance(self.wire, str):
             raise InputError(f"a site names a wire or box by a string, got {type(self.wire).__name__}")
         if isinstance(self.subspace, torch.Tensor):
-            Q = self.subspace
-            if Q.dim() != 2 or not Q.is_floating_point():
-                raise InputError(f"site {self.wire}: a subspace is a floating k x d basis, got shape {tuple(Q.shape)}")
-            if not torch.allclose(Q @ Q.T, torch.eye(len(Q), dtype=Q.dtype, device=Q.device), atol=1e-4):
-                raise InputError(f"site {self.wire}: the subspace's rows are not orthonormal; orthonormalise them "
-                                 "first (torch.linalg.qr(Q.T).Q.T)")
+            object.__setattr__(self, "subspace", _orthonormal(self.wire, self.subspace))
         elif self.subspace is not None and not isinstance(self.subspace, Rotation):
             raise InputError(f"site {self.wire}: a subspace is a k x d tensor or a Rotation, "
                              f"got {type(self.subspace).__name__}")
@@ -156,6 +153,22 @@ class Site:
             raise InputError(f"site {self.wire}: the subspace has dimension {basis.shape[1]} but the wire is "
                              f"{plan.wires[r].name}")
         return r
+
+
+def _orthonormal(wire: str, Q: torch.Tensor) -> torch.Tensor:
+    """A subspace given by orthonormal rows (kept as they are) or by an orthogonal projection
+    ``P = P^T = P^2`` (its range's basis), else an error naming the site."""
+    if Q.dim() != 2 or not Q.is_floating_point():
+        raise InputError(f"site {wire}: a subspace is a floating k x d basis or a d x d projection, "
+                         f"got shape {tuple(Q.shape)}")
+    eye = torch.eye(len(Q), dtype=Q.dtype, device=Q.device)
+    if torch.allclose(Q @ Q.T, eye, atol=1e-4):
+        return Q
+    if Q.shape[0] == Q.shape[1] and torch.allclose(Q, Q.T, atol=1e-5) and torch.allclose(Q @ Q, Q, atol=1e-4):
+        values, vectors = torch.linalg.eigh(Q)
+        return vectors[:, values > 0.5].T.contiguous()
+    raise InputError(f"site {wire}: the subspace is neither orthonormal rows nor an orthogonal projection; "
+                     "orthonormalise its rows first (torch.linalg.qr(Q.T).Q.T)")
 
 
 def _basis(subspace: torch.Tensor | Rotation) -> torch.Tensor:
