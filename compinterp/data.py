@@ -218,9 +218,9 @@ def placement(module: torch.nn.Module, device: str | torch.device | None = None)
     >>> placement(torch.nn.Linear(2, 2, dtype=torch.float64))
     (device(type='cpu'), torch.float64)
     """
-    floats = [p for p in module.parameters() if p.is_floating_point()]
-    where = torch.device(device) if device is not None else floats[0].device if floats else torch.device("cpu")
-    return where, floats[0].dtype if floats else torch.float32
+    first = next((p for p in module.parameters() if p.is_floating_point()), None)
+    where = torch.device(device) if device is not None else first.device if first is not None else torch.device("cpu")
+    return where, first.dtype if first is not None else torch.float32
 
 
 def placed(batch: Sequence[torch.Tensor], n: int, device: torch.device, dtype: torch.dtype) -> Batch:

@@ -20,7 +20,7 @@ import torch
 
 from compinterp.data import as_source, placed, placement
 from compinterp.errors import InputError
-from compinterp.interventions.run import head_steps, run_edited
+from compinterp.interventions.run import run_edited
 from compinterp.semantics import Plan
 from compinterp.semantics.kernels import PATTERN
 
@@ -57,7 +57,7 @@ class Cache(Mapping[str, torch.Tensor]):
 
 def resolve(plan: Plan, names: Iterable[str] | None) -> tuple[dict[str, int], dict[str, int]]:
     """The registers (by name) and attention steps (by ``name.heads``) that ``names`` asks for."""
-    heads = head_steps(plan)
+    heads = plan.heads
     labels = {plan.labels[t]: step.outs[0] for t, step in enumerate(plan.steps)}
     all_heads = {f"{label}{HEADS_SUFFIX}": r for label, r in labels.items() if r in heads}
     if names is None:

@@ -25,8 +25,9 @@ import torch
 
 from compinterp.data import placed, placement
 from compinterp.errors import InputError
+from compinterp.semantics import Plan
 from compinterp.interventions.cache import HEADS_SUFFIX, cache_batches
-from compinterp.interventions.run import Edit, head_steps, run_edited
+from compinterp.interventions.run import Edit, run_edited
 from compinterp.interventions.sites import Site
 
 
@@ -81,43 +82,73 @@ def steer(site: Site, vector: torch.Tensor, scale: float = 1.0) -> Intervention:
     return Intervention(_site(site), value=scale * vector, add=True, name="steer")
 
 
-def intervene(model: Any, base: torch.Tensor | Sequence[torch.Tensor],
-              interventions: Sequence[Intervention]) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """The model's outputs on ``base`` with every intervention in place (one run per distinct source)."""
+def intervene(model: Any, base: torch.Tensor | Sequence[torch.Tensor], interventions: Sequence[Intervention], *,
+              batch_size: int | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The model's outputs on ``base`` with every intervention in place (one run per distinct source).
+
+    With ``batch_size``, ``base`` and the sources (which have as many examples as ``base``) are
+    streamed in batches of that size, the interventions prepared once; outputs are concatenated.
+    """
     xs = _inputs(model, base)
-    edits, head_edits = edit_functions(model, xs, interventions)
-    out, _, _ = run_edited(model.plan, model.plan_params(), xs, edits=edits, head_edits=head_edits)
+    plan, params = model.plan, model.plan_params()
+    registers = [i.site.check(plan) for i in interventions]
+    sources = {id(i.source): _inputs(model, i.source) for i in interventions if i.source is not None}
+    n = xs[0].shape[0] if xs[0].dim() else 1
+    if batch_size is None:
+        out = _intervened(plan, params, xs, interventions, registers, sources)
+        return out[0] if len(out) == 1 else out
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for i in interventions:
+        if i.source is not None and sources[id(i.source)][0].shape[0] != n:
+            raise InputError(f"{i.name} on {i.site}: streamed in batches, the source must have as many examples as "
+                             f"the base ({n}), got {sources[id(i.source)][0].shape[0]}")
+    parts = [_intervened(plan, params, tuple(x[k:k + batch_size] for x in xs), interventions, registers,
+                         {key: tuple(x[k:k + batch_size] for x in src) for key, src in sources.items()})
+             for k in range(0, n, batch_size)]
+    out = tuple(torch.cat(column) for column in zip(*parts))
     return out[0] if len(out) == 1 else out
 
 
-def edit_functions(model: Any, xs: tuple[torch.Tensor, ...], interventions: Sequence[Intervention]
-                   ) -> tuple[dict[int, list[Edit]], dict[int, list[Edit]]]:
-    """The edits of ``interventions`` by register (wires) and by attention register (heads), with
-    every source run once."""
-    plan, params = model.plan, model.plan_params()
-    heads = head_steps(plan)
-    registers = [i.site.check(plan, heads) for i in interventions]
+def _intervened(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], interventions: Sequence[Intervention],
+                registers: Sequence[int], sources: dict[int, tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """One batch: each source run once as far as its values are needed, then the base with the edits."""
+    edits, head_edits, initial = edit_functions(plan, params, xs, interventions, registers, sources)
+    return run_edited(plan, params, xs, edits=edits, head_edits=head_edits, checked=True, initial=initial)[0]
+
+
+def edit_functions(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], interventions: Sequence[Intervention],
+                   registers: Sequence[int], sources: dict[int, tuple[torch.Tensor, ...]]
+                   ) -> tuple[dict[int, list[Edit]], dict[int, list[Edit]], dict[int, torch.Tensor]]:
+    """The edits of ``interventions`` (on ``registers``) by register (wires) and by attention register
+    (heads), with every source (``sources`` by the id of an intervention's source; resampling shuffles
+    ``xs``) run once; a whole register taken from a source is set beforehand instead (the third part)."""
     targets: list[torch.Tensor | None] = [None] * len(interventions)
     by_source: dict[int, list[int]] = {}
-    sources: dict[int, tuple[torch.Tensor, ...]] = {}
+    runs: dict[int, tuple[torch.Tensor, ...]] = {}
     for k, i in enumerate(interventions):
         if i.source is not None or i.resample_seed is not None:
-            source = _inputs(model, i.source) if i.source is not None else _shuffled(xs, i.resample_seed)
             key = id(i.source) if i.source is not None else -1 - i.resample_seed
-            sources[key] = source
+            runs[key] = sources[key] if i.source is not None else _shuffled(xs, i.resample_seed)
             by_source.setdefault(key, []).append(k)
     for key, ks in by_source.items():
         wires = {registers[k] for k in ks if interventions[k].site.heads is None}
         head_regs = {registers[k] for k in ks if interventions[k].site.heads is not None}
-        _, values, head_values = run_edited(plan, params, sources[key], keep=wires, keep_heads=head_regs, outputs=False)
+        _, values, head_values = run_edited(plan, params, runs[key], keep=wires, keep_heads=head_regs,
+                                            outputs=False)
         for k in ks:
             targets[k] = (head_values if interventions[k].site.heads is not None else values)[registers[k]]
     edits: dict[int, list[Edit]] = {}
     head_edits: dict[int, list[Edit]] = {}
+    initial: dict[int, torch.Tensor] = {}
     for k, i in enumerate(interventions):
+        target = targets[k] if targets[k] is not None else i.value
+        if targets[k] is not None and i.site.whole and registers.count(registers[k]) == 1:
+            initial[registers[k]] = target
+            continue
         table = head_edits if i.site.heads is not None else edits
-        table.setdefault(registers[k], []).append(_edit(i, targets[k] if targets[k] is not None else i.value))
-    return edits, head_edits
+        table.setdefault(registers[k], []).append(_edit(i, target))
+    return edits, head_edits, initial
 
 
 def _edit(intervention: Intervention, target: torch.Tensor) -> Edit:

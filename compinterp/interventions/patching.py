@@ -31,7 +31,7 @@ from compinterp.drawing.heatmaps import heatmap
 from compinterp.errors import InputError
 from compinterp.interventions.cache import HEADS_SUFFIX, run_with_cache
 from compinterp.interventions.edits import _inputs
-from compinterp.interventions.run import Edit, head_steps, run_edited
+from compinterp.interventions.run import Edit, run_edited
 from compinterp.interventions.sites import Site
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -80,7 +80,7 @@ def grid(model: Any, wires: Sequence[str], positions: int | Sequence[int]) -> tu
 def every_head(model: Any) -> tuple[list[Site], tuple[str, ...], tuple[str, ...]]:
     """Sites for every head of every attention box (rows: boxes, columns: heads)."""
     plan = model.plan
-    heads = head_steps(plan)
+    heads = plan.heads
     boxes = [(plan.labels[t], heads[step.outs[0]]) for t, step in enumerate(plan.steps) if step.outs[0] in heads]
     if not boxes:
         raise InputError("the model has no box with heads to sweep")
@@ -91,16 +91,27 @@ def every_head(model: Any) -> tuple[list[Site], tuple[str, ...], tuple[str, ...]
     return sites, tuple(label for label, _ in boxes), tuple(str(h) for h in range(width))
 
 
+GROUP_BUDGET = 2 ** 18
+"""Numbers per register that one stacked pass aims at: beyond, a pass no longer fits in cache and
+runs slower than several smaller ones (measured on CPU, ``benchmarks/bench_interventions.py``)."""
+
+
 def patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tuple[list[Site], tuple[str, ...],
-             tuple[str, ...]], metric: Metric, *, group: int = 32) -> Sweep:
+             tuple[str, ...]], metric: Metric, *, group: int | None = None) -> Sweep:
     """The metric of the corrupted run patched at each site with the clean value, ``group`` sites
-    per pass (a pass holds ``group`` copies of the corrupted batch)."""
+    per pass (a pass holds ``group`` copies of the corrupted batch; default: as many as keep the
+    widest value of a pass near :data:`GROUP_BUDGET` numbers, at most 32)."""
     sites, rows, cols = _sweep(sites)
     xc, xk = _inputs(model, clean), _inputs(model, corrupted)
     plan, params = model.plan, model.plan_params()
-    registers = [site.check(plan, head_steps(plan)) for site in sites]
+    registers = [site.check(plan) for site in sites]
     clean_values = _values(model, xc, sites, registers)
     b = xk[0].shape[0]
+    if group is None:
+        widest = max(v.numel() for v in clean_values)
+        group = max(1, min(32, GROUP_BUDGET // max(widest, 1)))
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+        raise InputError(f"patching(group=...) is how many sites share a pass, a positive integer; got {group!r}")
     values = []
     with torch.no_grad():
         base = float(metric(_single(run_edited(plan, params, xk)[0])))
@@ -108,11 +119,13 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tup
         for start in range(0, len(sites), group):
             chunk = range(start, min(start + group, len(sites)))
             copies = tuple(x.repeat(len(chunk), *([1] * (x.dim() - 1))) for x in xk)
-            edits: dict[int, list[Edit]] = {}
-            head_edits: dict[int, list[Edit]] = {}
+            wires: dict[int, list[tuple[int, Site, torch.Tensor]]] = {}
+            heads: dict[int, list[tuple[int, Site, torch.Tensor]]] = {}
             for g, k in enumerate(chunk):
-                table = head_edits if sites[k].heads is not None else edits
-                table.setdefault(registers[k], []).append(_copy_edit(sites[k], clean_values[k], g, b))
+                table = heads if sites[k].heads is not None else wires
+                table.setdefault(registers[k], []).append((g, sites[k], clean_values[k]))
+            edits = {r: [_copies_edit(patches, b)] for r, patches in wires.items()}
+            head_edits = {r: [_copies_edit(patches, b)] for r, patches in heads.items()}
             out = _single(run_edited(plan, params, copies, edits=edits, head_edits=head_edits)[0])
             values.extend(float(metric(y)) for y in out.split(b))
     shape = (len(rows), len(cols)) if rows and cols and len(rows) * len(cols) == len(sites) else (len(sites),)
@@ -128,7 +141,7 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Sequence
     sites, rows, cols = _sweep(sites)
     xc, xk = _inputs(model, clean), _inputs(model, corrupted)
     plan = model.plan
-    registers = [site.check(plan, head_steps(plan)) for site in sites]
+    registers = [site.check(plan) for site in sites]
     clean_values = _values(model, xc, sites, registers)
     wires = sorted({r for site, r in zip(sites, registers) if site.heads is None})
     heads = sorted({r for site, r in zip(sites, registers) if site.heads is not None})
@@ -181,12 +194,15 @@ def _values(model: Any, xs: tuple[torch.Tensor, ...], sites: Sequence[Site], reg
     return [cache[n] for n in names]
 
 
-def _copy_edit(site: Site, target: torch.Tensor, g: int, b: int) -> Edit:
-    """Patch ``site`` with ``target`` in copy ``g`` (rows ``g*b`` to ``(g+1)*b``) of a stacked batch."""
+def _copies_edit(patches: Sequence[tuple[int, Site, torch.Tensor]], b: int) -> Edit:
+    """Patch, in one copy of the value, each ``(g, site, target)``'s copy ``g`` (rows ``g*b`` to
+    ``(g+1)*b``) of a stacked batch."""
     def edit(value: torch.Tensor) -> torch.Tensor:
-        part = value[g * b:(g + 1) * b]
-        patched = part + site.select(target - part)
-        return torch.cat([value[:g * b], patched, value[(g + 1) * b:]])
+        out = value.clone()
+        for g, site, target in patches:
+            part = value[g * b:(g + 1) * b]
+            out[g * b:(g + 1) * b] = part + site.select(target - part)
+        return out
     return edit
 
 

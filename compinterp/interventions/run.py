@@ -30,11 +30,6 @@ from compinterp.semantics.kernels import HEADS
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
-def head_steps(plan: Plan) -> dict[int, int]:
-    """For each step with heads, by the register it writes: its number of heads."""
-    return {step.outs[0]: step.box.data["heads"] for step in plan.steps if step.box.kind in HEADS}
-
-
 class Edited(Interpreter):
     """A plan run that edits and keeps values: ``edits`` and ``keep`` by register, ``head_edits``
     and ``keep_heads`` by the register an attention step writes (for its per-head outputs)."""
@@ -47,8 +42,9 @@ class Edited(Interpreter):
         self.head_edits, self.keep_heads = dict(head_edits or {}), set(keep_heads)
         self.values: dict[int, torch.Tensor] = {}
         self.heads: dict[int, torch.Tensor] = {}
-        self._cut = {t for t, step in enumerate(plan.steps)
-                     if step.outs and step.outs[0] in self.head_edits.keys() | self.keep_heads}
+        cut = self.head_edits.keys() | self.keep_heads
+        self._cut = {t for t, step in enumerate(plan.steps) if step.outs and step.outs[0] in cut} if cut else set()
+        self._touched = self.edits.keys() | self.keep
 
     def last_step(self) -> int:
         """How many steps must run before every kept value is known."""
@@ -75,7 +71,7 @@ class Edited(Interpreter):
             outs: tuple[Any, ...] = (out(p, z),)
         else:
             outs = super().run_step(t, step, args)
-            if type(outs) is not tuple:
+            if type(outs) is not tuple or self._touched.isdisjoint(step.outs):
                 return outs
         return tuple(self._written(r, y) for r, y in zip(step.outs, outs))
 
@@ -90,11 +86,15 @@ class Edited(Interpreter):
 
 def run_edited(plan: Plan, params: Mapping[str, Any], xs: Sequence[torch.Tensor], *,
         edits: Mapping[int, Sequence[Edit]] | None = None, head_edits: Mapping[int, Sequence[Edit]] | None = None,
-        keep: Iterable[int] = (), keep_heads: Iterable[int] = (),
-        outputs: bool = True) -> tuple[tuple[Any, ...], dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+        keep: Iterable[int] = (), keep_heads: Iterable[int] = (), outputs: bool = True,
+        checked: bool = False, initial: Mapping[int, torch.Tensor] | None = None
+        ) -> tuple[tuple[Any, ...], dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Run ``plan`` with edits; the outputs (``()`` when ``outputs`` is false: the run stops after
-    the last kept value), the kept values and the kept per-head outputs, by register."""
-    plan.check_inputs(xs)
+    the last kept value), the kept values and the kept per-head outputs, by register. ``checked``:
+    the inputs were already checked against the plan; ``initial``: registers set beforehand (whole
+    values replaced: the steps only they needed do not run)."""
+    if not checked:
+        plan.check_inputs(xs)
     editor = Edited(plan, params, edits=edits, keep=keep, head_edits=head_edits, keep_heads=keep_heads)
-    out = editor.run(*xs) if outputs else (editor.run(*xs, until=editor.last_step()), ())[1]
+    out = editor.run(*xs, initial=initial) if outputs else (editor.run(*xs, until=editor.last_step()), ())[1]
     return out, editor.values, editor.heads

@@ -98,6 +98,11 @@ class Site:
         return f"Site({', '.join(parts)})"
 
     @property
+    def whole(self) -> bool:
+        """Whether the site is its whole register (no positions, heads or subspace)."""
+        return self.positions is None and self.heads is None and self.subspace is None
+
+    @property
     def basis(self) -> torch.Tensor | None:
         """The subspace's orthonormal basis ``k x d``, if any."""
         return None if self.subspace is None else _basis(self.subspace)
@@ -109,7 +114,9 @@ class Site:
             if Q.shape[1] != delta.shape[-1]:
                 raise InputError(f"site {self.wire}: the subspace has dimension {Q.shape[1]} but the value's last "
                                  f"axis is {delta.shape[-1]} (shape {tuple(delta.shape)})")
-            delta = torch.einsum("... d, k d, k e -> ... e", delta, Q, Q)
+            delta = (delta @ Q.T) @ Q
+        elif self.whole:
+            return delta
         mask = self.mask(delta)
         return delta if mask is None else delta * mask
 
@@ -136,9 +143,9 @@ class Site:
             mask = m if mask is None else mask * m
         return mask
 
-    def check(self, plan: Plan, heads: dict[int, int]) -> int:
-        """The register this site names in ``plan``; ``heads`` gives the head count of each step
-        with heads, by the register it writes. Raises naming the site when it does not fit."""
+    def check(self, plan: Plan) -> int:
+        """The register this site names in ``plan``; raises naming the site when it does not fit."""
+        heads = plan.heads
         if self.wire not in plan.names:
             known = ", ".join(list(plan.names)[:12]) + (", ..." if len(plan.names) > 12 else "")
             raise InputError(f"no wire or box named {self.wire!r} in the model; names: {known}")

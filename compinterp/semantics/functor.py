@@ -71,6 +71,10 @@ class Plan:
             labels.append(f"{step.box.name}#{seen[step.box.name]}" if uses[step.box.name] > 1 else step.box.name)
         self.labels: tuple[str, ...] = tuple(labels)
         """Each step's name: its box's, numbered ``name#k`` where a box is used more than once."""
+        self.heads: dict[int, int] = {step.outs[0]: step.box.data["heads"] for step in steps
+                                      if step.box.kind in kernels.HEADS}
+        """For each step with heads (a kernel that :data:`~compinterp.semantics.kernels.HEADS` cuts), by
+        the register it writes: its number of heads."""
         self.names: dict[str, int] = _register_names(self)
         """Each register by name: inputs by wire label, box outputs by step label (``label.i`` for
         output ``i`` of several), then the ``k``-th register holding a wire label as ``label_k`` (the
@@ -87,6 +91,23 @@ class Plan:
     def run(self, params: Mapping[str, Any], *xs: Any, initial: Mapping[int, Any] | None = None) -> tuple[Any, ...]:
         """The values of the output registers, ``initial`` pre-setting registers (see :meth:`Interpreter.run`)."""
         return Interpreter(self, params).run(*xs, initial=initial)
+
+    def live(self, given: Mapping[int, Any]) -> set[int]:
+        """The steps the outputs need when the registers in ``given`` are set beforehand.
+
+        >>> from compinterp.syntax import Space, Linear
+        >>> x = Space("x", 2)
+        >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
+        >>> sorted(plan.live({})), sorted(plan.live({1: None}))
+        ([0, 1], [1])
+        """
+        want, steps = set(self.outputs), set()
+        for t in range(len(self.steps) - 1, -1, -1):
+            step = self.steps[t]
+            if any(r in want and r not in given for r in step.outs):
+                steps.add(t)
+                want.update(step.ins)
+        return steps
 
     def check_inputs(self, xs: Sequence[Any]) -> None:
         """Refuse inputs that are not one tensor per input wire, floats ending in the wire's dimension."""
@@ -151,17 +172,21 @@ class Interpreter:
 
         ``initial`` pre-sets registers, as torch.fx's ``initial_env``: a step whose outputs are
         all given is skipped, a given output of a step that runs keeps its given value (an
-        interchange intervention is a run with the patched register in ``initial``).
+        interchange intervention is a run with the patched register in ``initial``), and a
+        step that no output needs once those registers are given is not run at all.
         Registers are freed after their last read, so ``until`` returns outputs not yet
         written as ``None``.
         """
         regs = self.initial_env(xs, initial)
         given = initial or {}
         steps = self.plan.steps if until is None else self.plan.steps[:until]
+        live = self.plan.live(given) if given and until is None else None
         run_step = self.run_step
         t, step = -1, None
         try:
             for t, step in enumerate(steps):
+                if live is not None and t not in live:
+                    continue
                 if given and all(r in given for r in step.outs):
                     outs = tuple(given[r] for r in step.outs)
                 else:
