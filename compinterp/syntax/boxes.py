@@ -24,9 +24,12 @@ from typing import Any, ClassVar
 
 from compinterp.errors import BoxError
 from compinterp.syntax.diagram import Box, Diagram, Id, Swap
-from compinterp.syntax.spaces import Space
+from compinterp.syntax.spaces import MAX_NAME, Space
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*")
+
+MAX_LEGS = 1024
+"""The most wires a spider (copy, add, multiply) joins."""
 
 ELEMENTWISE = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "square", "exp", "neg", "softplus")
 """Names of the pointwise functions an :class:`Elementwise` box may apply."""
@@ -39,9 +42,9 @@ PATTERNS = ("previous", "first", "self", "uniform")
 
 
 def _check_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise BoxError(f"{kind} box name {name!r} is not valid: use letters, digits, '_' or '-', "
-                       "starting with a letter (names key the parameters, so no '.')")
+    if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.fullmatch(name):
+        raise BoxError(f"{kind} box name {name!r:.{MAX_NAME + 2}} is not valid: use up to {MAX_NAME} letters, digits, "
+                       "'_' or '-', starting with a letter (names key the parameters, so no '.')")
     return name
 
 
@@ -109,19 +112,27 @@ class Linear(Kind):
 
 
 class PosEmbed(Kind):
-    """Learned absolute positions: adds row ``t`` of a table ``W : positions x dim`` to position
-    ``t`` of a ``(..., T, dim)`` wire, for ``T`` up to ``positions``.
+    """Learned absolute positions: adds row ``offset + t`` of a table ``W : positions x dim`` to
+    position ``t`` of a ``(..., T, dim)`` wire, for ``offset + T`` up to ``positions`` (``offset``,
+    default 0 and then not written in ``data``: OPT's tables start at row 2).
 
     >>> PosEmbed("pos", Space("resid", 8), positions=16).param_shapes()
     {'W': (16, 8)}
+    >>> PosEmbed("pos", Space("resid", 8), positions=16, offset=2).data
+    {'positions': 16, 'offset': 2}
     """
 
     kind = "PosEmbed"
 
-    def __init__(self, name: str, space: Space, positions: int) -> None:
+    def __init__(self, name: str, space: Space, positions: int, offset: int = 0) -> None:
         _check_name(self.kind, name)
         _one_wire(self.kind, name, "space", space)
-        super().__init__(name, space, space, {"positions": _positive(self.kind, name, "positions", positions)})
+        data = {"positions": _positive(self.kind, name, "positions", positions)}
+        if offset:
+            if _positive(self.kind, name, "offset", offset) >= positions:
+                raise BoxError(f"PosEmbed box '{name}': offset {offset} leaves no row of its {positions} positions")
+            data["offset"] = offset
+        super().__init__(name, space, space, data)
 
     @classmethod
     def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
@@ -270,8 +281,8 @@ class Copy(Spider):
 
     def __init__(self, space: Space, n: int = 2, name: str = "copy") -> None:
         _one_wire(self.kind, name, "space", space)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise BoxError(f"Copy box '{name}': n must be a non-negative integer, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_LEGS:
+            raise BoxError(f"Copy box '{name}': n must be an integer from 0 to {MAX_LEGS}, got {n!r:.40}")
         super().__init__(_check_name(self.kind, name), space, Space(*[space.inside[0]] * n), {"n": n})
 
     @classmethod
@@ -287,9 +298,9 @@ class _Merge(Spider):
     def __init__(self, space: Space, n: int = 2, name: str | None = None) -> None:
         name = self.kind.lower() if name is None else name
         _one_wire(self.kind, name, "space", space)
-        if isinstance(n, bool) or not isinstance(n, int) or n < self.least:
-            raise BoxError(f"{self.kind} box '{name}': n must be a {'positive' if self.least else 'non-negative'} "
-                           f"integer, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not self.least <= n <= MAX_LEGS:
+            raise BoxError(f"{self.kind} box '{name}': n must be an integer from {self.least} to {MAX_LEGS}, "
+                           f"got {n!r:.40}")
         super().__init__(_check_name(self.kind, name), Space(*[space.inside[0]] * n), space, {"n": n})
 
     @classmethod

@@ -67,7 +67,7 @@ def diagram_from_json(obj: Mapping[str, Any]) -> Diagram:
     if missing:
         raise FormatError(f"diagram JSON lacks {', '.join(repr(k) for k in missing)}")
     version = obj.get("version", DIAGRAM_FORMAT_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or version > DIAGRAM_FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= DIAGRAM_FORMAT_VERSION:
         raise FormatError(f"diagram JSON has version {version!r}; this compinterp reads versions up to "
                           f"{DIAGRAM_FORMAT_VERSION}: upgrade compinterp")
     dom, cod = _space(obj["dom"], "the diagram's input"), _space(obj["cod"], "the diagram's output")

@@ -23,6 +23,10 @@ from discopy.utils import factory
 from compinterp.errors import BoxError
 
 _LABEL = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+MAX_NAME = 128
+"""The longest wire label or box name (characters)."""
+MAX_DIM = 2 ** 31 - 1
+"""The largest wire dimension."""
 
 
 class Wire(cat.Ob):
@@ -35,11 +39,11 @@ class Wire(cat.Ob):
     def __init__(self, label: str, dim: int | None = None) -> None:
         if dim is None:
             label, dim = _parse(label)
-        if not isinstance(label, str) or not _LABEL.match(label):
+        if not isinstance(label, str) or len(label) > MAX_NAME or not _LABEL.fullmatch(label):
             raise BoxError(
                 f"bad wire label {label!r}: use letters, digits, '_' or '-', starting with a letter")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-            raise BoxError(f"wire {label!r} needs a positive integer dimension, got {dim!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 < dim <= MAX_DIM:
+            raise BoxError(f"wire {label!r} needs a positive integer dimension up to {MAX_DIM}, got {dim!r:.40}")
         self.label, self.dim = label, dim
         super().__init__(f"{label}:{dim}")
 
@@ -50,12 +54,12 @@ class Wire(cat.Ob):
 def _parse(text: str) -> tuple[str, int]:
     """Split ``"resid:64"`` into ``("resid", 64)``."""
     if not isinstance(text, str) or text.count(":") != 1:
-        raise BoxError(f"cannot read a wire from {text!r}: write it as 'label:dim', e.g. 'resid:64'")
+        raise BoxError(f"cannot read a wire from {text!r:.80}: write it as 'label:dim', e.g. 'resid:64'")
     label, dim = text.split(":")
-    try:
-        return label, int(dim)
-    except ValueError:
-        raise BoxError(f"cannot read a wire from {text!r}: dimension {dim!r} is not an integer") from None
+    if not dim.removeprefix("-").isdigit() or len(dim) > len(str(MAX_DIM)) + 1:
+        raise BoxError(f"cannot read a wire from {text!r:.80}: dimension {dim!r:.40} is not an integer "
+                       f"from 1 to {MAX_DIM}")
+    return label, int(dim)
 
 
 @factory
