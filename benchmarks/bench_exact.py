@@ -12,6 +12,11 @@ bilinear layers, DESIGN §2). Both checks measure the FVU of an explanation unde
   with as many samples as a pilot run says are needed for a relative standard error of
   ``target`` (1e-3) on the FVU (delta method for the ratio of two means).
 
+With ``--engine`` it also times Frobenius inner products ``<sym F_c, sym G_c>_F`` of two random bilinear
+layers at several sizes: :func:`~compinterp.faithfulness.exact.frobenius_inner` (one stage: the units'
+Gram matrices), the general Wick engine, and the closed Gram form written out by hand in torch
+(``sum (D_A^T D_B) * K``), side by side.
+
 Run: ``.venv/bin/python benchmarks/bench_exact.py [--threads T] [--keep 16,64] [--engine]`` (not part
 of the test suite). On a CPU shared with other jobs, ``--threads 1`` gives the steadier timings: with
 several threads every kernel waits on the slowest, descheduled thread.
@@ -130,6 +135,39 @@ def main() -> None:
         print(f"{name:<14}{'Monte Carlo':<13}{fvu_mc:>12.6f}{se_mc:>12.1e}{n:>10,}{mc_s:>10.3f}")
         print(f"{name:<14}exact is {mc_s / exact_s:.1f}x faster (target >= 20x); Monte Carlo is off the exact FVU by "
               f"{abs(fvu_mc - result.fvu) / result.fvu:.1e} (relative)")
+    if args.engine:
+        frobenius_table(args.repeats)
+
+
+def frobenius_table(repeats: int) -> None:
+    """Frobenius inner products of two bilinear layers: ours, the Wick engine, and the Gram form by hand."""
+    from compinterp.faithfulness.exact.chain import squares, wick
+
+    def median(fn) -> float:
+        fn()
+        times = []
+        for _ in range(max(repeats, 5)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    def by_hand(a: Model, b: Model) -> torch.Tensor:
+        p, q = ({k: v.detach().double() for k, v in m.box_params(m.diagram.boxes[0].name).items()} for m in (a, b))
+        LL, RR, LR, RL = p["L"] @ q["L"].T, p["R"] @ q["R"].T, p["L"] @ q["R"].T, p["R"] @ q["L"].T
+        return torch.einsum("ch,hg,cg->c", p["D"], (LL * RR + LR * RL) / 2, q["D"])
+
+    print(f"\n{'Frobenius inner product':<26}{'ours':>10}{'engine':>10}{'by hand':>10}{'ours/hand':>11}")
+    for d, h in ((16, 32), (64, 256), (256, 1024)):
+        a = Model(Bilinear("a", Space("x", d), Space("y", 10), hidden=h), seed=0)
+        b = Model(Bilinear("b", Space("x", d), Space("y", 10), hidden=h), seed=1)
+        F, G = tensor_semantics(a), tensor_semantics(b)
+        assert torch.allclose(measures.frobenius_inner(a, b), by_hand(a, b), rtol=1e-9)
+        ours = median(lambda: measures.frobenius_inner(a, b))
+        engine = median(lambda: wick([squares(F), squares(G)], "frobenius") / 2)
+        hand = median(lambda: by_hand(a, b))
+        print(f"{f'd {d}, hidden {h}':<26}{ours * 1e3:>8.2f}ms{engine * 1e3:>8.2f}ms{hand * 1e3:>8.2f}ms"
+              f"{ours / hand:>10.2f}x")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ _EXPORTS = {
     "Model": "compinterp.model",
     "from_torch": "compinterp.frontend",
     "from_hf": "compinterp.frontend",
+    "from_transformer_lens": "compinterp.frontend",
     "load": "compinterp.model",
     "save": "compinterp.files",
     "draw": "compinterp.drawing",
@@ -41,6 +42,7 @@ _EXPORTS = {
     **{name: "compinterp.complexity" for name in ("description_length", "Bits", "quantise", "min_bits")},
     **{name: "compinterp.refinement" for name in (
         "refine", "RefineResult", "Frontier", "eigen", "lowrank", "cp", "prune", "fuse", "odt")},
+    **{name: "compinterp.refinement.spectra" for name in ("spectrum", "Spectrum")},
     **{name: "compinterp.refinement.dictionary" for name in (
         "SAE", "Transcoder", "BilinearAE", "sae", "transcoder", "bilinear_ae")},
     **{name: "compinterp.tasks.train" for name in ("train", "TrainResult")},

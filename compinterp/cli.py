@@ -18,11 +18,12 @@ from typing import Any
 
 from compinterp import __version__
 
-TASK_NAMES = ("digits", "modular", "gates")
+TASK_NAMES = ("digits", "modular", "gates", "text")
 """The tasks ``compinterp train`` knows (``compinterp.tasks.train.TASKS``, named here so start-up imports no torch)."""
 
 _EPILOG = """examples:
   compinterp demo --out runs/demo
+  compinterp demo lm --out runs/lm
   compinterp train digits --out runs/digits
   compinterp info runs/digits
   compinterp check runs/digits runs/explanation --data digits
@@ -133,10 +134,12 @@ def _parser() -> argparse.ArgumentParser:
                      "  compinterp train modular --out runs/modular --epochs 2000 --json\n"
                      "  compinterp train gates --model chi --seed 1 --out runs/gates")
     train.add_argument("task", choices=TASK_NAMES, help="digits (sklearn's 8x8 digits), modular ((a + b) mod 113, "
-                                                        "every pair) or gates (boolean gates of noisy bits)")
+                                                        "every pair), gates (boolean gates of noisy bits) or text "
+                                                        "(next byte of Python's standard library)")
     train.add_argument("--out", metavar="DIR", required=True, help="the model directory to write")
     train.add_argument("--model", metavar="NAME",
-                       help="which architecture: mlp (the default), chi (digits, gates) or transformer (modular)")
+                       help="which architecture: mlp (the default), chi (digits, gates) or transformer (modular; "
+                            "text's only model)")
     train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
     train.add_argument("--epochs", type=int, help="passes over the training split (default: the task's recipe)")
     train.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu or cuda (default: cpu)")
@@ -147,22 +150,30 @@ def _parser() -> argparse.ArgumentParser:
                    "compinterp import path/to/gpt2 --out runs/gpt2 --json")
     imp.add_argument("source", metavar="DIR", help="a directory written by a transformers model's save_pretrained")
     imp.add_argument("--out", metavar="MODEL_DIR", required=True, help="the compinterp model directory to write")
+    imp.add_argument("--padding", action=argparse.BooleanOptionalAction, default=None,
+                     help="whether attention reads a padding mask, an input wire keep:1 (default: encoders do, "
+                          "decoders do not)")
     imp.add_argument("--json", action="store_true", help="print what was written as JSON")
 
     demo = _command(commands, "demo", _demo,
-                    "train a digits model, check an eigen-explanation, refine it, and write an HTML report",
+                    "train a digits model (or with 'lm' a language model), explain it, refine it, and write an HTML "
+                    "report",
                     "compinterp demo --out runs/demo\n"
                     "  compinterp demo --out runs/demo --device cuda --json\n"
-                    "  compinterp demo --out runs/demo --min-faithfulness 0.999 --budget 100")
-    demo.add_argument("--out", metavar="DIR", default="runs/demo",
-                      help="where to write report.html, the models, results.json and figures (default: runs/demo); "
-                           "a digits model already trained there with the same settings is reused")
+                    "  compinterp demo --out runs/demo --min-faithfulness 0.999 --budget 100\n"
+                    "  compinterp demo lm --out runs/lm")
+    demo.add_argument("which", nargs="?", choices=("digits", "lm"), default="digits",
+                      help="digits (the default: a bilinear classifier) or lm (a byte-level transformer on Python's "
+                           "standard library: induction heads, bilinear MLPs, a transcoder, a refinement)")
+    demo.add_argument("--out", metavar="DIR",
+                      help="where to write report.html, the models, results.json and figures (default: runs/demo, "
+                           "or runs/lm); a model already trained there with the same settings is reused")
     demo.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the digits model (default: 0)")
-    demo.add_argument("--k", type=int, default=8, help="eigenvectors per digit in the explanation (default: 8)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the demo's model (default: 0)")
+    demo.add_argument("--k", type=int, default=8, help="digits: eigenvectors per digit in the explanation (default: 8)")
     demo.add_argument("--min-faithfulness", type=float, default=0.99, metavar="F",
-                      help="the refinement's bar on end-to-end faithfulness (default: 0.99)")
-    demo.add_argument("--budget", type=int, default=500, help="the most models the refinement evaluates (default: 500)")
+                      help="digits: the refinement's bar on end-to-end faithfulness (default: 0.99)")
+    demo.add_argument("--budget", type=int, default=500, help="digits: the most models the refinement evaluates (default: 500)")
     demo.add_argument("--retrain", action="store_true", help="train a new model even if one is there")
     demo.add_argument("--json", action="store_true", help="print the demo's numbers (results.json) as JSON")
     return parser
@@ -199,12 +210,13 @@ def _info(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     """``compinterp import``: a HuggingFace checkpoint directory, read from its module tree, saved as our model."""
     from compinterp.frontend.hf import convert
-    done = convert(args.source, args.out)
+    done = convert(args.source, args.out, padding=args.padding)
     if args.json:
         print(json.dumps(done, indent=1))
         return
     kinds = ", ".join(f"{n} {kind}" for kind, n in done["boxes"].items())
-    print(f"wrote {done['out']}: {done['model_type']}, {done['num_params']} parameters, "
+    inputs = " @ ".join(done["dom"])
+    print(f"wrote {done['out']}: {done['model_type']} on {inputs}, {done['num_params']} parameters, "
           f"{done['recognised']:.1%} in recognised boxes ({kinds})")
 
 
@@ -284,10 +296,31 @@ def _train(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """``compinterp demo``: the whole pipeline on the digits, into a report."""
-    from compinterp.demo import run
-    result = run(args.out, device=args.device, seed=args.seed, k=args.k, min_faithfulness=args.min_faithfulness,
-                 budget=args.budget, retrain=args.retrain, progress=not args.json)
+    if args.which == "lm":
+        from compinterp.demo_lm import run as run_lm
+        result = run_lm(args.out or "runs/lm", device=args.device, seed=args.seed, retrain=args.retrain,
+                        progress=not args.json)
+    else:
+        from compinterp.demo import run
+        result = run(args.out or "runs/demo", device=args.device, seed=args.seed, k=args.k,
+                     min_faithfulness=args.min_faithfulness, budget=args.budget, retrain=args.retrain,
+                     progress=not args.json)
     print(json.dumps(result.numbers | {"report": str(result.report)}, indent=1) if args.json else result)
+
+
+def _heads(box: dict[str, Any]) -> str:
+    """One line of ``compinterp info`` on an Attention box's head structure."""
+    data = box["data"]
+    parts = [f"{data['heads']} heads x {data['head_dim']}"]
+    if "kv_heads" in data:
+        parts.append(f"{data['kv_heads']} key/value heads")
+    if "rotary_dim" in data:
+        parts.append(f"rotary on {data['rotary_dim']} of {data['head_dim']} (base {data['rotary_base']:g})")
+    parts.append("causal" if data["causal"] else "bidirectional")
+    parts += [f"window {data['window']}"] if "window" in data else []
+    parts += [f"scale {data['scale']:.4g}"] if "scale" in data else []
+    parts += ["padding mask"] if data.get("padded") else []
+    return f"  {box['name']}: " + ", ".join(parts)
 
 
 def _table(summary: dict[str, Any]) -> str:
@@ -303,6 +336,12 @@ def _table(summary: dict[str, Any]) -> str:
              f"outputs {spaces(summary['cod'])}", ""]
     for row in (header, *rows):
         lines.append("  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3].rjust(widths[3])]))
+    lines.append("")
+    heads = [_heads(box) for box in summary["boxes"] if box["kind"] == "Attention"]
+    if heads:
+        lines += ["heads", *heads, ""]
+    lines.append(f"recognised: {summary['recognised']:.1%} of the parameters are in boxes that are not Opaque")
+    lines += [f"tied: {key} is {value}" for key, value in summary["ties"].items()]
     lines.append("")
     bits = summary.get("description_length")
     if bits is not None:

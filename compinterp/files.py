@@ -40,6 +40,7 @@ True
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -147,7 +148,8 @@ def read_diagram(path: str | os.PathLike[str]) -> Diagram:
 def info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a saved model holds, without building it or unpickling anything; checks every file's checksum.
 
-    Returns JSON: ``path``, versions, ``dom``/``cod``, ``num_params`` (total), ``files``
+    Returns JSON: ``path``, versions, ``dom``/``cod``, ``num_params`` (total), ``recognised`` (the
+    fraction of the parameters, tied ones once, in boxes that are not Opaque), ``ties``, ``files``
     (bytes each) and ``boxes``: one entry per distinct box in diagram order, with
     ``name``, ``kind``, ``dom``, ``cod``, ``data``, ``uses`` (how many layers) and
     ``params`` (numbers held by that box's parameters, shared boxes counted once
@@ -174,9 +176,17 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             rows[key] = {"name": box.name, "kind": box.kind, "dom": box.dom.to_json(), "cod": box.cod.to_json(),
                          "data": dict(box.data), "uses": 1, "params": counts.get(box.name, 0)}
+    ties = _read_ties(path, meta)
+    boxes = named_boxes(diagram)
+    own = {name: n - sum(math.prod(boxes[name].param_shapes()[key.partition(".")[2]])
+                         for key in ties if key.partition(".")[0] == name)
+           for name, n in counts.items() if name in boxes}
+    total = sum(own.values())
+    recognised = sum(n for name, n in own.items() if not boxes[name].opaque) / total if total else 1.0
     return {"path": str(path), "format_version": meta["format_version"],
             "compinterp_version": meta.get("compinterp_version"), "torch_version": meta.get("torch_version"),
             "dom": diagram.dom.to_json(), "cod": diagram.cod.to_json(), "num_params": meta.get("num_params"),
+            "recognised": recognised, "ties": ties,
             "files": {name: entry["bytes"] for name, entry in meta["files"].items()},
             "boxes": list(rows.values())}
 

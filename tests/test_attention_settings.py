@@ -3,6 +3,7 @@ learned positions, and tied parameters: against a by-hand reference, through fil
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -21,6 +22,7 @@ from compinterp.syntax import (
     Attention,
     Embed,
     Linear,
+    Norm,
     Opaque,
     PosEmbed,
     Space,
@@ -49,12 +51,19 @@ def by_hand(box: Attention, p: dict[str, torch.Tensor], x: torch.Tensor, *keep: 
         for t in range(T):
             for i in range(rot // 2):
                 angle = t * base ** (-2 * i / rot)
-                a, b = y[:, t, :, i], y[:, t, :, i + rot // 2]
-                out[:, t, :, i] = a * math.cos(angle) - b * math.sin(angle)
-                out[:, t, :, i + rot // 2] = b * math.cos(angle) + a * math.sin(angle)
+                first, second = (2 * i, 2 * i + 1) if data.get("rotary_interleaved") else (i, i + rot // 2)
+                a, b = y[:, t, :, first], y[:, t, :, second]
+                out[:, t, :, first] = a * math.cos(angle) - b * math.sin(angle)
+                out[:, t, :, second] = b * math.cos(angle) + a * math.sin(angle)
         return out
 
-    q, k, v = turn(project("Wq", "bq", heads)), turn(project("Wk", "bk", kv)), project("Wv", "bv", kv)
+    def normed(y: torch.Tensor, role: str) -> torch.Tensor:
+        if "qk_norm" not in data:
+            return y
+        return y / (y.square().mean(-1, keepdim=True) + data["qk_norm"]).sqrt() * p[role]
+
+    q, k = turn(normed(project("Wq", "bq", heads), "q_norm")), turn(normed(project("Wk", "bk", kv), "k_norm"))
+    v = project("Wv", "bv", kv)
     group = heads // kv
     z = torch.zeros(x.shape[0], T, heads, dh, dtype=x.dtype)
     for h in range(heads):
@@ -66,6 +75,10 @@ def by_hand(box: Attention, p: dict[str, torch.Tensor], x: torch.Tensor, *keep: 
                 for row in range(x.shape[0]):
                     if keep and keep[0][row, s, 0] == 0:
                         logits[row, t, s] = -math.inf
+        if keep:
+            alone = logits.isinf().all(-1)       # a query that sees no token sees itself
+            for row, t in alone.nonzero().tolist():
+                logits[row, t, t] = (q[row, t, h] @ k[row, t, h // group]) * scale
         z[:, :, h] = torch.einsum("b t s, b s e -> b t e", logits.softmax(-1), v[:, :, h // group])
     return torch.einsum("b t i, d i -> b t d", z.flatten(-2), p["Wo"]) + (p["bo"] if "bo" in p else 0)
 
@@ -77,11 +90,13 @@ BOXES = [
     Attention("gqa", R, heads=4, kv_heads=2),
     Attention("mqa", R, heads=6, kv_heads=1, bias="qkv", causal=False),
     Attention("rope", R, heads=2, rotary_dim=6, rotary_base=100.0),
+    Attention("adjacent", R, heads=2, kv_heads=1, rotary_dim=4, rotary_interleaved=True, bias="qk"),
+    Attention("qk_norm", R, heads=4, kv_heads=2, rotary_dim=2, qk_norm=1e-6),
     Attention("partial", R, heads=2, kv_heads=1, rotary_dim=2, scale=0.05, bias="o"),
     Attention("window", R, heads=4, head_dim=5, kv_heads=2, rotary_dim=4, window=3, bias=True),
     Attention("padded", R, heads=3, causal=False, bias=True, padded=True),
     Attention("padded_causal", R, heads=4, kv_heads=2, rotary_dim=2, padded=True),
-    Attention("padded_window", R, heads=2, window=4, padded=True),
+    Attention("padded_window", R, heads=2, window=2, padded=True),
 ]
 
 
@@ -147,6 +162,8 @@ def test_tied_parameters_are_one_tensor_counted_saved_and_trained_once(tmp_path:
     model = tied_model(ties={"unembed.W": "embed.W"}, seed=1)
     W = model.box_params("embed")["W"]
     assert model.box_params("unembed")["W"] is W
+    copied = copy.deepcopy(model)
+    assert copied.ties == model.ties and copied.box_params("unembed")["W"] is copied.box_params("embed")["W"]
     assert model.num_params() == 10 * 12 + 12 * 12 + 10
     model.save(tmp_path / "m")
     back = ci.load(tmp_path / "m")
@@ -179,3 +196,30 @@ def test_recognised_fraction_counts_opaque_boxes_and_ties_once() -> None:
                     Unembed("unembed", R, tokens))
     model = ci.Model(diagram, ties={"unembed.W": "embed.W"})
     assert recognised_fraction(model) == pytest.approx(120 / (120 + 156))
+
+
+def test_scaled_embeddings_and_offset_norm_scales() -> None:
+    tokens, ids = Space("tokens", 5), torch.tensor([[0, 3, 4]])
+    diagram = chain(Embed("embed", tokens, R, scale=3.0), Norm("ln", R, norm="rms", eps=1e-6, offset=1.0))
+    model = ci.Model(diagram, seed=0)
+    assert torch.equal(model.box_params("ln")["weight"], torch.zeros(12))          # 1 + 0: the identity scale
+    x = 3.0 * model.box_params("embed")["W"][ids]
+    torch.testing.assert_close(model(ids), x / (x.square().mean(-1, keepdim=True) + 1e-6).sqrt())
+    for box in diagram.boxes:
+        assert box_from_json(json.loads(json.dumps(box_to_json(box)))) == box
+    assert Norm("ln", R).data == {"norm": "rms", "eps": 1e-5, "affine": True, "bias": False}
+    assert_error(BoxError, lambda: Norm("ln", R, affine=False, offset=1.0), "Norm box 'ln'", "offset")
+    assert_error(BoxError, lambda: Embed("e", tokens, R, scale=0), "Embed box 'e'", "scale")
+
+
+def test_a_scaled_embedding_survives_rewrites_and_tensor_semantics() -> None:
+    tokens = Space("tokens", 6)
+    model = ci.Model(chain(Embed("embed", tokens, R, scale=3.0), Linear("mid", R, R, bias=True),
+                           Unembed("unembed", R, tokens)), seed=0)
+    ids = torch.tensor([[1, 2, 5]])
+    with torch.no_grad():
+        expected = model(ids)
+        for rewritten in (ci.lowrank(model, "embed", 6), ci.fuse(model)):
+            torch.testing.assert_close(rewritten(ids), expected)
+        one_hot = torch.nn.functional.one_hot(ids, 6).double()
+        torch.testing.assert_close(ci.tensor_semantics(model)(one_hot), expected.double(), atol=1e-5, rtol=1e-5)

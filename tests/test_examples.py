@@ -89,3 +89,12 @@ def test_explain_torch_module(tmp_path: Path) -> None:
     assert n["second"]["worst_box"] == "bilinear"
     assert n["second"]["boxes"]["bilinear"] == pytest.approx(n["first"]["boxes"]["bilinear"])
     assert n["second"]["faithfulness"] > max(0.9, n["first"]["faithfulness"])
+
+
+def test_induction_gpt2(tmp_path: Path) -> None:
+    done = run("induction_gpt2.py", "--out", str(tmp_path), "--steps", "2", "--width", "32")
+    assert done.returncode == 0, done.stderr
+    n = json.loads((tmp_path / "induction.json").read_text())
+    assert n["previous_head"][0] == "attn0" and n["induction_head"][0] == "attn1"
+    assert "Attention" in n["boxes"] and 0 < n["bits_per_byte"] < 9
+    assert n["explanation"]["end_to_end"]["faithfulness"] <= 1.0

@@ -33,23 +33,36 @@ CONFIGS: dict[str, Callable[[], object]] = {
                                                    mlp_bias=True),
     "qwen2": lambda: transformers.Qwen2Config(**GQA, use_sliding_window=True, sliding_window=5, max_window_layers=1),
     "mistral": lambda: transformers.MistralConfig(**GQA, sliding_window=16),
+    "qwen3": lambda: transformers.Qwen3Config(**GQA, head_dim=16),
+    "gemma": lambda: transformers.GemmaConfig(**GQA, head_dim=16),
     "gpt_neox": lambda: transformers.GPTNeoXConfig(**SMALL, rope_parameters={
         "rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}),
     "bert": lambda: transformers.BertConfig(**SMALL, max_position_embeddings=80),
+    "distilbert": lambda: transformers.DistilBertConfig(n_layers=2, dim=64, n_heads=4, hidden_dim=128, vocab_size=100,
+                                                        max_position_embeddings=80),
+    "opt": lambda: transformers.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=128,
+                                          vocab_size=100, word_embed_proj_dim=64, max_position_embeddings=80),
+    "phi": lambda: transformers.PhiConfig(**SMALL),
+    "gptj": lambda: transformers.GPTJConfig(n_layer=2, n_embd=64, n_head=4, vocab_size=100, rotary_dim=8,
+                                            bos_token_id=0, eos_token_id=0),
 }
-"""Tiny random configurations: grouped-query attention (Llama, Qwen2, Mistral), biases on q/k/v only
-(Qwen2), sliding windows shorter than the longest test sequence (Qwen2's second layer, Mistral),
-tied embeddings (GPT-2, Llama tied, BERT), parallel residual and partial rotary (GPT-NeoX), a
-bidirectional encoder with post-norm blocks, token types and a padding mask (BERT, as a masked LM)."""
+"""Tiny random configurations: grouped-query attention (Llama, Qwen2, Qwen3, Mistral), biases on q/k/v
+only (Qwen2), RMS norms on each query and key head (Qwen3), norms scaling by ``1 + w`` and embeddings
+by ``sqrt(d)`` (Gemma), sliding windows shorter than the longest
+test sequence (Qwen2's second layer, Mistral), tied embeddings (GPT-2, Llama tied, BERT, OPT),
+parallel residual and partial rotary (GPT-NeoX; Phi and GPT-J with one norm shared by attention and
+MLP), rotary on adjacent pairs (GPT-J), learned positions read from row 2 (OPT), and a bidirectional
+encoder with post-norm blocks, token types and a padding mask (BERT, as a masked LM)."""
 
 LENGTHS = (1, 7, 64)
+ENCODERS = ("bert", "distilbert")
 ARCHS = sorted(CONFIGS)
 
 
 def build(arch: str, attention: str = "eager") -> torch.nn.Module:
     """A random model of ``arch`` in eval mode, every parameter (biases and norm scales too) perturbed."""
     torch.manual_seed(0)
-    auto = transformers.AutoModelForMaskedLM if arch == "bert" else transformers.AutoModelForCausalLM
+    auto = transformers.AutoModelForMaskedLM if arch in ENCODERS else transformers.AutoModelForCausalLM
     model = auto.from_config(CONFIGS[arch](), attn_implementation=attention).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -75,13 +88,16 @@ def hf_logits(model: torch.nn.Module, tokens: torch.Tensor, **kwargs: torch.Tens
         return model(input_ids=tokens, **kwargs).logits
 
 
-def encoder_inputs(length: int) -> dict[str, torch.Tensor]:
-    """Token types and a padding mask: the second row padded after half its tokens, the third after one."""
+def encoder_inputs(arch: str, length: int) -> dict[str, torch.Tensor]:
+    """An encoder's padding mask (the second row padded after half its tokens, the third after one) and
+    BERT's token types; nothing for a decoder."""
+    if arch not in ENCODERS:
+        return {}
     mask = torch.ones(3, length, dtype=torch.long)
     mask[1, length // 2 + 1:] = 0
     mask[2, 1:] = 0
     types = torch.randint(2, (3, length), generator=torch.Generator().manual_seed(2))
-    return {"token_type_ids": types, "attention_mask": mask}
+    return {"attention_mask": mask} | ({"token_type_ids": types} if arch == "bert" else {})
 
 
 @pytest.mark.parametrize("length", LENGTHS)
@@ -89,7 +105,7 @@ def encoder_inputs(length: int) -> dict[str, torch.Tensor]:
 def test_logits_equal_hf(models: dict, arch: str, length: int) -> None:
     model, imported = models[arch]
     tokens = ids(length)
-    extra = encoder_inputs(length) if arch == "bert" else {}
+    extra = encoder_inputs(arch, length)
     with torch.no_grad():
         got = imported(*hf_inputs(imported, tokens, **extra))
     assert got.shape == (3, length, 100)
@@ -101,7 +117,7 @@ def test_sdpa_attention_gives_the_same_import(arch: str) -> None:
     model = build(arch, attention="sdpa")
     imported = ci.from_hf(model)
     tokens = ids(64)
-    extra = encoder_inputs(64) if arch == "bert" else {}
+    extra = encoder_inputs(arch, 64)
     with torch.no_grad():
         got = imported(*hf_inputs(imported, tokens, **extra))
     assert float((got - hf_logits(model, tokens, **extra)).abs().max()) < 1e-4
@@ -128,10 +144,22 @@ def test_diagram_shape(models: dict) -> None:
     qwen2 = models["qwen2"][1].boxes
     assert qwen2["attn0"].data["bias"] == "qkv" and "window" not in qwen2["attn0"].data
     assert qwen2["attn1"].data["window"] == 5
+    assert models["qwen3"][1].boxes["attn0"].data["qk_norm"] == 1e-6
+    assert models["qwen3"][1].boxes["attn0"].param_shapes()["q_norm"] == (16,)
+    gemma = models["gemma"][1].boxes
+    assert gemma["embed"].data == {"scale": 8.0} and gemma["ln_attn0"].data["offset"] == 1.0
     neox = models["gpt_neox"][1]
     assert neox.boxes["attn0"].data["rotary_dim"] == 8 and neox.boxes["attn0"].data["rotary_base"] == 500.0
     assert [box.kind for box in neox.diagram.boxes][1:9] == ["Copy", "Norm", "Attention", "Norm", "Linear",
                                                              "Elementwise", "Linear", "Add"]
+    phi = models["phi"][1]
+    assert [box.kind for box in phi.diagram.boxes][1:9] == ["Copy", "Norm", "Copy", "Attention", "Linear",
+                                                            "Elementwise", "Linear", "Add"]
+    assert "ln_mlp0" not in phi.boxes and phi.boxes["attn0"].data["rotary_dim"] == 8
+    assert models["opt"][1].boxes["pos"].data == {"positions": 82, "offset": 2}
+    assert models["gptj"][1].boxes["attn1"].data == {"heads": 4, "head_dim": 16, "causal": True, "bias": False,
+                                                     "rotary_dim": 8, "rotary_base": 10000.0,
+                                                     "rotary_interleaved": True}
     bert = models["bert"][1]
     assert str(bert.dom) == "tokens:100 @ token_types:2 @ keep:1" and str(bert.cod) == "logits:100"
     assert bert.boxes["attn0"].data == {"heads": 4, "head_dim": 16, "causal": False, "bias": True, "padded": True}
@@ -149,6 +177,8 @@ def test_tied_weights_stay_tied(models: dict, arch: str) -> None:
     optimizer.step()
     W = trained.box_params("embed")["W"]
     assert trained.box_params("unembed")["W"] is W and not torch.equal(W, imported.box_params("embed")["W"])
+    bits = {part.name: part.parameters for part in ci.description_length(imported).parts}
+    assert bits["unembed"] < 32 * 100 + 64 < bits["embed"]     # the tied W is sent once, then referred to
 
 
 def test_untied_readout_is_its_own_parameter(models: dict) -> None:
@@ -179,7 +209,7 @@ def test_saved_models_load_without_transformers(models: dict, tmp_path: Path) ->
         imported = models[arch][1]
         folder = tmp_path / arch
         imported.save(folder / "model")
-        inputs = hf_inputs(imported, ids(7), **(encoder_inputs(7) if arch == "bert" else {}))
+        inputs = hf_inputs(imported, ids(7), **encoder_inputs(arch, 7))
         with torch.no_grad():
             save_file({"logits": imported(*inputs)} | {f"in{i}": x for i, x in enumerate(inputs)},
                       str(folder / "io.safetensors"))
@@ -223,15 +253,22 @@ def test_from_a_save_pretrained_directory(models: dict, tmp_path: Path) -> None:
 
 def test_errors_name_the_culprit(models: dict, tmp_path: Path) -> None:
     assert_error(ImportTraceError, lambda: ci.from_hf(torch.nn.Linear(2, 2)), "from_hf", "Linear")
-    gptj = transformers.AutoModelForCausalLM.from_config(transformers.GPTJConfig(
-        n_layer=1, n_embd=32, n_head=2, vocab_size=50, rotary_dim=8))
-    assert_error(ImportTraceError, lambda: ci.from_hf(gptj), "GPTJForCausalLM", "'gptj'", "no table row", "gpt2")
+    bloom = transformers.AutoModelForCausalLM.from_config(transformers.BloomConfig(n_layer=1, hidden_size=32, n_head=2,
+                                                                                   vocab_size=50))
+    assert_error(ImportTraceError, lambda: ci.from_hf(bloom), "BloomForCausalLM", "'bloom'", "no table row", "gpt2")
     assert_error(ImportTraceError, lambda: ci.from_hf(tmp_path), str(tmp_path), "config.json")
     assert_error(InputError, lambda: models["gpt2"][1](ids(81)), "'pos'", "81", "80 positions")
     scaled = transformers.LlamaConfig(**SMALL, rope_parameters={"rope_type": "linear", "factor": 2.0,
                                                                 "rope_theta": 10000.0})
     llama = transformers.AutoModelForCausalLM.from_config(scaled)
     assert_error(ImportTraceError, lambda: ci.from_hf(llama), "LlamaForCausalLM", "'linear'")
+    post_norm = transformers.AutoModelForCausalLM.from_config(transformers.OPTConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, ffn_dim=64, vocab_size=50, word_embed_proj_dim=32,
+        do_layer_norm_before=False))
+    assert_error(ImportTraceError, lambda: ci.from_hf(post_norm), "OPTForCausalLM", "do_layer_norm_before", "True")
+    projected = transformers.AutoModelForCausalLM.from_config(transformers.OPTConfig(
+        num_hidden_layers=1, hidden_size=32, num_attention_heads=2, ffn_dim=64, vocab_size=50, word_embed_proj_dim=16))
+    assert_error(ImportTraceError, lambda: ci.from_hf(projected), "'decoder.project_in'", "no box")
     training = build("gpt2").train()
     assert_error(ImportTraceError, lambda: ci.from_hf(training, ids(7)), "GPT2LMHeadModel", "differs", "eval mode")
 
@@ -249,13 +286,54 @@ def test_cli_import_gives_the_same_logits(models: dict, tmp_path: Path, capsys: 
     assert main(["import", str(tmp_path / "ours"), "--out", str(tmp_path / "again")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("compinterp: error: from_hf:") and error.count("\n") == 1
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "padded"), "--padding"]) == 0
+    assert "on tokens:100 @ keep:1," in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "ours")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  attn1: 4 heads x 16, 2 key/value heads, rotary on 16 of 16 (base 10000), causal, window 5" in lines
+    assert "recognised: 100.0% of the parameters are in boxes that are not Opaque" in lines
+
+
+def test_info_counts_tied_parameters_once(models: dict, tmp_path: Path) -> None:
+    imported = models["gpt2"][1]
+    imported.save(tmp_path / "gpt2")
+    summary = ci.files.info(tmp_path / "gpt2")
+    assert summary["ties"] == {"unembed.W": "embed.W"} and summary["recognised"] == 1.0
+    assert summary["num_params"] == imported.num_params()
 
 
 def test_bert_from_a_directory_and_through_from_torch(models: dict, tmp_path: Path) -> None:
     model, imported = models["bert"]
     model.save_pretrained(tmp_path / "bert")
     again = ci.from_hf(tmp_path / "bert", ids(7))
-    inputs = hf_inputs(again, ids(7), **encoder_inputs(7))
+    inputs = hf_inputs(again, ids(7), **encoder_inputs("bert", 7))
     with torch.no_grad():
         assert torch.equal(again(*inputs), imported(*inputs))
         assert ci.from_torch(model, ids(7)).diagram == imported.diagram
+
+
+def test_a_base_model_ends_on_the_residual_stream() -> None:
+    torch.manual_seed(0)
+    model = transformers.AutoModel.from_config(CONFIGS["llama"]()).eval()
+    imported = ci.from_hf(model, ids(9))
+    assert str(imported.cod) == "resid:64" and imported.diagram.boxes[-1].name == "ln_final"
+    with torch.no_grad():
+        torch.testing.assert_close(imported(ids(9)), model(input_ids=ids(9)).last_hidden_state)
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHS if a not in ENCODERS])
+def test_decoders_read_a_padding_mask_on_request(models: dict, arch: str) -> None:
+    model, _ = models[arch]
+    imported = ci.from_hf(model, padding=True)
+    assert str(imported.dom) == "tokens:100 @ keep:1" and imported.boxes["attn0"].data["padded"]
+    tokens = ids(64)
+    right = torch.ones(3, 64, dtype=torch.long)
+    right[1, 40:], right[2, 3:] = 0, 0
+    left = torch.ones(3, 64, dtype=torch.long)
+    left[1, :20], left[2, :61] = 0, 0
+    for mask in (right, left) if arch != "opt" else (right,):      # OPT counts positions from the first token
+        with torch.no_grad():
+            got = imported(*hf_inputs(imported, tokens, attention_mask=mask))
+        assert torch.isfinite(got).all()
+        tokens_only = mask.bool()
+        assert float((got - hf_logits(model, tokens, attention_mask=mask))[tokens_only].abs().max()) < 1e-4

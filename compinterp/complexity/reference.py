@@ -27,6 +27,8 @@ from compinterp.complexity.sparse import Code, measure_codes
 from compinterp.data import as_source, placed, placement
 from compinterp.errors import CompositionError, InputError
 from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
+from compinterp.faithfulness.exact.closed_form import MAX_QUADRATIC, Quadratic, form_inner, quadratic, truncation_mse
+from compinterp.faithfulness.exact.compare import _result
 from compinterp.faithfulness.metrics import Moments
 from compinterp.faithfulness.report import Metrics
 from compinterp.model import Model
@@ -51,6 +53,7 @@ class Reference:
         self.device, self.dtype = placement(model, device)
         self.batches: list[tuple[tuple[torch.Tensor, ...], list[torch.Tensor]]] = []
         self.net: PolyNet | None = None
+        self.own: Quadratic | None = None
         self.samples = 0
         if self.exact:
             reason = why_not_polynomial(model)
@@ -58,6 +61,7 @@ class Reference:
                 raise NotPolynomialError(f"no exact comparison with this model: {reason}; give data instead "
                                          "(a tensor, gaussian:N, digits ...)")
             self.net = tensor_semantics(model, torch.float64)
+            self.own = self.forms(model)
             return
         model.to(self.device)
         n = len(model.dom)
@@ -86,7 +90,13 @@ class Reference:
                                    f"reference ({self.model.dom} -> {self.model.cod}): a refinement must keep the "
                                    "input and output spaces")
         if self.exact:
-            result = exact_compare(self.net, candidate)
+            forms = self.forms(candidate) if self.own is not None else None
+            if forms is None:
+                result = exact_compare(self.net, candidate)
+            else:                               # the reference's forms are kept: one stage, in closed form
+                own = self.own
+                moments = (form_inner(own, own), form_inner(own, forms), form_inner(forms, forms), own[0])
+                result = _result(moments, (), "N(0, I)", True, "")
             return Metrics(fvu=result.fvu, rel_l2=result.rel_l2, cosine=result.cosine, n=0)
         candidate.to(self.device)
         moments = Moments(self.model.cod.dims, self.device)
@@ -94,6 +104,45 @@ class Reference:
             for xs, ys in self.batches:
                 moments.update(ys, _outputs(candidate(*xs)))
         return moments.metrics()
+
+
+    def verify(self, candidate: Model) -> Metrics:
+        """:meth:`compare` as :func:`compinterp.check` computes it, never by the closed forms (which agree to
+        round-off): for the number a search reports."""
+        if not self.exact:
+            return self.compare(candidate)
+        result = exact_compare(self.net, candidate)
+        return Metrics(fvu=result.fvu, rel_l2=result.rel_l2, cosine=result.cosine, n=0)
+
+    def forms(self, model: Model) -> Quadratic | None:
+        """The quadratic forms of ``model``'s outputs under the exact measure ``N(0, I)``, when it is a network
+        of at most one Hadamard stage on real inputs (else ``None``: no closed form)."""
+        if not self.exact:
+            return None
+        net = self.net if model is self.model else tensor_semantics(model, torch.float64)
+        if net.depth > 1 or any(net.tokens) or net.out.shape[0] * (net.in_dim + 1) ** 2 > MAX_QUADRATIC:
+            return None
+        return quadratic(net)
+
+    def truncated(self, parent: Quadratic, values: torch.Tensor, vectors: torch.Tensor, directions: torch.Tensor,
+                  keep: list[torch.Tensor]) -> list[Metrics]:
+        """End-to-end metrics, in closed form, of the candidates that drop eigencomponents from a one-stage
+        ``parent`` (its :meth:`forms`): the components ``keep[i]`` does not keep (see
+        :func:`~compinterp.faithfulness.exact.closed_form.truncation_mse`); equal to :meth:`compare` of the
+        rewritten models, without building their semantics."""
+        if self.own is None:
+            raise InputError("closed-form scores need an exact reference of at most one Hadamard stage")
+        delta = (self.own[0] - parent[0], self.own[1] - parent[1], self.own[2] - parent[2])
+        ff = form_inner(self.own, self.own)
+        var = (ff - self.own[0] ** 2).clamp_min(0)
+        total = torch.where(var <= 1e-12 * ff, torch.zeros_like(var), var).sum().item()
+        norm = ff.sum().item()
+        out = []
+        for mse in truncation_mse(delta, values, vectors, directions, keep):
+            mse = max(mse, 0.0)
+            fvu = mse / total if total > 0 else (0.0 if mse <= 0 else float("inf"))
+            out.append(Metrics(fvu=fvu, rel_l2=(mse / norm) ** 0.5 if norm > 0 else 0.0, cosine=float("nan"), n=0))
+        return out
 
 
 def _outputs(y: torch.Tensor | tuple[torch.Tensor, ...]) -> list[torch.Tensor]:

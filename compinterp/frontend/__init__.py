@@ -2,5 +2,6 @@
 
 from compinterp.frontend.fx import from_torch
 from compinterp.frontend.hf import from_hf
+from compinterp.frontend.tl import from_transformer_lens
 
-__all__ = ["from_hf", "from_torch"]
+__all__ = ["from_hf", "from_torch", "from_transformer_lens"]

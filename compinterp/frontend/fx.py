@@ -21,7 +21,8 @@ module on the example inputs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import fx, nn
 
 from compinterp.errors import ImportTraceError, InputError
 from compinterp.frontend.hf import from_hf, is_hf
+from compinterp.frontend.tl import from_transformer_lens, is_transformer_lens
 from compinterp.frontend.layout import Application, wire_up
 from compinterp.frontend.matching import Unit, base_name, label
 from compinterp.frontend.patterns import Recognizer
@@ -41,18 +43,22 @@ from compinterp.syntax import Box, Kind, Opaque, Space, Unembed
 Piece = Unit | Region
 
 
-def from_torch(module: nn.Module, *example_inputs: torch.Tensor, check: bool = True,
-               leaves: tuple[type[nn.Module], ...] = ()) -> Model:
+def from_torch(module: nn.Module, *example_inputs: torch.Tensor | Mapping[str, torch.Tensor], check: bool = True,
+               leaves: tuple[type[nn.Module], ...] = (), output: str | None = None) -> Model:
     """The :class:`~compinterp.Model` computing what ``module`` computes, as a diagram of our boxes.
 
     Args:
         module: the network; put it in eval mode first (dropout is dropped only when it does nothing).
         example_inputs: one batched tensor per positional argument of ``module.forward``
-            (later arguments keep their defaults). Their shapes name the wires' dimensions.
+            (later arguments keep their defaults), or one mapping of argument names to tensors
+            (keyword inputs such as ``{"input_ids": ids, "attention_mask": mask}``; the model's
+            inputs are then these, in the forward's order). Their shapes name the wires' dimensions.
         check: compare the imported model with ``module`` on the example inputs and raise
             :class:`~compinterp.errors.ImportTraceError` if they differ.
         leaves: module types not to trace inside: they become ``Opaque`` boxes (torch's own
             layers are never traced inside; those we know are recognised as usual).
+        output: for a module returning a mapping (a dict, a HuggingFace ``ModelOutput``), the
+            entry to import (default ``logits``); its wire is named after it.
 
     Recognised: ``nn.Linear``/``F.linear`` (``Linear``; a last one to the output of a model
     with an ``Embed`` is ``Unembed``), ``nn.Embedding`` (``Embed``; the ids' wire has the
@@ -64,8 +70,10 @@ def from_torch(module: nn.Module, *example_inputs: torch.Tensor, check: bool = T
     becomes ``Opaque`` boxes wrapping ``torch.fx.GraphModule`` pieces of the traced graph;
     a submodule whose code cannot be traced is kept whole inside one.
 
-    A HuggingFace ``transformers`` model is not traced: it goes to :func:`~compinterp.frontend.hf.from_hf`,
-    checked on the first example input (token ids) when ``check``.
+    A HuggingFace ``transformers`` model or a TransformerLens ``HookedTransformer`` is not traced: it
+    goes to :func:`~compinterp.frontend.hf.from_hf` or
+    :func:`~compinterp.frontend.tl.from_transformer_lens`, checked on the first example input (token
+    ids) when ``check``.
 
     Wires: a space's dimension is the value's last axis at the examples' sizes (so a value
     whose last axis is the sequence, such as a mask passed as input, fixes its length).
@@ -81,24 +89,63 @@ def from_torch(module: nn.Module, *example_inputs: torch.Tensor, check: bool = T
     recognised by its values at the examples' length. In-place updates (``x.add_(y)``) are
     not followed: the check reports them.
     """
+    example = _first(example_inputs) if check else None
     if is_hf(module):
-        return from_hf(module, example_inputs[0] if check and example_inputs else None)
+        return from_hf(module, example)
+    if is_transformer_lens(module):
+        return from_transformer_lens(module, example)
     name = _validate(module, example_inputs, leaves)
-    reference = _reference(module, example_inputs, name)
-    traced = trace(module, example_inputs, tuple(leaves))
+    examples = _named(module, example_inputs, name)
+    reference = list(flatten(_select(_reference(module, example_inputs, name), output, name)[0]))
+    traced = trace(module, examples, tuple(leaves))
     rec = Recognizer(traced)
     units = rec.run()
-    output = next(n for n in reversed(traced.graph.nodes) if n.op == "output")
-    outputs = [rec.resolve(o) for o in _outputs(output.args[0], rec, name)]
+    result, key = _select(next(n for n in reversed(traced.graph.nodes) if n.op == "output").args[0], output, name)
+    outputs = [rec.resolve(o) for o in _outputs(result, rec, name)]
     pieces = Grouper(rec, units, outputs).run()
     inputs = [n for n in traced.graph.nodes if n.op == "placeholder"]
-    wires = _wires(rec, inputs, pieces)
+    wires = _wires(rec, inputs, pieces, {outputs[0]: key} if key else {})
     steps, params = _boxes(rec, pieces, wires, outputs)
     model = Model(wire_up([(v, wires[v]) for v in inputs], steps, outputs), params)
     model.train(module.training)
     if check:
-        _check(model, example_inputs, reference, name)
+        _check(model, list(examples.values()), reference, name)
     return model
+
+
+def _first(examples: Sequence[Any]) -> Any:
+    """The first example input (token ids for a transformer): the first tensor, or a mapping's ``input_ids``."""
+    if len(examples) == 1 and isinstance(examples[0], Mapping):
+        return examples[0].get("input_ids", next(iter(examples[0].values()), None))
+    return examples[0] if examples else None
+
+
+def _named(module: nn.Module, examples: Sequence[Any], name: str) -> dict[str, torch.Tensor]:
+    """The example inputs by the forward's argument names, in the forward's order."""
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)]
+    if len(examples) == 1 and isinstance(examples[0], Mapping):
+        given = dict(examples[0])
+        unknown = [k for k in given if k not in {p.name for p in params}]
+        if unknown:
+            raise InputError(f"example inputs {', '.join(map(repr, unknown))} are not arguments of {name}.forward "
+                             f"({', '.join(p.name for p in params)})")
+        return {p.name: given[p.name] for p in params if p.name in given}
+    return {p.name: x for p, x in zip(params, examples)}
+
+
+def _select(result: Any, output: str | None, name: str) -> tuple[Any, str | None]:
+    """The entry ``output`` (default ``logits``) of a mapping result, with its key; any other result as it is."""
+    if isinstance(result, Mapping):
+        key = output or "logits"
+        if key not in result:
+            raise ImportTraceError(f"{name} returns a mapping without {key!r} (its entries: "
+                                   f"{', '.join(map(str, result)) or 'none'}); pass output= one of them")
+        return result[key], key
+    if output is not None:
+        raise ImportTraceError(f"output={output!r} picks an entry of a mapping, but {name} returns "
+                               f"{type(result).__name__}")
+    return result, None
 
 
 def _validate(module: Any, examples: Sequence[Any], leaves: Any) -> str:
@@ -106,6 +153,11 @@ def _validate(module: Any, examples: Sequence[Any], leaves: Any) -> str:
     if not isinstance(module, nn.Module):
         raise ImportTraceError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
     name = type(module).__name__
+    if any(isinstance(x, Mapping) for x in examples):
+        if len(examples) != 1 or not all(isinstance(k, str) for k in examples[0]):
+            raise InputError(f"example inputs for {name}: give tensors, one per positional argument, or one "
+                             "mapping of argument names to tensors, not both")
+        examples = list(examples[0].values())
     for i, x in enumerate(examples):
         if not isinstance(x, torch.Tensor):
             raise InputError(f"example input {i} for {name} must be a torch.Tensor, got {type(x).__name__}")
@@ -117,15 +169,17 @@ def _validate(module: Any, examples: Sequence[Any], leaves: Any) -> str:
     return name
 
 
-def _reference(module: nn.Module, examples: Sequence[torch.Tensor], name: str) -> list[Any]:
-    """The module's outputs on the examples, flattened; a clear error if it does not run on them."""
+def _reference(module: nn.Module, examples: Sequence[Any], name: str) -> Any:
+    """The module's output on the examples (positional, or one mapping of keyword inputs); a clear error if it
+    does not run on them."""
+    keyword = len(examples) == 1 and isinstance(examples[0], Mapping)
     try:
         with torch.no_grad():
-            out = module(*examples)
+            return module(**examples[0]) if keyword else module(*examples)
     except Exception as err:
-        shapes = ", ".join(str(tuple(x.shape)) for x in examples) or "none"
+        shown = examples[0].items() if keyword else enumerate(examples)
+        shapes = ", ".join(f"{k}: {tuple(x.shape)}" if keyword else str(tuple(x.shape)) for k, x in shown) or "none"
         raise InputError(f"{name} does not run on the example inputs (shapes {shapes}): {first_line(err)}") from err
-    return list(flatten(out))
 
 
 def _outputs(result: Any, rec: Recognizer, name: str) -> list[fx.Node]:
@@ -140,8 +194,10 @@ def _outputs(result: Any, rec: Recognizer, name: str) -> list[fx.Node]:
     return leaves
 
 
-def _wires(rec: Recognizer, inputs: list[fx.Node], pieces: list[Piece]) -> dict[fx.Node, Space]:
-    """The one-wire space of every value: tied values share a label (see :func:`from_torch`)."""
+def _wires(rec: Recognizer, inputs: list[fx.Node], pieces: list[Piece],
+           named: Mapping[fx.Node, str]) -> dict[fx.Node, Space]:
+    """The one-wire space of every value: tied values share a label (see :func:`from_torch`); a value in
+    ``named`` (an entry picked from a mapping output) is labelled by its key unless an input is in its class."""
     made: dict[fx.Node, str] = {v: label(str(v.target)) for v in inputs}
     parent: dict[fx.Node, fx.Node] = {v: v for v in inputs}
     sums: set[fx.Node] = set()
@@ -170,7 +226,8 @@ def _wires(rec: Recognizer, inputs: list[fx.Node], pieces: list[Piece]) -> dict[
     labels: dict[fx.Node, str] = {}
     used: set[str] = set()
     for root, members in classes.items():
-        given = next((made[v] for v in members if v.op == "placeholder"), None)
+        given = next((made[v] for v in members if v.op == "placeholder"), None) or next(
+            (label(named[v]) for v in members if v in named), None)
         text = given or ("resid" if sums.intersection(members) else made[members[0]])
         unique, k = text, 1
         while unique in used:

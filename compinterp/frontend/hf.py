@@ -4,10 +4,11 @@ The model's ``forward`` is never traced: a table row (:mod:`compinterp.frontend.
 chosen by ``config.model_type``) says where the embedding, each block's norms, attention and
 MLP, the final norm and the readout are, and one walker turns the module tree and the row
 into ``Embed`` (``+ PosEmbed``) ``>>`` per block ``residual(Norm >> Attention)``,
-``residual(Norm >> MLP)`` (or both on one residual when the family is parallel) ``>> Norm >>
-Unembed``. Attention boxes carry heads, kv heads, head dim, rotary settings, scale and
-causality; GPT-2's ``Conv1D`` weights are transposed into ``Linear`` ones; a readout tied to
-the token embedding stays one tensor. transformers is imported only to read a directory.
+``residual(Norm >> MLP)`` (both on one residual when the family is parallel; norms after the
+sums for an encoder; the sums named ``resid_mid<i>`` and ``resid_post<i>``) ``>> Norm >>
+Unembed``. Attention boxes carry heads, kv heads, head dim, rotary settings, scale, causality
+and a padding mask; GPT-2's ``Conv1D`` weights are transposed into ``Linear`` ones; a readout
+tied to the token embedding stays one tensor. transformers is imported only to read a directory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -43,7 +45,6 @@ from compinterp.syntax import (
     Swap,
     Unembed,
     chain,
-    residual,
 )
 
 ACTIVATIONS: MappingProxyType[str, str] = MappingProxyType({
@@ -61,8 +62,9 @@ def is_hf(obj: object) -> bool:
     return type(obj).__module__.startswith("transformers.")
 
 
-def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | None = None) -> Model:
-    """The :class:`~compinterp.Model` of a HuggingFace decoder-only transformer, box for box.
+def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | None = None, *,
+            padding: bool | None = None) -> Model:
+    """The :class:`~compinterp.Model` of a HuggingFace transformer, box for box.
 
     Args:
         model: a ``transformers.PreTrainedModel`` of a family in
@@ -72,9 +74,12 @@ def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | N
         example: token ids ``(batch, seq)``; if given, the import is checked against the
             model's own forward on them and :class:`~compinterp.errors.ImportTraceError` raised
             if they differ.
+        padding: whether attention reads a padding mask, the input wire ``keep:1`` (default:
+            encoders do, decoders do not).
 
-    The input wire is ``tokens:vocab`` (integer ids; no padding mask: every position is a token).
-    There is no dropout: the import computes what the model computes in eval mode.
+    A decoder's input wire is ``tokens:vocab`` (integer ids), and ``keep:1`` with ``padding``; an
+    encoder also reads ``token_types`` (see :func:`hf_inputs`). There is no dropout: the import
+    computes what the model computes in eval mode.
     """
     if isinstance(model, (str, os.PathLike)):
         model = _load(Path(model))
@@ -86,7 +91,8 @@ def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | N
     if family is None:
         raise ImportTraceError(f"from_hf: no table row for {name} (model_type {model_type!r}); known: "
                                f"{', '.join(FAMILIES)}; add a Family to compinterp.frontend.families.FAMILIES")
-    diagram, params, ties = _Walker(model, family).diagram()
+    _check_row(model, family)
+    diagram, params, ties = _Walker(model, family, family.padded if padding is None else padding).diagram()
     try:
         imported = Model(diagram, params, ties=ties)
     except CompinterpError as err:
@@ -96,18 +102,18 @@ def from_hf(model: nn.Module | str | os.PathLike[str], example: torch.Tensor | N
     return imported
 
 
-def convert(source: str | os.PathLike[str], out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Import the ``save_pretrained`` directory ``source`` and save it as a compinterp model in ``out``;
-    returns what was written (JSON: paths, model type, parameter count, recognised fraction, boxes by kind)."""
+def convert(source: str | os.PathLike[str], out: str | os.PathLike[str],
+            padding: bool | None = None) -> dict[str, Any]:
+    """Import the ``save_pretrained`` directory ``source`` (``padding`` as for :func:`from_hf`) and save it
+    as a compinterp model in ``out``; returns what was written (JSON: paths, model type, inputs,
+    parameter count, recognised fraction, ties, boxes by kind)."""
     check_target(out)
-    model = from_hf(source)
+    model = from_hf(source, padding=padding)
     model.save(out)
-    kinds: dict[str, int] = {}
-    for box in model.boxes.values():
-        kinds[box.kind] = kinds.get(box.kind, 0) + 1
+    kinds = Counter(box.kind for box in model.boxes.values())
     return {"source": str(source), "out": str(out), "model_type": _read_model_type(Path(source)),
-            "num_params": model.num_params(), "recognised": recognised_fraction(model), "ties": model.ties,
-            "boxes": kinds}
+            "dom": model.dom.to_json(), "num_params": model.num_params(), "recognised": recognised_fraction(model),
+            "ties": model.ties, "boxes": dict(kinds)}
 
 
 def _read_model_type(path: Path) -> str | None:
@@ -116,11 +122,17 @@ def _read_model_type(path: Path) -> str | None:
     return config.get("model_type") if isinstance(config, dict) else None
 
 
+def stream(block: Diagram, name: str) -> Diagram:
+    """``residual(block)`` with its sum named ``name`` (``resid_mid0``: the cache holds the stream by that name)."""
+    x = block.dom
+    return Copy(x).then(block @ Id(x), Add(x, name=name))
+
+
 class _Walker:
     """Reads one model's module tree along a family's row, collecting boxes' parameters on the way."""
 
-    def __init__(self, model: nn.Module, family: Family) -> None:
-        self.model, self.family, self.config = model, family, model.config
+    def __init__(self, model: nn.Module, family: Family, padded: bool) -> None:
+        self.model, self.family, self.config, self.padded = model, family, model.config, padded
         self.base: nn.Module = getattr(model, "base_model", model)
         self.params: Params = {}
 
@@ -131,7 +143,8 @@ class _Walker:
         vocab, width = embed.weight.shape
         resid = Space("resid", width)
         self.params["embed"] = {"W": embed.weight}
-        first: Diagram = Embed("embed", Space("tokens", vocab), resid)
+        scale = getattr(embed, "scalar_embed_scale", 1.0)
+        first: Diagram = Embed("embed", Space("tokens", vocab), resid, scale=None if scale == 1.0 else scale)
         if family.token_types:
             types = self.find(self.base, family.token_types).weight
             self.params["token_type"] = {"W": types}
@@ -140,26 +153,28 @@ class _Walker:
         if family.positions:
             table = self.find(self.base, family.positions).weight
             self.params["pos"] = {"W": table}
-            parts.append(self.beside(PosEmbed("pos", resid, positions=table.shape[0])))
+            parts.append(self.beside(PosEmbed("pos", resid, positions=table.shape[0], offset=family.position_offset)))
         if family.embed_norm:
             parts.append(self.beside(self.norm("ln_embed", resid, self.find(self.base, family.embed_norm))))
-        parallel = bool(family.parallel and getattr(config, family.parallel, False))
-        if parallel and (family.padded or family.post_norm):
+        parallel = family.parallel if isinstance(family.parallel, bool) \
+            else bool(getattr(config, family.parallel, False))
+        if parallel and family.post_norm:
             raise ImportTraceError(f"from_hf: {type(self.model).__name__}'s row asks for a parallel residual with "
-                                   "a padding mask or norms after the sum, which the walker does not build")
+                                   "norms after the sum, which the walker does not build")
         for i, block in enumerate(self.find(self.base, family.layers)):
             attn_norm = self.norm(f"ln_attn{i}", resid, self.find(block, family.attn_norm))
             attn = self.attention(f"attn{i}", resid, block)
-            mlp_norm = self.norm(f"ln_mlp{i}", resid, self.find(block, family.mlp_norm))
             mlp = self.mlp(i, resid, block)
+            mlp_norm = self.norm(f"ln_mlp{i}", resid, self.find(block, family.mlp_norm)) if family.mlp_norm else None
             if parallel:
-                parts.append(Copy(resid, 3) >> (attn_norm >> attn) @ (mlp_norm >> mlp) @ Id(resid) >> Add(resid, 3))
+                parts.append(self.parallel(i, attn_norm, attn, mlp_norm, mlp))
             elif family.post_norm:
-                parts += [self.residual(attn), self.beside(attn_norm), self.beside(residual(mlp)),
-                          self.beside(mlp_norm)]
+                parts += [self.residual(attn, f"resid_mid{i}"), self.beside(attn_norm),
+                          self.beside(stream(mlp, f"resid_post{i}")), self.beside(mlp_norm)]
             else:
-                parts += [self.residual(self.beside(attn_norm) >> attn), self.beside(residual(mlp_norm >> mlp))]
-        if family.padded:
+                parts += [self.residual(self.beside(attn_norm) >> attn, f"resid_mid{i}"),
+                          self.beside(stream(mlp_norm >> mlp, f"resid_post{i}"))]
+        if self.padded:
             parts.append(Id(resid) @ Copy(KEEP, 0))
         if family.final_norm:
             parts.append(self.norm("ln_final", resid, self.find(self.base, family.final_norm)))
@@ -178,25 +193,42 @@ class _Walker:
         return chain(*parts), self.params, ties
 
     def beside(self, diagram: Diagram) -> Diagram:
-        """``diagram`` with the padding wire passed alongside, when the family has one."""
-        return diagram @ Id(KEEP) if self.family.padded else diagram
+        """``diagram`` with the padding wire passed alongside, when the model reads one."""
+        return diagram @ Id(KEEP) if self.padded else diagram
 
-    def residual(self, block: Diagram) -> Diagram:
-        """The residual stream around an attention block, which also reads the padding wire when there is one."""
-        if not self.family.padded:
-            return residual(block)
-        resid = block.cod
+    def residual(self, block: Diagram, name: str) -> Diagram:
+        """The residual stream around a block with attention, ``resid (@ keep) -> resid^n``, which also
+        reads the padding wire when there is one; the sum of the stream and the ``n`` outputs is named ``name``."""
+        resid, n = block.cod[:1], len(block.cod)
+        if not self.padded:
+            return Copy(resid).then(block @ Id(resid), Add(resid, n + 1, name=name))
         return chain(Copy(resid) @ Copy(KEEP), Id(resid) @ Swap(resid, KEEP) @ Id(KEEP),
-                     block @ Id(resid) @ Id(KEEP), Add(resid) @ Id(KEEP))
+                     block @ Id(resid) @ Id(KEEP), Add(resid, n + 1, name=name) @ Id(KEEP))
+
+    def parallel(self, i: int, attn_norm: Norm, attn: Attention, mlp_norm: Norm | None, mlp: Diagram) -> Diagram:
+        """Block ``i`` with attention and MLP on one residual: their own norms, or one norm shared
+        (``mlp_norm`` is ``None``)."""
+        resid = attn.cod
+        if not self.padded:
+            if mlp_norm is None:
+                return self.residual(chain(attn_norm, Copy(resid), attn @ mlp), f"resid_post{i}")
+            return Copy(resid, 3) >> (attn_norm >> attn) @ (mlp_norm >> mlp) @ Id(resid) \
+                >> Add(resid, 3, name=f"resid_post{i}")
+        if mlp_norm is None:
+            inner = chain(attn_norm @ Id(KEEP), Copy(resid) @ Id(KEEP), Id(resid) @ Swap(resid, KEEP), attn @ mlp)
+        else:
+            inner = chain(Copy(resid) @ Id(KEEP), Id(resid) @ Swap(resid, KEEP),
+                          (attn_norm @ Id(KEEP) >> attn) @ (mlp_norm >> mlp))
+        return self.residual(inner, f"resid_post{i}")
 
     def head(self, resid: Space) -> Diagram:
         """The prediction head between the last block and the readout: ``dense >> act >> norm``."""
         dense, norm = self.family.head
         weight, bias = self.projection(self.model, dense)
         self.params["head"] = {"W": weight} | ({"b": bias} if bias is not None else {})
-        return Linear("head", resid, resid, bias=bias is not None) >> Elementwise(self.activation(), resid,
-                                                                                  name="head_act") \
-            >> self.norm("ln_head", resid, self.find(self.model, norm))
+        return chain(Linear("head", resid, resid, bias=bias is not None),
+                     Elementwise(self.activation(), resid, name="head_act"),
+                     self.norm("ln_head", resid, self.find(self.model, norm)))
 
     def find(self, root: nn.Module, path: str) -> Any:
         """The submodule at ``path`` (dots) under ``root``; an error naming the path and the row if absent."""
@@ -224,7 +256,8 @@ class _Walker:
             raise ImportTraceError(f"from_hf: norm {type(module).__name__} of {type(self.model).__name__} has no "
                                    f"numeric attribute '{self.family.eps}' (its family's eps attribute)")
         weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-        box = Norm(name, resid, norm=self.family.norm, eps=eps, affine=weight is not None, bias=bias is not None)
+        box = Norm(name, resid, norm=self.family.norm, eps=eps, affine=weight is not None, bias=bias is not None,
+                   offset=self.family.norm_offset)
         values = {role: t for role, t in (("weight", weight), ("bias", bias)) if t is not None}
         if values:
             self.params[name] = values
@@ -250,13 +283,27 @@ class _Walker:
                   "module": getattr(module, "sliding_window", None)}.get(family.window)
         box = Attention(name, resid, heads, head_dim=head_dim, causal=bool(getattr(module, "is_causal", True)),
                         bias="".join(p for p, (_, b) in projections.items() if b is not None), kv_heads=kv_heads,
-                        rotary_dim=rotary_dim, rotary_base=base, scale=scale, window=window, padded=family.padded)
+                        rotary_dim=rotary_dim, rotary_base=base, rotary_interleaved=family.rotary_interleaved,
+                        scale=scale, window=window, padded=self.padded, qk_norm=self.qk_eps(block))
         self.params[name] = {f"W{p}": w for p, (w, _) in projections.items()} \
-            | {f"b{p}": b for p, (_, b) in projections.items() if b is not None}
+            | {f"b{p}": b for p, (_, b) in projections.items() if b is not None} \
+            | {role: self.find(block, path).weight for role, path in zip(("q_norm", "k_norm"), family.qk_norm)}
         return box
+
+    def qk_eps(self, block: nn.Module) -> float | None:
+        """The eps of the RMS norms on query and key heads, when the family has them (both must agree)."""
+        if not self.family.qk_norm:
+            return None
+        eps = {getattr(self.find(block, path), self.family.eps, None) for path in self.family.qk_norm}
+        if len(eps) != 1 or not isinstance(next(iter(eps)), (int, float)):
+            raise ImportTraceError(f"from_hf: the query and key norms of {type(self.model).__name__} have eps "
+                                   f"{sorted(map(repr, eps))}; one number is needed")
+        return float(eps.pop())
 
     def rotary(self, head_dim: int) -> tuple[int, float]:
         """The rotary dimensions per head and the base, from the config (only the default rotary)."""
+        if self.family.rotary_dim:
+            return getattr(self.config, self.family.rotary_dim, None) or head_dim, 10000.0
         rope = dict(getattr(self.config, "rope_parameters", None) or {})
         kind = rope.get("rope_type", "default")
         if kind != "default":
@@ -298,6 +345,23 @@ class _Walker:
         return Linear(f"mlp_in{i}", resid, hidden, bias=up_bias is not None) \
             >> Elementwise(act, hidden, name=f"act{i}") \
             >> Linear(f"mlp_out{i}", hidden, resid, bias=down_bias is not None)
+
+
+def _check_row(model: nn.Module, family: Family) -> None:
+    """Refuse a model whose config or modules fall outside what its row is written for."""
+    name = type(model).__name__
+    for key, value in family.requires:
+        if getattr(model.config, key, value) != value:
+            raise ImportTraceError(f"from_hf: {name} has config.{key} = {getattr(model.config, key)!r}; its "
+                                   f"family's row is written for {value!r}")
+    base = getattr(model, "base_model", model)
+    for path in family.absent:
+        found = base
+        for part in path.split("."):
+            found = getattr(found, part, None)
+        if found is not None:
+            raise ImportTraceError(f"from_hf: {name} has a module '{path}' ({type(found).__name__}), for which "
+                                   "its family's row has no box")
 
 
 def recognised_fraction(model: Model) -> float:
@@ -370,13 +434,18 @@ def _check(imported: Model, model: nn.Module, ids: torch.Tensor, name: str) -> N
         out = model(input_ids=ids)
         reference = out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
         got = imported(*hf_inputs(imported, ids))
+    same_outputs("from_hf", name, got, reference)
+
+
+def same_outputs(importer: str, name: str, got: torch.Tensor, reference: torch.Tensor) -> None:
+    """Raise :class:`~compinterp.errors.ImportTraceError` unless an import's output ``got`` equals the
+    model's ``reference`` on the example, up to round-off (the square root of the dtype's epsilon)."""
     if got.shape != reference.shape:
-        raise ImportTraceError(f"from_hf: the import of {name} gives shape {tuple(got.shape)} on the example, "
+        raise ImportTraceError(f"{importer}: the import of {name} gives shape {tuple(got.shape)} on the example, "
                                f"the model {tuple(reference.shape)}")
     tol = torch.finfo(reference.dtype).eps ** 0.5
     scale = max(1.0, float(reference.abs().max()))
     if not torch.allclose(got, reference, rtol=tol, atol=tol * scale):
         diff = float((got.double() - reference.double()).abs().max())
-        raise ImportTraceError(f"from_hf: the import of {name} differs from it on the example by up to {diff:.3g} "
-                               "(is the model in eval mode?)")
-
+        raise ImportTraceError(f"{importer}: the import of {name} differs from it on the example by up to "
+                               f"{diff:.3g} (is the model in eval mode?)")

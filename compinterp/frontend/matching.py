@@ -46,7 +46,7 @@ class Unit:
     @property
     def ties(self) -> bool:
         """Whether the box's inputs and output are one space (spiders and endomorphisms)."""
-        return self.kind in ("Add", "Mul", "Elementwise", "Norm", "Attention")
+        return self.kind in ("Add", "Mul", "Elementwise", "Norm", "Attention", "ChannelAffine", "PosEmbed")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,10 @@ _FUNCTIONS: dict[Any, _Op] = {
     F.layer_norm: _Op("layer_norm", ("input", "normalized_shape", "weight", "bias", "eps"),
                       {"weight": None, "bias": None, "eps": 1e-5}),
     F.rms_norm: _Op("rms_norm", ("input", "normalized_shape", "weight", "eps"), {"weight": None, "eps": None}),
+    **{fn: _Op("conv", ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+               {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+       for fn in (F.conv1d, F.conv2d, F.conv3d)},
+    torch.flatten: _Op("flatten", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
 }
 _METHODS: dict[str, _Op] = {
     **{name: _Op(name, ("input",)) for name in _UNARY},
@@ -87,6 +91,7 @@ _METHODS: dict[str, _Op] = {
     "mul": _Op("mul", ("input", "other")),
     "pow": _Op("pow", ("input", "exponent")),
     "contiguous": _Op("identity", ("input",)),
+    "flatten": _Op("flatten", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
 }
 _ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "silu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu",
                 nn.Softplus: "softplus"}

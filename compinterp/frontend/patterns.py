@@ -1,15 +1,18 @@
 """Recognising our box kinds in a traced torch graph.
 
 One pass finds the identities (dropout in eval mode, ``nn.Identity``,
-``.contiguous()``), one the products (``l(x) * r(x)`` is a bilinear layer,
-``act(l(x)) * r(x)`` a gated one, each folding a following ``down`` linear), and
-one the single nodes (linear, embedding, norms, attention, pointwise functions,
-sums and products). What is left is for :mod:`compinterp.frontend.regions`.
+``.contiguous()``), one attention written around ``F.scaled_dot_product_attention``,
+one the products (``l(x) * r(x)`` is a bilinear layer, ``act(l(x)) * r(x)`` a gated
+one, each folding a following ``down`` linear), and one the single nodes (linear,
+embedding, norms, attention, convolutions, batch norm, pooling, flattening, position
+tables, pointwise functions, sums and products). What is left is for
+:mod:`compinterp.frontend.regions`.
 
 The matchers live by what they recognise: :mod:`compinterp.frontend.mlp`,
-:mod:`compinterp.frontend.norms`, :mod:`compinterp.frontend.attention`; what they
-share is in :mod:`compinterp.frontend.matching`. Here are the passes, the
-identities, and sums and products of wires.
+:mod:`compinterp.frontend.norms`, :mod:`compinterp.frontend.attention`,
+:mod:`compinterp.frontend.vision`; what they share is in
+:mod:`compinterp.frontend.matching`. Here are the passes, the identities, and sums
+and products of wires.
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from compinterp.frontend.attention import AttentionPatterns
 from compinterp.frontend.matching import Unit, base_name, is_plain
 from compinterp.frontend.mlp import MlpPatterns
 from compinterp.frontend.norms import NormPatterns
+from compinterp.frontend.vision import VisionPatterns
 from compinterp.syntax import Add, Mul
 
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
-class Recognizer(MlpPatterns, NormPatterns, AttentionPatterns):
+class Recognizer(MlpPatterns, NormPatterns, AttentionPatterns, VisionPatterns):
     """Finds units in a traced graph; ``alias`` maps identity nodes to the value they pass on."""
 
     # -- the passes --------------------------------------------------------------------------
@@ -37,11 +41,15 @@ class Recognizer(MlpPatterns, NormPatterns, AttentionPatterns):
             self.identity(node)
         for node in nodes:
             if node not in self.alias:
+                self.sdpa(node)
+        for node in nodes:
+            if node not in self.alias and node not in self.claimed:
                 self.product(node)
         for node in nodes:
             if node not in self.alias and node not in self.claimed:
                 for attempt in (self.linear_unit, self.embed_unit, self.norm_unit, self.attention_unit,
-                                self.elementwise_unit, self.sum_unit):
+                                self.conv_unit, self.batch_norm_unit, self.pool_unit, self.flatten_unit,
+                                self.channel_scale_unit, self.pos_table_unit, self.elementwise_unit, self.sum_unit):
                     if attempt(node):
                         break
         return sorted(self.units, key=lambda u: self.traced.order[u.out])

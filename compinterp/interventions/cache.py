@@ -93,7 +93,7 @@ def run_with_cache(model: Any, *xs: torch.Tensor, names: Iterable[str] | None = 
 
 def attention_patterns(model: Any, *xs: torch.Tensor, box: str) -> torch.Tensor:
     """The attention patterns ``(..., heads, T, T)`` (queries down, keys across) of the attention box
-    labelled ``box`` on ``xs`` (its fixed heads as fixed)."""
+    labelled ``box`` on ``xs`` (its fixed heads as fixed; a padded box's padding mask applied)."""
     plan = model.plan
     steps = [t for t, label in enumerate(plan.labels) if label == box]
     if not steps or plan.steps[steps[0]].box.kind not in PATTERN:
@@ -101,8 +101,8 @@ def attention_patterns(model: Any, *xs: torch.Tensor, box: str) -> torch.Tensor:
         raise InputError(f"no attention box labelled {box!r}; the model's are {', '.join(boxes) or 'none'}")
     step = plan.steps[steps[0]]
     with torch.no_grad():
-        _, values, _ = run_edited(plan, model.plan_params(), xs, keep={step.ins[0]}, outputs=False)
-        return PATTERN[step.box.kind](step.box)(model.plan_params()[step.key], values[step.ins[0]])
+        _, values, _ = run_edited(plan, model.plan_params(), xs, keep=set(step.ins), outputs=False)
+        return PATTERN[step.box.kind](step.box)(model.plan_params()[step.key], *[values[r] for r in step.ins])
 
 
 def cache_batches(model: Any, data: Any, *, names: Iterable[str] | None = None, batch_size: int = 256,

@@ -31,10 +31,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from compinterp.complexity import Bits, Reference, description_length, smallest_width
+from compinterp.complexity import Bits, Reference, description_length
+from compinterp.complexity.parameters import WIDTHS
+from compinterp.complexity.quantise import quantise as quantised
 from compinterp.errors import InputError
 from compinterp.model import Model
 from compinterp.refinement.base import Pass, Rewrite
+
+_AGREE = 1e-8
+"""How close a closed-form faithfulness must come to the group's first check for the rest of the group to be
+scored in closed form."""
 
 QUANTISE = "quantise"
 """The name of the last step of a refinement: every parameter quantised to one width."""
@@ -140,6 +146,8 @@ class RefineResult:
     exact: bool
     evaluated: int
     bits: Bits = field(repr=False)
+    checks: int = 0
+    """How many of the ``evaluated`` models were checked (the rest were scored in closed form)."""
 
     @property
     def ratio(self) -> float:
@@ -210,10 +218,14 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
         with tqdm(total=budget, desc="refine", unit="model", disable=not progress, leave=False) as bar:
             search = _Search(reference, chosen, float(min_faithfulness), budget, quantise, precision, bar)
             final = search.run(beam)
+    faithfulness = final.faithfulness
+    if final.history and reference.exact:      # as check reports it (closed forms agree to round-off)
+        faithfulness = reference.verify(final.model).faithfulness
     return RefineResult(model=final.model, frontier=Frontier(search.points, float(min_faithfulness)),
                         history=final.history, original_bits=search.root_bits, refined_bits=final.bits,
-                        faithfulness=final.faithfulness, min_faithfulness=float(min_faithfulness),
-                        exact=reference.exact, evaluated=search.evaluated, bits=search.bits(final.model))
+                        faithfulness=faithfulness, min_faithfulness=float(min_faithfulness),
+                        exact=reference.exact, evaluated=search.evaluated, bits=search.bits(final.model),
+                        checks=search.checks)
 
 
 @dataclass
@@ -232,6 +244,8 @@ class _Node:
 
     own: _Scored
     quantised: _Scored | None = None
+    forms: Any = None
+    """The model's quadratic forms, once asked for (``False``: it has none, see ``Reference.forms``)."""
 
     def final(self) -> _Scored:
         """The quantised form when it is shorter, else the candidate itself."""
@@ -263,6 +277,7 @@ class _Search:
         self.quantise, self.precision, self.progress = quantise, precision, progress
         self.points: list[Point] = []
         self.evaluated = 0
+        self.checks = 0
         self.root_bits = math.nan
         self.best: _Scored | None = None
 
@@ -271,35 +286,66 @@ class _Search:
         layers measured on the reference's inputs (none when exact)."""
         return description_length(model, self.precision).with_codes(self.reference.codes(model))
 
-    def measure(self, model: Model, history: tuple[Rewrite, ...]) -> _Scored:
-        """Score one model (one unit of the budget) and record its point."""
+    def measure(self, model: Model, history: tuple[Rewrite, ...], faithfulness: float | None = None) -> _Scored:
+        """Score one model (one unit of the budget) and record its point; ``faithfulness``, when already
+        known in closed form, spares the check."""
         if self.evaluated >= self.budget:
             raise _Exhausted
         self.evaluated += 1
         self.progress.update(1)
-        faithfulness = self.reference.compare(model).faithfulness
+        if faithfulness is None:
+            self.checks += 1
+            faithfulness = self.reference.compare(model).faithfulness
         scored = _Scored(model, history, self.bits(model).model, faithfulness)
         self.points.append(Point(scored.bits, faithfulness, history))
         if faithfulness >= self.bar and (self.best is None or scored.bits < self.best.bits):
             self.best = scored
         return scored
 
-    def finish(self, node: _Node) -> _Node:
-        """Find the node's quantised form (when it keeps the bar and quantisation is on)."""
+    def floor(self, model: Model) -> float:
+        """The fewest bits ``model`` could score once quantised: its own, or at the narrowest width (bits
+        never grow as the width shrinks). Costs no check."""
+        return min(self.bits(model).model, self.bits(quantised(model, WIDTHS[0])).model)
+
+    def finish(self, node: _Node, bound: float = math.inf) -> _Node:
+        """Find the node's quantised form (when it keeps the bar and quantisation is on): the smallest width
+        in 2..16 that keeps the bar, by bisection, among the widths whose bits stay under ``bound`` (a wider
+        one could not change the search's choices, so it is not checked)."""
         if not self.quantise or node.own.faithfulness < self.bar or node.quantised is not None:
             return node
         history = node.own.history
+        models: dict[int, Model] = {}
 
-        def faithfulness(width: int, quantised: Model) -> float:
+        def model(width: int) -> Model:
+            if width not in models:
+                models[width] = quantised(node.own.model, width)
+            return models[width]
+
+        def under(width: int) -> bool:
+            return self.bits(model(width)).model < bound
+
+        def keeps(width: int) -> bool:
             rewrite = Rewrite(QUANTISE, "*", {"bits": width})
-            scored = self.measure(quantised, (*history, rewrite))
-            found[width] = scored
-            return scored.faithfulness
+            found[width] = self.measure(model(width), (*history, rewrite))
+            return found[width].faithfulness >= self.bar
 
         found: dict[int, _Scored] = {}
-        best = smallest_width(node.own.model, faithfulness, self.bar)
-        if best is not None:
-            node.quantised = found[best[0]]
+        if not under(WIDTHS[0]):
+            return node
+        high = WIDTHS[-1]
+        if not under(high):                     # the widest width under the bound
+            cheap = WIDTHS[0]
+            while high - cheap > 1:
+                middle = (cheap + high) // 2
+                cheap, high = (middle, high) if under(middle) else (cheap, middle)
+            high = cheap
+        if not keeps(high):
+            return node
+        low = WIDTHS[0] - 1
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if keeps(middle) else (middle, high)
+        node.quantised = found[high]
         return node
 
     def run(self, beam: int) -> _Scored:
@@ -335,35 +381,97 @@ class _Search:
                     children.append(child)
         return children
 
+    def closed_form(self, parent: _Node, p: Pass, group: list[Rewrite]) -> list[float] | None:
+        """The faithfulness of each rewrite of ``group`` in closed form, when the pass can say which
+        eigencomponents each drops (``truncations``) and the reference and parent are exact and of one
+        Hadamard stage (see ``Reference.truncated``); else ``None``."""
+        spectra = getattr(p, "truncations", None)
+        if spectra is None or self.reference.own is None:
+            return None
+        if parent.forms is None:
+            parent.forms = self.reference.forms(parent.own.model) or False
+        found = spectra(parent.own.model, group) if parent.forms is not False else None
+        if found is None:
+            return None
+        spec, keep = found
+        metrics = self.reference.truncated(parent.forms, spec.values, spec.vectors, spec.directions, keep)
+        return [m.faithfulness for m in metrics]
+
     def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
         """The best rewrite of one group (one pass on one box in one mode, mildest first).
 
-        Bisection finds the strongest rewrite that keeps the bar (assuming faithfulness
-        falls along the group); then the search walks back towards milder rewrites, 1, 2,
-        4 ... steps, while the score (bits once quantised) improves.
+        With quantisation on, only rewrites whose :meth:`floor` is under the parent's score can
+        make a child, so the group starts at the first of them (the mildest first, then galloping
+        and bisection on floors, which fall along the group; not for ``costly`` passes, whose floor
+        would cost a fit). Bisection then finds the strongest rewrite that
+        keeps the bar (assuming faithfulness falls along the group; when the mildest does not
+        keep it, the group ends there: checked first, or last for a pass whose ``costly`` rewrites
+        are dearest at their mildest, such as a CP fit); then the search walks back towards milder
+        rewrites, 1, 2, 4 ... steps, while the score (bits once quantised) improves.
         """
         nodes: dict[int, _Node] = {}
+        applied: dict[int, Model] = {}
+        floors: dict[int, bool] = {}
+
+        def model(i: int) -> Model:
+            if i not in applied:
+                applied[i] = p.apply(parent.own.model, group[i])
+            return applied[i]
+
+        closed: list[float] | None = None
+        trusted = False
 
         def at(i: int) -> _Node:
-            if i not in nodes:
-                nodes[i] = _Node(self.measure(p.apply(parent.own.model, group[i]), (*parent.own.history, group[i])))
+            nonlocal closed, trusted
+            if i in nodes:
+                return nodes[i]
+            history = (*parent.own.history, group[i])
+            if not nodes:
+                closed = self.closed_form(parent, p, group)
+            if closed is not None and trusted:
+                nodes[i] = _Node(self.measure(model(i), history, closed[i]))
+            else:                               # the first check of a group vouches for its closed form
+                nodes[i] = _Node(self.measure(model(i), history))
+                trusted = closed is not None and abs(nodes[i].own.faithfulness - closed[i]) <= _AGREE
+                closed = closed if trusted else None
             return nodes[i]
 
-        if at(0).own.faithfulness < self.bar:
+        costly = getattr(p, "costly", False)
+
+        def needed(i: int) -> bool:
+            if not self.quantise or costly:     # unquantised, every point is measured; a costly floor is a fit
+                return True
+            if i not in floors:
+                floors[i] = self.floor(model(i)) < parent.score
+            return floors[i]
+
+        first, step = 0, 1                      # the first rewrite that could beat the parent: gallop, then bisect
+        while not needed(first):
+            if first == len(group) - 1:
+                return None
+            low, first, step = first, min(first + step, len(group) - 1), 2 * step
+            if needed(first):
+                while first - low > 1:
+                    middle = (low + first) // 2
+                    low, first = (low, middle) if needed(middle) else (middle, first)
+                break
+        if not costly and at(first).own.faithfulness < self.bar:
             return None
-        low, high = 0, len(group)
+        low, high = first, len(group)
         while high - low > 1:
             middle = (low + high) // 2
             if at(middle).own.faithfulness >= self.bar:
                 low = middle
             else:
                 high = middle
-        best = self.finish(at(low))
+        if costly and at(low).own.faithfulness < self.bar:
+            return None
+        best = self.finish(at(low), parent.score)
         step = 1
-        while low - step >= 0:
+        while low - step >= first:
             node = at(low - step)
             if node.own.faithfulness >= self.bar:
-                node = self.finish(node)
+                node = self.finish(node, min(parent.score, best.score))
                 if node.score >= best.score:
                     break
                 best = node

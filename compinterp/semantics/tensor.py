@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from compinterp.errors import CompinterpError, InputError, ParameterError
-from compinterp.syntax import (Add, Attention, Bilinear, Box, Copy, Diagram, Elementwise, Embed, Gated, Linear, Mul,
-                               Norm, Opaque, Space, Swap, TopK, describe)
+from compinterp.syntax import (Add, Attention, Bilinear, Box, ChannelAffine, Conv, Copy, Diagram, Elementwise, Embed,
+                               Flatten, Gated, Linear, Mul, Norm, Opaque, Pool, Space, Swap, TopK, describe)
 
 _MAX_DENSE = 50_000_000
 """Largest dense coefficient tensor :meth:`PolyNet.tensor` will build (entries)."""
@@ -48,6 +48,10 @@ _REASONS: dict[type[Box], str] = {
     Attention: "softmax attention is not a polynomial",
     Opaque: "an opaque torch module has no known polynomial form",
     TopK: "keeping the k largest features is not a polynomial",
+    Conv: "a convolution mixes channels and positions, axes the tensor semantics keeps apart (a wire is the last axis)",
+    ChannelAffine: "its scale varies along the channel axis, which the tensor semantics treats as a batch axis",
+    Pool: "pooling takes maxima or means across positions, axes the tensor semantics keeps apart",
+    Flatten: "it moves the channel and position axes into the wire, which the tensor semantics cannot express",
 }
 
 
@@ -332,8 +336,8 @@ class TensorFunctor:
         return PolyNet(diagram.dom, diagram.cod, chain.finish(), out, tuple(tokens))
 
     def embed(self, chain: _Chain, box: Box, p: dict[str, torch.Tensor], x: _Value) -> list[_Value]:
-        """``y = W^T x`` on one-hot rows ``x``."""
-        return [_Value(x.stage, _through(p["W"].T, x))]
+        """``y = scale W^T x`` on one-hot rows ``x``."""
+        return [_Value(x.stage, _through(p["W"].T * box.data.get("scale", 1.0), x))]
 
     def linear(self, chain: _Chain, box: Box, p: dict[str, torch.Tensor], x: _Value) -> list[_Value]:
         """``y = W x + b``, the bias on the constant unit."""

@@ -8,15 +8,19 @@ from compinterp.syntax.boxes import (
     Add,
     Attention,
     Bilinear,
+    ChannelAffine,
+    Conv,
     Copy,
     Elementwise,
     Embed,
+    Flatten,
     Gated,
     Kind,
     Linear,
     Mul,
     Norm,
     Opaque,
+    Pool,
     PosEmbed,
     TopK,
     Unembed,
@@ -30,8 +34,9 @@ from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
 from compinterp.syntax.spaces import Space, Wire
 
 __all__ = [
-    "ELEMENTWISE", "KEEP", "KINDS", "PATTERNS", "Add", "Attention", "Bilinear", "Box", "Copy", "Diagram", "Elementwise",
-    "Embed", "Gated", "Id", "Kind", "Linear", "Mul", "Norm", "Opaque", "PosEmbed", "Space", "Swap", "TopK", "Unembed",
+    "ELEMENTWISE", "KEEP", "KINDS", "PATTERNS", "Add", "Attention", "Bilinear", "Box", "ChannelAffine", "Conv",
+    "Copy", "Diagram", "Elementwise", "Embed", "Flatten", "Gated", "Id", "Kind", "Linear", "Mul", "Norm", "Opaque",
+    "Pool", "PosEmbed", "Space", "Swap", "TopK", "Unembed",
     "Wire", "box_from_json", "box_to_json", "chain", "describe", "residual",
     "diagram_from_json", "diagram_to_json",
 ]

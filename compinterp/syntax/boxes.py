@@ -78,15 +78,22 @@ class Kind(Box):
 
 
 class Embed(Kind):
-    """Token ids (or one-hot rows) on ``tokens:V`` to vectors: ``y = W[i]`` or ``y = x W``."""
+    """Token ids (or one-hot rows) on ``tokens:V`` to vectors: ``y = W[i]`` or ``y = x W``, times
+    ``scale`` when one is given (Gemma scales by ``sqrt(dim)``; not written in ``data`` otherwise).
+
+    >>> Embed("embed", Space("tokens", 5), Space("resid", 4), scale=2.0).data
+    {'scale': 2.0}
+    """
 
     kind = "Embed"
     polynomial = True
 
-    def __init__(self, name: str, dom: Space, cod: Space) -> None:
+    def __init__(self, name: str, dom: Space, cod: Space, scale: float | None = None) -> None:
         _check_name(self.kind, name)
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale == 0):
+            raise BoxError(f"Embed box '{name}': scale must be a non-zero number, got {scale!r}")
         super().__init__(name, _one_wire(self.kind, name, "input", dom),
-                         _one_wire(self.kind, name, "output", cod))
+                         _one_wire(self.kind, name, "output", cod), {} if scale is None else {"scale": float(scale)})
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         return {"W": (self.dom.dim, self.cod.dim)}
@@ -185,12 +192,14 @@ class Gated(Bilinear):
 
 
 class Norm(Kind):
-    """RMS or layer normalisation over the wire, with an optional learned scale (and shift)."""
+    """RMS or layer normalisation over the wire, with an optional learned scale (and shift); the scale
+    is ``offset + weight`` when an ``offset`` is given (Gemma's ``1 + w``; not written in ``data``
+    otherwise)."""
 
     kind = "Norm"
 
     def __init__(self, name: str, space: Space, norm: str = "rms", eps: float | None = 1e-5,
-                 affine: bool = True, bias: bool | None = None) -> None:
+                 affine: bool = True, bias: bool | None = None, offset: float = 0.0) -> None:
         _check_name(self.kind, name)
         _one_wire(self.kind, name, "space", space)
         if norm not in NORMS:
@@ -200,8 +209,11 @@ class Norm(Kind):
         bias = (norm == "layer" and affine) if bias is None else bool(bias)
         if bias and not affine:
             raise BoxError(f"Norm box '{name}': a bias needs affine=True")
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)) or (offset and not affine):
+            raise BoxError(f"Norm box '{name}': offset must be a number, and needs affine=True; got {offset!r}")
         super().__init__(name, space, space, {"norm": norm, "eps": None if eps is None else float(eps),
-                                              "affine": bool(affine), "bias": bias})
+                                              "affine": bool(affine), "bias": bias}
+                         | ({"offset": float(offset)} if offset else {}))
 
     @classmethod
     def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
@@ -330,14 +342,17 @@ class Attention(Kind):
 
     The head structure is data: ``kv_heads`` key/value heads shared by groups of query heads
     (grouped-query attention; default one per head), rotary position embeddings on the first
-    ``rotary_dim`` dimensions of each query and key head (0: none) with base ``rotary_base``,
+    ``rotary_dim`` dimensions of each query and key head (0: none) with base ``rotary_base``, on
+    pairs ``(i, i + rotary_dim/2)``, or on adjacent pairs with ``rotary_interleaved`` (GPT-J),
     the logits' ``scale`` (default ``1/sqrt(head_dim)``), a sliding ``window`` of keys (default
     all), and ``bias``: ``True`` for all four projections, or the letters of those that have
     one (``"qkv"``). ``patterns`` fixes heads' attention patterns (a hypothesis about them):
     ``{head: name}`` with a name of :data:`PATTERNS`, or ``{head: T x T matrix}`` (lists; a
     shorter sequence reads its top-left block). ``padded=True`` adds a second input wire,
     :data:`KEEP` (``(..., T, 1)``: 1 for a token, 0 for padding), and no query attends to a
-    padding key. Settings left at their defaults are not written into ``data``.
+    padding key. ``qk_norm`` (an eps) RMS-normalises each query and key head before rotary, scaled
+    by the parameters ``q_norm`` and ``k_norm`` (Qwen3). Settings left at their defaults are not
+    written into ``data``.
 
     >>> a = Attention("attn", Space("resid", 8), heads=4, kv_heads=2, rotary_dim=2, bias="qkv")
     >>> a.data
@@ -351,9 +366,10 @@ class Attention(Kind):
 
     def __init__(self, name: str, space: Space, heads: int, head_dim: int | None = None,
                  causal: bool = True, bias: bool | str = False, kv_heads: int | None = None,
-                 rotary_dim: int = 0, rotary_base: float = 10000.0, scale: float | None = None,
-                 window: int | None = None, patterns: dict[int | str, str | list[list[float]]] | None = None,
-                 padded: bool = False) -> None:
+                 rotary_dim: int = 0, rotary_base: float = 10000.0, rotary_interleaved: bool = False,
+                 scale: float | None = None, window: int | None = None,
+                 patterns: dict[int | str, str | list[list[float]]] | None = None, padded: bool = False,
+                 qk_norm: float | None = None) -> None:
         _check_name(self.kind, name)
         d = _one_wire(self.kind, name, "space", space).dim
         _positive(self.kind, name, "heads", heads)
@@ -376,6 +392,8 @@ class Attention(Kind):
             if isinstance(rotary_base, bool) or not isinstance(rotary_base, (int, float)) or rotary_base <= 0:
                 raise BoxError(f"Attention box '{name}': rotary_base must be a positive number, got {rotary_base!r}")
             data |= {"rotary_dim": rotary_dim, "rotary_base": float(rotary_base)}
+            if rotary_interleaved:
+                data["rotary_interleaved"] = True
         if scale is not None:
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
                 raise BoxError(f"Attention box '{name}': scale must be a positive number, got {scale!r}")
@@ -388,6 +406,10 @@ class Attention(Kind):
             data["patterns"] = _patterns(name, patterns, heads)
         if padded:
             data["padded"] = True
+        if qk_norm is not None:
+            if isinstance(qk_norm, bool) or not isinstance(qk_norm, (int, float)) or qk_norm < 0:
+                raise BoxError(f"Attention box '{name}': qk_norm must be a non-negative eps, got {qk_norm!r}")
+            data["qk_norm"] = float(qk_norm)
         super().__init__(name, space @ KEEP if padded else space, space, data)
 
     @classmethod
@@ -404,7 +426,8 @@ class Attention(Kind):
         inner, kv = self.data["heads"] * dh, self.data.get("kv_heads", self.data["heads"]) * dh
         shapes = {"Wq": (inner, d), "Wk": (kv, d), "Wv": (kv, d), "Wo": (d, inner)}
         sizes = {"q": inner, "k": kv, "v": kv, "o": d}
-        return shapes | {f"b{p}": (sizes[p],) for p in self.biases()}
+        norms = {"q_norm": (dh,), "k_norm": (dh,)} if "qk_norm" in self.data else {}
+        return shapes | {f"b{p}": (sizes[p],) for p in self.biases()} | norms
 
 
 def _patterns(name: str, patterns: Any, heads: int) -> dict[str, str | list[list[float]]]:
@@ -437,6 +460,203 @@ def _attention_bias(name: str, bias: Any) -> bool | str:
     return {"": False, "qkvo": True}.get(letters, letters)
 
 
+def _sizes(kind: str, name: str, what: str, value: Any, axes: int, least: int = 1) -> list[int]:
+    """``value`` (one integer or one per axis) as a list of ``axes`` integers, each at least ``least``."""
+    sizes = [value] * axes if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(sizes, (list, tuple)) or len(sizes) != axes
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= least for v in sizes)):
+        raise BoxError(f"{kind} box '{name}': {what} must be an integer at least {least}, or {axes} of them, "
+                       f"got {value!r:.60}")
+    return list(sizes)
+
+
+def _check_width(kind: str, name: str, dom: Space, cod: Space, width: int) -> None:
+    """Raise unless ``cod`` has the output width that ``dom``'s width gives."""
+    if width != cod.dim:
+        raise BoxError(f"{kind} box '{name}': input width {dom.dim} ({dom}) gives output width {width}, "
+                       f"but the output is {cod}")
+
+
+CONV_PADDING = ("zeros", "reflect", "replicate", "circular")
+"""How a :class:`Conv` box pads its input (torch's ``padding_mode``)."""
+
+
+class Conv(Kind):
+    """A convolution over the last ``len(kernel)`` axes of channels-first tensors ``(..., C, *spatial)``,
+    as torch's ``Conv1d``/``Conv2d``/``Conv3d``: a linear map applied to every patch, with
+    ``W : out_channels x (in_channels / groups) x *kernel`` and ``stride``, ``padding`` (numbers, or
+    ``"same"``), ``padding_mode`` (written when not ``"zeros"``), ``dilation`` and ``groups`` as data.
+    The wires are the last axis (the width), so the output width is fixed by the input's.
+
+    >>> c = Conv("conv", Space("x", 32), Space("y", 16), in_channels=3, out_channels=8, kernel=[3, 3],
+    ...          stride=2, padding=1, bias=True)
+    >>> c.param_shapes()
+    {'W': (8, 3, 3, 3), 'b': (8,)}
+    >>> Conv("conv", Space("x", 32), Space("y", 32), in_channels=3, out_channels=8, kernel=[3, 3])
+    Traceback (most recent call last):
+    ...
+    compinterp.errors.BoxError: Conv box 'conv': input width 32 (x:32) gives output width 30, but the output is y:32
+    """
+
+    kind = "Conv"
+
+    def __init__(self, name: str, dom: Space, cod: Space, in_channels: int, out_channels: int,
+                 kernel: int | list[int], stride: int | list[int] = 1, padding: int | list[int] | str = 0,
+                 dilation: int | list[int] = 1, groups: int = 1, bias: bool = False,
+                 padding_mode: str = "zeros") -> None:
+        _check_name(self.kind, name)
+        _one_wire(self.kind, name, "input", dom)
+        _one_wire(self.kind, name, "output", cod)
+        axes = 1 if isinstance(kernel, int) else len(kernel) if isinstance(kernel, (list, tuple)) else 0
+        if not 1 <= axes <= 3:
+            raise BoxError(f"Conv box '{name}': kernel must be an integer or 1 to 3 of them, got {kernel!r:.60}")
+        kernel = _sizes(self.kind, name, "kernel", kernel, axes)
+        stride = _sizes(self.kind, name, "stride", stride, axes)
+        dilation = _sizes(self.kind, name, "dilation", dilation, axes)
+        if padding not in ("same", "valid"):
+            padding = _sizes(self.kind, name, "padding", padding, axes, least=0)
+        elif padding == "valid":
+            padding = [0] * axes
+        elif stride != [1] * axes:
+            raise BoxError(f"Conv box '{name}': padding 'same' needs stride 1, got {stride}")
+        for what, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            _positive(self.kind, name, what, value)
+        if in_channels % groups or out_channels % groups:
+            raise BoxError(f"Conv box '{name}': groups ({groups}) must divide in_channels ({in_channels}) "
+                           f"and out_channels ({out_channels})")
+        if padding_mode not in CONV_PADDING:
+            raise BoxError(f"Conv box '{name}': padding_mode must be one of {', '.join(CONV_PADDING)}, "
+                           f"got {padding_mode!r:.40}")
+        span = dilation[-1] * (kernel[-1] - 1) + 1
+        pad = 0 if padding == "same" else padding[-1]
+        width = dom.dim if padding == "same" else (dom.dim + 2 * pad - span) // stride[-1] + 1
+        _check_width(self.kind, name, dom, cod, width)
+        data: dict[str, Any] = {"in_channels": in_channels, "out_channels": out_channels, "kernel": kernel,
+                                "stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
+                                "bias": bool(bias)}
+        super().__init__(name, dom, cod, data | ({"padding_mode": padding_mode} if padding_mode != "zeros" else {}))
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        d = self.data
+        shapes = {"W": (d["out_channels"], d["in_channels"] // d["groups"], *d["kernel"])}
+        return shapes | ({"b": (d["out_channels"],)} if d["bias"] else {})
+
+
+class ChannelAffine(Kind):
+    """``y = weight[c] * x + bias[c]`` on the channel axis of channels-first tensors ``(..., C, *spatial)``
+    (``spatial`` axes after it): batch norm in eval mode, its running statistics folded into the two,
+    or a learned per-channel scale (``bias=False``).
+
+    >>> ChannelAffine("bn", Space("x", 8), channels=4, spatial=2).param_shapes()
+    {'weight': (4,), 'bias': (4,)}
+    """
+
+    kind = "ChannelAffine"
+
+    def __init__(self, name: str, space: Space, channels: int, spatial: int = 0, bias: bool = True) -> None:
+        _check_name(self.kind, name)
+        _one_wire(self.kind, name, "space", space)
+        if isinstance(spatial, bool) or not isinstance(spatial, int) or not 0 <= spatial <= 3:
+            raise BoxError(f"ChannelAffine box '{name}': spatial must be 0 to 3 axes, got {spatial!r:.40}")
+        if spatial == 0 and channels != space.dim:
+            raise BoxError(f"ChannelAffine box '{name}': with no spatial axes the channels are the wire {space}, "
+                           f"got {channels} channels")
+        super().__init__(name, space, space, {"channels": _positive(self.kind, name, "channels", channels),
+                                              "spatial": spatial, "bias": bool(bias)})
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(name, dom, **data)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        c = self.data["channels"]
+        return {"weight": (c,)} | ({"bias": (c,)} if self.data["bias"] else {})
+
+
+POOLS = ("max", "avg", "adaptive_max", "adaptive_avg")
+"""What a :class:`Pool` box takes over each window: its maximum or its mean, over fixed windows or
+over ``output`` equal parts (adaptive)."""
+
+
+class Pool(Kind):
+    """Max or average pooling over the last ``len(kernel)`` (or ``len(output)``) axes, as torch's
+    ``MaxPool2d``, ``AvgPool2d`` (``kernel``, ``stride``, ``padding``, ``ceil_mode``; ``dilation`` for
+    max, ``count_include_pad`` for avg) and ``AdaptiveAvgPool2d``, ``AdaptiveMaxPool2d`` (``output``
+    sizes). No parameters; the wires are the last axis (the width).
+
+    >>> Pool("pool", Space("x", 8), Space("y", 1), mode="adaptive_avg", output=[1, 1]).data
+    {'mode': 'adaptive_avg', 'output': [1, 1]}
+    >>> Pool("pool", Space("x", 8), Space("y", 4), mode="max", kernel=3, stride=2, padding=1).data["kernel"]
+    [3, 3]
+    """
+
+    kind = "Pool"
+
+    def __init__(self, name: str, dom: Space, cod: Space, mode: str, kernel: int | list[int] | None = None,
+                 stride: int | list[int] | None = None, padding: int | list[int] = 0,
+                 dilation: int | list[int] = 1, ceil_mode: bool = False, count_include_pad: bool = True,
+                 output: list[int] | None = None, axes: int = 2) -> None:
+        _check_name(self.kind, name)
+        _one_wire(self.kind, name, "input", dom)
+        _one_wire(self.kind, name, "output", cod)
+        if mode not in POOLS:
+            raise BoxError(f"Pool box '{name}': mode must be one of {', '.join(POOLS)}, got {mode!r:.40}")
+        if mode.startswith("adaptive"):
+            if not isinstance(output, (list, tuple)) or not 1 <= len(output) <= 3:
+                raise BoxError(f"Pool box '{name}': adaptive pooling needs output sizes (1 to 3), got {output!r:.60}")
+            output = _sizes(self.kind, name, "output", output, len(output))
+            _check_width(self.kind, name, dom, cod, output[-1])
+            super().__init__(name, dom, cod, {"mode": mode, "output": output})
+            return
+        n = len(kernel) if isinstance(kernel, (list, tuple)) else axes
+        kernel = _sizes(self.kind, name, "kernel", kernel, n)
+        stride = kernel if stride is None else _sizes(self.kind, name, "stride", stride, n)
+        padding = _sizes(self.kind, name, "padding", padding, n, least=0)
+        data: dict[str, Any] = {"mode": mode, "kernel": kernel, "stride": stride, "padding": padding,
+                                "ceil_mode": bool(ceil_mode)}
+        span = kernel[-1]
+        if mode == "max":
+            data["dilation"] = _sizes(self.kind, name, "dilation", dilation, n)
+            span = data["dilation"][-1] * (kernel[-1] - 1) + 1
+        else:
+            data["count_include_pad"] = bool(count_include_pad)
+        if any(2 * p > k for p, k in zip(padding, kernel)):
+            raise BoxError(f"Pool box '{name}': padding {padding} must be at most half the kernel {kernel}")
+        room = dom.dim + 2 * padding[-1] - span
+        width = (room + (stride[-1] - 1 if ceil_mode else 0)) // stride[-1] + 1
+        if ceil_mode and (width - 1) * stride[-1] >= dom.dim + padding[-1]:
+            width -= 1
+        _check_width(self.kind, name, dom, cod, width)
+        super().__init__(name, dom, cod, data)
+
+
+class Flatten(Kind):
+    """Merges the last ``len(shape)`` axes of ``(..., *shape)`` into one axis of ``prod(shape)`` (as
+    ``torch.flatten(x, 1)`` on a batch of feature maps): from the wire ``shape[-1]`` to the wire
+    ``prod(shape)``. No parameters.
+
+    >>> Flatten("flat", Space("pool", 1), Space("flat", 512), shape=[512, 1, 1]).data
+    {'shape': [512, 1, 1]}
+    """
+
+    kind = "Flatten"
+
+    def __init__(self, name: str, dom: Space, cod: Space, shape: list[int]) -> None:
+        _check_name(self.kind, name)
+        _one_wire(self.kind, name, "input", dom)
+        _one_wire(self.kind, name, "output", cod)
+        if not isinstance(shape, (list, tuple)) or not 2 <= len(shape) <= 8:
+            raise BoxError(f"Flatten box '{name}': shape must list 2 to 8 axes, got {shape!r:.60}")
+        shape = _sizes(self.kind, name, "shape", shape, len(shape))
+        size = 1
+        for n in shape:
+            size *= n
+        if shape[-1] != dom.dim or size != cod.dim:
+            raise BoxError(f"Flatten box '{name}': axes {shape} go from a wire of {shape[-1]} to one of {size}, "
+                           f"but the box is {dom} -> {cod}")
+        super().__init__(name, dom, cod, {"shape": shape})
+
+
 class Opaque(Kind):
     """Any torch module, declared with its spaces; computed but not analysed.
 
@@ -460,7 +680,7 @@ class Opaque(Kind):
 
 KINDS: dict[str, type[Kind]] = {cls.kind: cls for cls in (
     Embed, PosEmbed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, Copy, Add, Mul, Attention,
-    Opaque)}
+    Conv, ChannelAffine, Pool, Flatten, Opaque)}
 """Every box kind by name, as written in files."""
 
 READERS: dict[str, type[Box]] = {"Swap": Swap, **KINDS}

@@ -49,7 +49,8 @@ class Recipe:
 class Task:
     """A task: ``models`` maps each model name to its builder and recipe (the first is the
     default); ``load(split, model)`` gives the ``train`` or ``test`` split as the model's inputs
-    followed by labels; ``options`` are the task's own settings, recorded with every run."""
+    followed by labels; ``options`` are the task's own settings, recorded with every run;
+    ``measure(model)``, if given, returns the task's own numbers for a trained model (JSON)."""
 
     name: str
     about: str
@@ -57,6 +58,7 @@ class Task:
     load: Callable[[str, str], tuple[torch.Tensor, ...]]
     loss: str = "cross_entropy"
     options: Mapping[str, Any] = field(default_factory=dict)
+    measure: Callable[[Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:

@@ -5,7 +5,7 @@
 >>> run.test_accuracy > 0.95, run.epochs, run.model.dom.dims
 (True, 30, (6,))
 >>> sorted(TASKS)
-['digits', 'gates', 'modular']
+['digits', 'gates', 'modular', 'text']
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,17 +26,20 @@ from tqdm.auto import tqdm
 import compinterp
 from compinterp.errors import FormatError, InputError
 from compinterp.model import Model
-from compinterp.tasks import digits, gates, modular
+from compinterp.tasks import digits, gates, modular, text
 from compinterp.tasks.task import Recipe, Task
 
 TASKS: Mapping[str, Callable[[], Task]] = MappingProxyType(
-    {"digits": digits.task, "modular": modular.task, "gates": gates.task})
+    {"digits": digits.task, "modular": modular.task, "gates": gates.task, "text": text.task})
 """Each task's name and its factory (the real task with its default settings)."""
 
 RUN_FILE = "train.json"
 """The file :meth:`TrainResult.save` writes beside the model, holding the run's numbers."""
 
 _EVAL_BATCH = 4096
+
+_TRAIN_SCORED = 2 ** 20
+"""The training split is scored on at most this many labelled positions (its first rows)."""
 
 
 def get_task(task: str | Task) -> Task:
@@ -66,6 +69,7 @@ class TrainResult:
     test_accuracy: float
     seconds: float
     device: str
+    measured: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The run as JSON (what ``train.json`` holds)."""
@@ -74,7 +78,7 @@ class TrainResult:
                 "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
                 "test_loss": self.test_loss, "test_accuracy": self.test_accuracy,
                 "seconds": self.seconds, "device": self.device, "parameters": self.model.num_params(),
-                "compinterp_version": compinterp.__version__}
+                **self.measured, "compinterp_version": compinterp.__version__}
 
     def save(self, path: str | Path) -> Path:
         """Write the model to directory ``path`` (:func:`compinterp.save`) and the numbers to
@@ -170,10 +174,12 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
         bar.set_postfix(loss=f"{loss.item():.3g}", refresh=False)
     net.eval()
     seconds = time.perf_counter() - start
-    train_loss, train_accuracy = evaluate(net, task.loss, train_data)
+    scored = max(1, _TRAIN_SCORED // max(1, train_data[-1][0].numel()))
+    train_loss, train_accuracy = evaluate(net, task.loss, [t[:scored] for t in train_data])
     test_loss, test_accuracy = evaluate(net, task.loss, test_data)
+    measured = task.measure(net) if task.measure is not None else {}
     return TrainResult(net, task.name, name, seed, recipe.epochs, steps, recipe, dict(task.options), train_loss,
-                       train_accuracy, test_loss, test_accuracy, seconds, str(device))
+                       train_accuracy, test_loss, test_accuracy, seconds, str(device), measured)
 
 
 def evaluate(model: Model, loss: str, data: Sequence[torch.Tensor]) -> tuple[float, float]:
@@ -182,10 +188,11 @@ def evaluate(model: Model, loss: str, data: Sequence[torch.Tensor]) -> tuple[flo
     ``binary`` the fraction of targets on the right side of 0."""
     *xs, labels = data
     total_loss, right, count = 0.0, 0.0, 0
+    size = max(1, _EVAL_BATCH // max(1, labels[0].numel()))      # _EVAL_BATCH labelled positions a batch
     with torch.inference_mode():
-        for first in range(0, len(labels), _EVAL_BATCH):
-            batch = [t[first:first + _EVAL_BATCH] for t in xs]
-            y, target = model(*batch), labels[first:first + _EVAL_BATCH]
+        for first in range(0, len(labels), size):
+            batch = [t[first:first + size] for t in xs]
+            y, target = model(*batch), labels[first:first + size]
             if loss == "binary":
                 total_loss += F.binary_cross_entropy_with_logits(y, target, reduction="sum").item()
                 right += ((y > 0) == target.bool()).sum().item()

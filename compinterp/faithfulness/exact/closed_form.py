@@ -95,3 +95,79 @@ def closed_form_pays(nets: Sequence[PolyNet], pairs: Sequence[tuple[int, int]]) 
 
     return forms <= gram(units) or forms <= gram([_square_rows(net, False) for net in nets])
 
+
+
+def form_inner(X: Quadratic, Y: Quadratic) -> torch.Tensor:
+    """``E[X_c Y_c]`` for each output, for ``z ~ N(0, I)``: ``E X E Y + 4 b_X . b_Y + 2 <M_X, M_Y>_F``."""
+    return X[0] * Y[0] + 4 * (X[1] * Y[1]).sum(1) + 2 * (X[2] * Y[2]).sum((1, 2))
+
+
+def truncation_mse(delta: Quadratic, values: torch.Tensor, vectors: torch.Tensor, directions: torch.Tensor,
+                   keep: Sequence[torch.Tensor]) -> list[float]:
+    """``sum_c E[(delta_c + drop_c)^2]`` for each mask in ``keep``, for ``z ~ N(0, I)``, without building a model.
+
+    A quadratic part ``sum_g u_g sum_m lambda_gm (v_gm . z^)^2`` (groups ``g`` with orthonormal output
+    directions ``u_g``, the columns of ``directions``; within a group orthonormal ``v_gm``, the columns of
+    ``vectors[g]``, on ``z^ = (1, z)``, or on ``z`` when they have one entry fewer) loses the components a
+    mask ``keep[g, m]`` drops, ``drop_c``; ``delta`` is what already separates the two sides. Per
+    component ``k = (g, m)``, with ``v = (v0, w)``,
+
+        <delta~_g, v v^T> = E delta~_g |v|^2 + 4 v0 b~_g . w + 2 w^T M~_g w     (delta~_g = sum_c u_g[c] delta_c)
+        <v v^T, v' v'^T>  = |v|^2 |v'|^2 + 4 v0 v0' w . w' + 2 (w . w')^2
+
+    and components of different groups are orthogonal (the ``u_g`` are), so the error is
+    ``||delta||^2 + 2 sum_dropped lambda_k <delta~, v_k v_k^T> + sum_g sum_dropped lambda_k lambda_k' <., .>``.
+
+    >>> B = torch.tensor([[[2.0, 0.0], [0.0, -1.0]]])      # one output, y = 2 z1^2 - z2^2
+    >>> lam, V = torch.linalg.eigh(B)
+    >>> zero = (torch.zeros(1), torch.zeros(1, 2), torch.zeros(1, 2, 2))
+    >>> truncation_mse(zero, lam, V, torch.eye(1), [torch.tensor([[True, False]])])   # drop 2 z1^2: E(2 z1^2)^2
+    [12.0]
+    """
+    padded = vectors.shape[1] == delta[1].shape[1] + 1
+    v0 = vectors[:, 0, :] if padded else vectors.new_zeros(vectors.shape[0], vectors.shape[2])
+    w = vectors[:, 1:, :] if padded else vectors
+    size = v0.square() + w.square().sum(1)
+    mean = directions.T @ delta[0]
+    b = directions.T @ delta[1]
+    M = torch.einsum("cg,cij->gij", directions, delta[2])
+    r = mean[:, None] * size + 4 * v0 * torch.einsum("gi,gim->gm", b, w) \
+        + 2 * torch.einsum("gim,gij,gjm->gm", w, M, w)
+    ww = w.mT @ w
+    gram = (size[:, :, None] * size[:, None, :] + 4 * v0[:, :, None] * v0[:, None, :] * ww + 2 * ww.square()) \
+        * values[:, :, None] * values[:, None, :]
+    base = form_inner(delta, delta).sum()
+    out = []
+    for mask in keep:
+        drop = (~mask).to(values.dtype)
+        lin = 2 * (drop * values * r).sum()
+        quad = torch.einsum("gm,gmn,gn->", drop, gram, drop)
+        out.append(float(base + lin + quad))
+    return out
+
+
+def gram_frobenius(f: PolyNet, g: PolyNet) -> torch.Tensor | None:
+    """``<sym F_c, sym G_c>_F`` for each output of two networks of one stage (a linear one lifted), from the
+    units' Gram matrices without building any tensor: ``sum_{u, v} O_f[c, u] O_g[c, v] K[u, v]`` with
+    ``K = 1/2 [(L_f L_g^T) * (R_f R_g^T) + (L_f R_g^T) * (R_f L_g^T)]`` (products elementwise), the
+    Frobenius products of the units' symmetrised rank-one matrices. ``None`` unless the deeper network has
+    exactly one stage, or when ``K`` would hold more than :data:`MAX_QUADRATIC` numbers (the engine's turn).
+
+    >>> from compinterp.model import Model
+    >>> from compinterp.syntax import Space, Bilinear
+    >>> from compinterp.semantics.tensor import tensor_semantics
+    >>> net = tensor_semantics(Model(Bilinear("b", Space("x", 3), Space("y", 2), hidden=4), seed=0), torch.float64)
+    >>> A = quadratic(net)[2]                                 # no biases: the whole form is M
+    >>> torch.allclose(gram_frobenius(net, net), A.square().sum((1, 2)))
+    True
+    """
+    if max(f.depth, g.depth) != 1:
+        return None
+    f, g = f.lift(1), g.lift(1)
+    (Lf, Rf), (Lg, Rg) = f.stages[0], g.stages[0]
+    if Lf.shape[0] * Lg.shape[0] > MAX_QUADRATIC:
+        return None
+    h = Lf.shape[0]
+    P = torch.cat([Lf, Rf]) @ torch.cat([Lg, Rg]).T
+    K = (P[:h, :Lg.shape[0]] * P[h:, Lg.shape[0]:] + P[:h, Lg.shape[0]:] * P[h:, :Lg.shape[0]]) / 2
+    return torch.einsum("cu,uv,cv->c", f.out, K, g.out)

@@ -11,7 +11,7 @@ import torch
 
 from compinterp.errors import CompinterpError, InputError
 from compinterp.faithfulness.exact.chain import Paths, squares, wick
-from compinterp.faithfulness.exact.closed_form import closed_form_pays, quadratic, quadratic_products
+from compinterp.faithfulness.exact.closed_form import closed_form_pays, gram_frobenius, quadratic, quadratic_products
 from compinterp.semantics.tensor import PolyNet, tensor_semantics
 
 F64 = torch.float64
@@ -133,10 +133,14 @@ def gaussian_mean(f: Any, *, mean: Any = None, cov: Any = None) -> torch.Tensor:
 
 def frobenius_inner(f: Any, g: Any) -> torch.Tensor:
     """``<sym F_c, sym G_c>_F`` for each output ``c``: the Frobenius inner product of the symmetrised
-    coefficient tensors over padded inputs ``(1, x)`` (the shallower network lifted to the common degree)."""
+    coefficient tensors over padded inputs ``(1, x)`` (the shallower network lifted to the common degree);
+    networks of one stage in closed form from Gram matrices (:func:`~.closed_form.gram_frobenius`)."""
     F, G = as_net(f), as_net(g)
     same_spaces(F, G)
     _check_depth(F, G)
+    closed = gram_frobenius(F, G)               # one stage: the units' Gram matrices, no engine
+    if closed is not None:
+        return closed
     depth = max(F.depth, G.depth)
     sf = squares(F.lift(depth))
     nets = [sf, sf] if f is g else [sf, squares(G.lift(depth))]

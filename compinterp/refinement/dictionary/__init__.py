@@ -15,6 +15,7 @@ from compinterp.refinement.dictionary.base import DictionaryPass
 from compinterp.refinement.dictionary.bilinear_ae import BilinearAE, bilinear_ae
 from compinterp.refinement.dictionary.core import Dictionary, box_activations, train
 from compinterp.refinement.dictionary.sae import SAE, sae
+from compinterp.refinement.dictionary.saelens import from_saelens, load_saelens, save_saelens
 from compinterp.refinement.dictionary.sweep import SweepPoint, best, score, sweep
 from compinterp.refinement.dictionary.transcoder import Transcoder, transcoder
 from compinterp.refinement.dictionary.view import Feature, features
@@ -40,4 +41,5 @@ def make_pass(name: str, data: Any, boxes: Sequence[str] | None = None, *, width
 
 
 __all__ = ["NAMES", "SAE", "BilinearAE", "Dictionary", "DictionaryPass", "Feature", "SweepPoint", "Transcoder", "best",
-           "bilinear_ae", "box_activations", "features", "make_pass", "sae", "score", "sweep", "train", "transcoder"]
+           "bilinear_ae", "box_activations", "features", "from_saelens", "load_saelens", "make_pass", "sae",
+           "save_saelens", "score", "sweep", "train", "transcoder"]

@@ -28,9 +28,12 @@ SKIP = (Copy, Add, Mul, Elementwise, TopK, Opaque)
 
 
 class DictionaryPass:
-    """A dictionary rewrite: ``kind`` (``topk``, ``relu`` or ``bilinear``) at each ``(width, k)`` of
+    """A dictionary rewrite: ``kind`` (``topk``, ``batchtopk``, ``relu`` or ``bilinear``) at each ``(width, k)`` of
     ``widths`` x ``ks`` (``l1`` instead of ``k`` for ``relu``), trained on ``data`` for ``steps`` steps;
-    of ``restarts`` fits (seeds ``seed``, ``seed + 1`` ...) the one with the lowest final loss is kept."""
+    of ``restarts`` fits (seeds ``seed``, ``seed + 1`` ...) the one with the lowest final loss is kept.
+    ``aux_k`` (the dead-feature loss), ``normalise``, ``warmup``, ``decay``, ``clip`` and ``b_dec`` are the
+    training options of :class:`~compinterp.refinement.dictionary.core.Dictionary` and
+    :func:`~compinterp.refinement.dictionary.core.train`."""
 
     name: ClassVar[str] = "dictionary"
     kind: ClassVar[str] = "topk"
@@ -41,8 +44,11 @@ class DictionaryPass:
                  widths: Sequence[int] = (64, 32, 16), ks: Sequence[int] = (8, 4, 2), l1: float = 1e-3,
                  steps: int = 1000, lr: float = 3e-3, batch_size: int = 256, seed: int = 0, restarts: int = 1,
                  device: str | torch.device | None = None, progress: bool = True,
-                 kind: str | None = None) -> None:
+                 kind: str | None = None, aux_k: int | None = None, normalise: bool = False, warmup: int = 0,
+                 decay: float = 0.0, clip: float | None = None, b_dec: str = "mean") -> None:
         self.data, self.boxes, self.widths, self.ks, self.l1 = data, boxes, tuple(widths), tuple(ks), float(l1)
+        self.aux_k, self.normalise, self.warmup, self.decay = aux_k, normalise, warmup, decay
+        self.clip, self.b_dec = clip, b_dec
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise InputError(f"restarts must be a positive integer, got {restarts!r}")
         self.steps, self.lr, self.batch_size, self.seed, self.restarts = steps, lr, batch_size, seed, restarts
@@ -101,10 +107,13 @@ class DictionaryPass:
         d_in, d_out = self.dims(box)
         fits = []
         for seed in range(self.seed, self.seed + self.restarts):
+            aux_k = None if self.aux_k is None else min(self.aux_k, settings["width"])
             dictionary = Dictionary(self.kind, d_in, d_out, settings["width"], settings.get("k"),
-                                    l1=settings.get("l1", self.l1), centre=self.centre, seed=seed)
+                                    l1=settings.get("l1", self.l1), centre=self.centre, seed=seed, aux_k=aux_k,
+                                    normalise=self.normalise)
             losses = train(dictionary, lambda: self.pairs(model, box, self.data), steps=self.steps, lr=self.lr,
-                           progress=self.progress, desc=str(rewrite))
+                           progress=self.progress, desc=str(rewrite), warmup=self.warmup, decay=self.decay,
+                           clip=self.clip, b_dec=self.b_dec)
             tail = losses[-max(1, len(losses) // 10):]
             fits.append((sum(tail) / len(tail), seed - self.seed, dictionary))
         return min(fits, key=lambda fit: fit[:2])[2].eval()

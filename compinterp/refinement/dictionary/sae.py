@@ -26,7 +26,8 @@ from compinterp.refinement.dictionary.base import DictionaryPass
 
 
 class SAE(DictionaryPass):
-    """Sparse autoencoders (``kind="topk"``, default, or ``"relu"`` with an L1 penalty) on box outputs."""
+    """Sparse autoencoders (``kind="topk"``, default, ``"batchtopk"``, or ``"relu"`` with an L1 penalty) on box
+    outputs."""
 
     name = "sae"
     kind = "topk"
@@ -35,5 +36,6 @@ class SAE(DictionaryPass):
 def sae(model: Model, box: str, data: Any, width: int, k: int | None = None, **kwargs: Any) -> Model:
     """``model`` with a sparse autoencoder of ``width`` features (TopK ``k``, or ReLU+L1 without ``k``)
     on the output of ``box``, trained on ``data``; ``kwargs`` go to :class:`SAE`."""
-    p = SAE(data, [box], widths=[width], ks=[k or 1], kind="topk" if k else "relu", **kwargs)
+    kind = kwargs.pop("kind", "topk" if k else "relu")
+    p = SAE(data, [box], widths=[width], ks=[k or 1], kind=kind, **kwargs)
     return p.apply(model, p.candidates(model)[0])

@@ -139,9 +139,20 @@ def sym_gram(L1: torch.Tensor, R1: torch.Tensor, L2: torch.Tensor, R2: torch.Ten
     return (P[:h, :g] * P[h:, g:] + P[:h, g:] * P[h:, :g]) / 2
 
 
+def output_gram(f: Factors) -> torch.Tensor:
+    """``G[c, c'] = <B_sym[c], B_sym[c']>_F`` (``out x out``) by the cheaper route: ``D K D^T`` from the units'
+    Gram matrix (``hidden^2 in`` multiply-adds) or from the dense ``B_sym`` (``out in^2 hidden``)."""
+    (hidden, n), outputs = f.L.shape, f.D.shape[0]
+    if outputs * n * n < hidden * hidden:
+        B = torch.einsum("ch,hi,hj->cij", f.D, f.L, f.R)
+        flat = ((B + B.mT) / 2).flatten(1)
+        return flat @ flat.T
+    return f.D @ sym_gram(f.L, f.R, f.L, f.R) @ f.D.T
+
+
 def frobenius_sq(f: Factors) -> torch.Tensor:
-    """``||B_sym||_F^2`` from Gram matrices, without building ``B``: ``sum (D^T D) * K``."""
-    return ((f.D.T @ f.D) * sym_gram(f.L, f.R, f.L, f.R)).sum()
+    """``||B_sym||_F^2``, the trace of :func:`output_gram`."""
+    return output_gram(f).trace()
 
 
 def copied_modules(model: Model, diagram: Diagram) -> dict[str, torch.nn.Module]:

@@ -14,7 +14,8 @@ For fixed ``U, W`` the best ``A`` solves a linear system, ``A = D K(L, R; U, W) 
 the fit eliminates it this way (variable projection) and runs L-BFGS on ``U, W`` in
 float64. It starts from the top-``R`` eigencomponents of the box (largest ``|lambda|`` over
 the output directions, as :mod:`.eigen` in ``threshold`` mode), nudged by seeded noise so
-that ``U`` and ``W`` can part, and keeps the eigen start if the fit does not improve on it:
+that ``U`` and ``W`` can part (no fit at all when the start is exact: every eigencomponent fits in
+``R``), and keeps the eigen start if the fit does not improve on it:
 at equal hidden width cp is never worse than eigen. At ``R >= hidden`` it returns the
 box's own factors (padded with zero units), which are exact. Deterministic for a seed.
 
@@ -56,6 +57,8 @@ _CHUNK = 10
 """L-BFGS iterations per progress-bar step."""
 _LONG = 2 ** 16
 """With ``progress=None``, a bar is shown (on a terminal) when ``hidden x padded inputs`` is at least this."""
+_EXACT = 1e-20
+"""An eigen start whose loss is below this fraction of ``||B_sym||_F^2`` is exact to round-off: no fit is run."""
 _NOISE = 1e-2
 """Scale of the seeded noise added to the eigen start, relative to the factors' mean row norm."""
 
@@ -71,10 +74,71 @@ def cp_loss(target: Factors, U: torch.Tensor, W: torch.Tensor, A: torch.Tensor,
 
 def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """The ``A`` minimising the loss for fixed ``U, W``: ``K(U, W; U, W) A^T = (D K(L, R; U, W))^T``."""
-    K = sym_gram(U, W, U, W)
+    return _solve(sym_gram(U, W, U, W), target.D @ sym_gram(target.L, target.R, U, W))
+
+
+def _solve(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``A`` with ``(K + ridge) A^T = M^T``, the ridge ``1e-12`` of ``K``'s mean diagonal (``K`` may be singular)."""
     ridge = 1e-12 * K.diagonal().mean().clamp_min(1e-300) * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
-    M = target.D @ sym_gram(target.L, target.R, U, W)
     return torch.linalg.solve(K + ridge, M.T).T
+
+
+class Target:
+    """The symmetrised tensor a fit aims at, held in the cheaper of two forms: the box's factors
+    (``(4 in + out) hidden R`` multiply-adds per evaluation) or the dense ``B_sym`` (``out x in x in``,
+    ``4 out in^2 R``), chosen once; the loss and its gradient in closed form (no autograd).
+
+    With ``A`` the best outputs for ``U, W`` (variable projection), the gradient of the loss in ``U, W``
+    is its partial gradient at that fixed ``A`` (the envelope theorem): with ``S_r = sum_c A[c, r] B_sym[c]``
+    and ``G = A^T A``,
+
+        d/dU = -2 S_r W_r + (G * W W^T) U + (G * W U^T) W,    d/dW = -2 S_r U_r + (G * U U^T) W + (G * U W^T) U.
+
+    >>> f = Factors(torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64),
+    ...             torch.randn(3, 7, dtype=torch.float64), None, False)
+    >>> U, W = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
+    >>> a, b = Target(f, dense=False).loss(U, W)[0], Target(f, dense=True).loss(U, W)[0]
+    >>> bool(torch.isclose(a, b)), bool(torch.isclose(a, cp_loss(f, U, W, best_outputs(f, U, W))))
+    (True, True)
+    """
+
+    def __init__(self, factors: Factors, dense: bool | None = None) -> None:
+        hidden, n = factors.L.shape
+        outputs = factors.D.shape[0]
+        if dense is None:
+            dense = 4 * outputs * n * n < (4 * n + outputs) * hidden
+        self.factors = factors
+        self.dense: torch.Tensor | None = None
+        if dense:
+            B = torch.einsum("ch,hi,hj->cij", factors.D, factors.L, factors.R)
+            self.dense = (B + B.mT) / 2
+        self.norm = frobenius_sq(factors)
+
+    def loss(self, U: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, dloss/dU, dloss/dW, A)`` at the best outputs ``A`` for ``U, W``."""
+        if self.dense is not None:
+            TW = torch.einsum("cij,rj->cri", self.dense, W)
+            TU = torch.einsum("cij,rj->cri", self.dense, U)
+            M = torch.einsum("cri,ri->cr", TW, U)
+        else:
+            f, rank = self.factors, U.shape[0]
+            P = torch.cat([f.L, f.R]) @ torch.cat([U, W]).T
+            h = f.L.shape[0]
+            LU, LW, RU, RW = P[:h, :rank], P[:h, rank:], P[h:, :rank], P[h:, rank:]
+            M = f.D @ ((LU * RW + LW * RU) / 2)
+        K = sym_gram(U, W, U, W)
+        A = _solve(K, M)
+        G = A.T @ A
+        loss = self.norm - 2 * (A * M).sum() + (G * K).sum()
+        if self.dense is not None:
+            SW, SU = torch.einsum("cr,cri->ri", A, TW), torch.einsum("cr,cri->ri", A, TU)
+        else:
+            E = f.D.T @ A
+            SW = ((E * RW).T @ f.L + (E * LW).T @ f.R) / 2
+            SU = ((E * RU).T @ f.L + (E * LU).T @ f.R) / 2
+        gU = -2 * SW + (G * (W @ W.T)) @ U + (G * (W @ U.T)) @ W
+        gW = -2 * SU + (G * (U @ U.T)) @ W + (G * (U @ W.T)) @ U
+        return loss, gU, gW, A
 
 
 def _start(target: Factors, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,16 +163,17 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
         A = torch.cat([target.D, target.D.new_zeros(target.D.shape[0], rank - h)], 1)
         return torch.cat([target.L, zeros]), torch.cat([target.R, zeros]), A
     U0, W0, eig = _start(target, rank, seed)
-    U, W = U0.clone().requires_grad_(True), W0.clone().requires_grad_(True)
+    aim = Target(target)
+    A0 = best_outputs(target, eig, eig)
+    start = cp_loss(target, eig, eig, A0, aim.norm)
+    if start <= _EXACT * aim.norm:              # every component fits: nothing to fit
+        return eig, eig, A0
+    U, W = U0.clone(), W0.clone()
     optimizer = torch.optim.LBFGS([U, W], lr=1, max_iter=_CHUNK, history_size=20, line_search_fn="strong_wolfe",
                                   tolerance_grad=1e-14, tolerance_change=1e-16)
 
-    norm = frobenius_sq(target)
-
     def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = cp_loss(target, U, W, best_outputs(target, U, W), norm)
-        loss.backward()
+        loss, U.grad, W.grad, _ = aim.loss(U, W)
         return loss
 
     previous = None
@@ -124,9 +189,9 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
             if previous is not None and previous - loss <= 1e-12 * max(abs(previous), 1e-300):
                 break
             previous = loss
-    U, W = U.detach(), W.detach()
-    A, A0 = best_outputs(target, U, W), best_outputs(target, eig, eig)
-    if cp_loss(target, eig, eig, A0) <= cp_loss(target, U, W, A):
+    U.grad = W.grad = None
+    A = best_outputs(target, U, W)
+    if start <= cp_loss(target, U, W, A, aim.norm):
         return eig, eig, A0
     return U, W, A
 
@@ -149,6 +214,8 @@ class CP:
     ``ranks``), each fit with ``steps`` L-BFGS iterations from seed ``seed`` (``progress`` as in :func:`cp`)."""
 
     name = "cp"
+    costly = True
+    """Each rewrite runs a fit, dearest at the mildest (largest) rank: a search checks that one last."""
 
     def __init__(self, ranks: Sequence[int] | None = None, steps: int = 200, seed: int = 0,
                  progress: bool | None = None) -> None:

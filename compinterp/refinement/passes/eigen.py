@@ -39,6 +39,7 @@ True
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,8 @@ import torch
 from compinterp.errors import BoxError
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
-from compinterp.refinement.passes._common import Factors, find_box, fresh, grid, in_range, params64, replace, sym_gram
+from compinterp.refinement.passes._common import (Factors, find_box, fresh, grid, in_range, output_gram, params64,
+                                                  replace)
 from compinterp.refinement.passes.fuse import Work, fold, foldable
 from compinterp.syntax import Bilinear, Box
 
@@ -72,6 +74,9 @@ class Spectrum:
     values: torch.Tensor
     directions: torch.Tensor
     factors: Factors
+    vectors: torch.Tensor | None = None
+    """Every group's eigenvectors (``groups x in^ x in^``, columns in the order of ``values``) when they are
+    few enough to keep (at most :data:`_CHUNK` numbers); else recomputed for the groups a selection keeps."""
 
     @property
     def rank(self) -> int:
@@ -81,6 +86,8 @@ class Spectrum:
 
     def eigh(self, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenvalues and eigenvectors (columns) of ``Q_g`` for the groups ``groups``, sorted by ``|lambda|``."""
+        if self.vectors is not None:
+            return self.values[groups], self.vectors[groups]
         return _eigh(self.factors, self.directions[:, groups])
 
     def select(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,11 +125,16 @@ def spectrum(factors: Factors, basis: str) -> Spectrum:
     if basis == "per_output":
         U = torch.eye(D.shape[0], dtype=D.dtype, device=D.device)
     else:
-        _, U = torch.linalg.eigh(D @ sym_gram(factors.L, factors.R, factors.L, factors.R) @ D.T)
+        _, U = torch.linalg.eigh(output_gram(factors))
         U = U.flip(1)
-    step = _step(factors)
-    values = torch.cat([_eigh(factors, U[:, g:g + step])[0] for g in range(0, U.shape[1], step)])
-    return Spectrum(values, U, factors)
+    step, n = _step(factors), factors.L.shape[1]
+    kept = U.shape[1] * n * n <= _CHUNK
+    values, vectors = [], []
+    for g in range(0, U.shape[1], step):
+        lam, V = _eigh(factors, U[:, g:g + step])
+        values.append(lam)
+        vectors += [V] if kept else []
+    return Spectrum(torch.cat(values), U, factors, torch.cat(vectors) if kept else None)
 
 
 def full_k(box: Box) -> int:
@@ -194,12 +206,27 @@ def _folded(model: Model, box: str, names: Sequence[str]) -> tuple[Work | None, 
     return work, target.box, work.params[target.box.name]
 
 
-def _apply(model: Model, box: str, settings: Mapping[str, Any]) -> Model:
+def _basis(mode: str) -> str:
+    """The output basis a mode decomposes in."""
+    return "per_output" if mode == "per_output" else "per_direction"
+
+
+def _apply(model: Model, box: str, settings: Mapping[str, Any], spec: Spectrum | None = None) -> Model:
+    """The rewrite; ``spec``: the spectrum of the (folded) box, if already known."""
     mode = _check_mode(settings.get("mode", "per_output"))
-    work, target, p = _folded(model, box, settings.get("fold", ()))
-    factors = Factors.of(target, p)
-    spec = spectrum(factors, "per_output" if mode == "per_output" else "per_direction")
-    V, D = spec.select(_keep(spec, mode, settings, box))
+    fold = settings.get("fold", ())
+    if spec is None:
+        _, target, p = _folded(model, box, fold)
+        spec = spectrum(Factors.of(target, p), _basis(mode))
+    return layer(model, box, fold, spec, _keep(spec, mode, settings, box))
+
+
+def layer(model: Model, box: str, fold: Sequence[str], spec: Spectrum, keep: torch.Tensor) -> Model:
+    """``model`` with Bilinear box ``box`` (``fold`` folded in first) rewritten into the eigen-layer keeping
+    the components ``keep[g, m]`` of its spectrum ``spec``."""
+    work, target, _ = _folded(model, box, fold)
+    factors = spec.factors
+    V, D = spec.select(keep)
     taken = set(model.boxes) | (set(work.params) if work is not None else set())
     new = Bilinear(fresh(taken, f"{target.name}_eig"), target.dom, target.cod, hidden=V.shape[0],
                    bias=factors.biased)
@@ -232,6 +259,19 @@ class Eigen:
         self.mode = _check_mode(mode)
         self.counts = None if counts is None else sorted(set(counts), reverse=True)
         self.fold = fold
+        self._spectra: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], tuple[Box, Spectrum]]] \
+            = weakref.WeakKeyDictionary()
+
+    def spectrum(self, model: Model, box: str, fold: Sequence[str] = ()) -> tuple[Box, Spectrum]:
+        """The (folded) box and its spectrum in this pass's basis, computed once per model and state of its
+        weights (the candidates and every rewrite applied to the same model share it; kept while the model
+        lives, recomputed when a weight changes in place)."""
+        known = self._spectra.setdefault(model, {})
+        key = (box, tuple(fold), tuple(p._version for p in model.parameters()))
+        if key not in known:
+            _, target, p = _folded(model, box, tuple(fold))
+            known[key] = (target, spectrum(Factors.of(target, p), _basis(self.mode)))
+        return known[key]
 
     def _boxes(self, model: Model) -> list[tuple[str, tuple[str, ...]]]:
         """Each Bilinear box used once, with the names to fold into it."""
@@ -254,8 +294,7 @@ class Eigen:
         rewrites = []
         for name, names in self._boxes(model):
             base: dict[str, Any] = {"mode": self.mode} | ({"fold": names} if names else {})
-            _, target, p = _folded(model, name, names)
-            spec = spectrum(Factors.of(target, p), "per_output" if self.mode == "per_output" else "per_direction")
+            target, spec = self.spectrum(model, name, names)
             top = full_k(target)
             extra = {"directions": max(1, spec.rank)} if self.mode == "per_direction" else {}
             if self.mode == "threshold":
@@ -274,6 +313,22 @@ class Eigen:
                 rewrites += [Rewrite(self.name, name, base | {"k": k} | extra) for k in ks]
         return rewrites
 
+    def truncations(self, model: Model, rewrites: Sequence[Rewrite]) -> tuple[Spectrum, list[torch.Tensor]] | None:
+        """The spectrum of the (folded) box that ``rewrites`` all truncate, in this pass's mode, and the mask of
+        the components each keeps, when that box reads the model's inputs and writes its outputs (so each
+        rewrite changes the model by exactly the components it drops: the search scores them in closed
+        form, from the spectrum); else ``None``."""
+        if not rewrites:
+            return None
+        box, fold = rewrites[0].box, tuple(rewrites[0].settings.get("fold", ()))
+        if any(r.pass_name != self.name or r.box != box or tuple(r.settings.get("fold", ())) != fold
+               or r.settings.get("mode", "per_output") != self.mode for r in rewrites):
+            return None
+        target, spec = self.spectrum(model, box, fold)
+        if target.dom != model.dom or target.cod != model.cod or spec.vectors is None:
+            return None
+        return spec, [_keep(spec, self.mode, r.settings, box) for r in rewrites]
+
     def candidates(self, model: Model) -> list[Rewrite]:
         """For each Bilinear box, the settings below the exact one, mildest (most components) first."""
         return self._rewrites(model, lossless=False)
@@ -282,7 +337,12 @@ class Eigen:
         """The model with the box rewritten into an eigen-layer."""
         if rewrite.pass_name != self.name:
             raise BoxError(f"the eigen pass cannot apply a {rewrite.pass_name!r} rewrite ({rewrite})")
-        return _apply(model, rewrite.box, rewrite.settings)
+        settings = rewrite.settings
+        spec, fold = None, settings.get("fold", ())
+        if settings.get("mode", "per_output") in MODES and _basis(settings.get("mode", "per_output")) == \
+                _basis(self.mode) and isinstance(fold, (list, tuple)) and all(isinstance(n, str) for n in fold):
+            spec = self.spectrum(model, rewrite.box, fold)[1]
+        return _apply(model, rewrite.box, settings, spec)
 
     def lossless(self, model: Model) -> list[Rewrite]:
         """For each Bilinear box, the exact setting: ``k = min(2 hidden, inputs)``, or the threshold that keeps

@@ -67,7 +67,7 @@ def affine_box(like: Box, name: str, dom: Space, cod: Space, bias: bool) -> Kind
 def merged(a: Box, pa: Params, b: Box, pb: Params, name: str) -> tuple[Kind, Params]:
     """The one box computing ``a >> b``, with its parameters (see the module docstring)."""
     if isinstance(a, Embed):
-        W = pa["W"] @ pb["W"].T
+        W = a.data.get("scale", 1.0) * pa["W"] @ pb["W"].T
         return Embed(name, a.dom, b.cod), {"W": W + pb["b"] if "b" in pb else W}
     if b.affine and a.affine:
         p = {"W": pb["W"] @ pa["W"]}

@@ -54,7 +54,7 @@ def lowrank(model: Model, box: str, rank: int) -> Model:
     first, second = fresh(taken, f"{box}_in"), fresh(taken, f"{box}_out")
     wire = Space(f"{box}_rank", r)
     if isinstance(f, Embed):
-        image = chain(Embed(first, f.dom, wire), Linear(second, wire, f.cod))
+        image = chain(Embed(first, f.dom, wire, scale=f.data.get("scale")), Linear(second, wire, f.cod))
         params = {first: {"W": A}, second: {"W": B.T}}
     else:
         image = chain(Linear(first, f.dom, wire), (Unembed if isinstance(f, Unembed) else Linear)(

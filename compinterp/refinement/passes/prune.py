@@ -92,12 +92,14 @@ def _smaller(model: Model, box: Box, keep: torch.Tensor, name: str) -> tuple[Box
     if box.has_heads:
         size = box.data["head_dim"]
         rows = (keep[:, None] * size + torch.arange(size, device=keep.device)).flatten()
-        new = {role: (t[:, rows] if role == "Wo" else t if role == "bo" else t[rows]) for role, t in p.items()}
+        new = {role: (t[:, rows] if role == "Wo" else t if role in ("bo", "q_norm", "k_norm") else t[rows])
+               for role, t in p.items()}
         if "kv_heads" in box.data:
             raise BoxError(f"prune: box '{box.name}' shares keys and values between query heads "
-                             f"(kv_heads={box.data['kv_heads']}); pruning grouped-query heads is not supported")
-        settings = {k: box.data[k] for k in ("rotary_dim", "rotary_base", "scale", "window") if k in box.data}
-        return Attention(name, box.dom, len(keep), size, causal=box.data["causal"], bias=box.data["bias"],
+                           f"(kv_heads={box.data['kv_heads']}); pruning grouped-query heads is not supported")
+        keys = ("rotary_dim", "rotary_base", "rotary_interleaved", "scale", "window", "padded", "qk_norm")
+        settings = {k: box.data[k] for k in keys if k in box.data}
+        return Attention(name, box.cod, len(keep), size, causal=box.data["causal"], bias=box.data["bias"],
                          **settings), new
     new = {role: (t[:, keep] if role == "D" else t if role == "d" else t[keep]) for role, t in p.items()}
     return layer_box(box, name, box.dom, box.cod, len(keep), box.data["bias"]), new
