@@ -58,7 +58,7 @@ TRANSCODER = {"box": "mlp0", "width": 256, "k": 8, "steps": 150, "lr": 3e-3, "ba
 """The transcoder: on ``box``, ``width`` features, ``k`` active, ``steps`` Adam steps on batches of
 ``batch_size`` training windows."""
 
-REFINE = {"min_faithfulness": 0.9, "budget": 12, "passes": ["eigen", "lowrank", "prune"]}
+REFINE = {"min_faithfulness": 0.9, "budget": 12, "passes": ["prune", "lowrank"]}
 """The refinement search: its bar (end-to-end faithfulness on the search windows), budget and passes."""
 
 SHOWN_FEATURES, SNIPPETS, PATTERN_LENGTH = 8, 5, 12
@@ -161,13 +161,14 @@ def _induction(out: Path, model: Model, progress: bool) -> dict[str, Any]:
 def _mlp(model: Model, box: str, held_out: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     """MLP ``box``: its eigen-truncation checked exactly (the box alone, from the weights) and on held-out
     text (the whole model), and what its top directions write and eigenvectors read."""
-    alone = lm.alone(model, box)
-    exact = check(alone, eigen(alone, box, **EIGEN), "exact").end_to_end
     truncated = eigen(model, box, **EIGEN)
+    layer = f"{box}_eig"
+    exact = check(lm.alone(model, box), lm.alone(truncated, layer), "exact").end_to_end
     report = check(model, truncated, held_out, progress=False).end_to_end
     return {"box": box, "hidden": model.boxes[box].data["hidden"], "eigen": EIGEN,
-            "eigen_hidden": truncated.boxes[f"{box}_eig"].data["hidden"], "exact_faithfulness": exact.faithfulness,
-            "held_out": _held(report, truncated, held_out), "views": lm.eigen_views(model, box)}
+            "eigen_hidden": truncated.boxes[layer].data["hidden"], "exact_faithfulness": exact.faithfulness,
+            "held_out": _held(report, truncated, held_out),
+            "views": lm.eigen_views(truncated, layer, EIGEN["k"], norm=f"ln_{box}")}
 
 
 def _transcoder(model: Model, task: Any, held_out: tuple[torch.Tensor, ...], context: int, device: torch.device,
@@ -202,8 +203,8 @@ def _snippets(values: torch.Tensor, tokens: torch.Tensor, *, before: int = 24, a
     for index in flat.argsort(descending=True)[:SNIPPETS].tolist():
         w, t = divmod(index, values.shape[1])
         row = tokens[w].tolist()
-        out.append({"value": flat[index].item(), "before": _text(row[max(0, t - before):t]), "byte": _text(row[t:t + 1]),
-                    "after": _text(row[t + 1:t + 1 + after])})
+        out.append({"value": flat[index].item(), "before": _text(row[max(0, t - before):t]),
+                    "byte": _text(row[t:t + 1]), "after": _text(row[t + 1:t + 1 + after])})
     return out
 
 
@@ -220,7 +221,8 @@ def _refine(out: Path, model: Model, search: tuple[torch.Tensor, ...], held_out:
     result.frontier.plot(out / "figures" / "frontier.png", title="LM refinement: bits against faithfulness")
     report = check(model, result.model, held_out, progress=False).end_to_end
     return result.to_json() | {"search_on": f"{len(search[0])} training windows", **REFINE,
-                               "held_out": _held(report, result.model, held_out), "frontier_figure": "figures/frontier.png"}
+                               "held_out": _held(report, result.model, held_out),
+                               "frontier_figure": "figures/frontier.png"}
 
 
 def _held(report: Any, refined: Model, held_out: tuple[torch.Tensor, ...]) -> dict[str, Any]:

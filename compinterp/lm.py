@@ -26,8 +26,6 @@ from compinterp.faithfulness import FaithfulnessReport, check
 from compinterp.interpretation import Interpretation
 from compinterp.interventions import attention_patterns, cache_batches
 from compinterp.model import Model
-from compinterp.refinement.passes._common import Factors, params64
-from compinterp.refinement.passes.eigen import spectrum
 from compinterp.syntax import Diagram
 from compinterp.tasks import text
 
@@ -57,11 +55,12 @@ def induction_pattern(length: int) -> list[list[float]]:
 def head_scores(model: Model, data: tuple[torch.Tensor, ...], length: int) -> dict[str, dict[str, list[float]]]:
     """For every attention box, each head's mean attention to the previous token (queries ``i >= 1``)
     and to the induction target ``i - length + 1`` (queries ``i >= length``), on repeated sequences ``data``."""
-    inputs = text.for_model(model, data)[:len(model.dom)]
+    device = next(model.parameters()).device
+    inputs = [x.to(device) for x in text.for_model(model, data)[:len(model.dom)]]
     queries = torch.arange(length, 2 * length)
     scores = {}
     for box in _attention_boxes(model):
-        pattern = attention_patterns(model, *inputs, box=box).mean(0)      # heads, T, T
+        pattern = attention_patterns(model, *inputs, box=box).mean(0).cpu()      # heads, T, T
         steps = torch.arange(1, pattern.shape[-1])
         scores[box] = {"previous": pattern[:, steps, steps - 1].mean(-1).tolist(),
                        "induction": pattern[:, queries, queries - length + 1].mean(-1).tolist()}
@@ -94,7 +93,8 @@ def induction_hypothesis(model: Model, previous: Head, induction: Head, length: 
         if box is None or not box.has_heads:
             raise BoxError(f"no attention box named {name!r}; the model's are {', '.join(_attention_boxes(model))}")
         ablated = [h for h in range(box.data["heads"]) if h not in heads] if ablate_others else []
-        image_data = dict(box.data) | {"patterns": {**box.data.get("patterns", {}), **{str(h): p for h, p in heads.items()}}}
+        patterns = {**box.data.get("patterns", {}), **{str(h): p for h, p in heads.items()}}
+        image_data = dict(box.data) | {"patterns": patterns}
         weights = {k: v.detach().clone() for k, v in model.box_params(name).items()}
         if ablated:
             image_data["bias"] = "".join(p for p in "qkvo" if p in box.biases() + "o")
@@ -132,7 +132,8 @@ class InductionResult:
         return (f"previous-token head {self.previous[0]}.{self.previous[1]}, induction head "
                 f"{self.induction[0]}.{self.induction[1]}: faithfulness {e.faithfulness:.3f} (loss recovered "
                 f"{_fmt(e.loss_recovered)}); control {self.control[0][0]}.{self.control[0][1]} + "
-                f"{self.control[1][0]}.{self.control[1][1]}: {c.faithfulness:.3f} (loss recovered {_fmt(c.loss_recovered)})")
+                f"{self.control[1][0]}.{self.control[1][1]}: {c.faithfulness:.3f} "
+                f"(loss recovered {_fmt(c.loss_recovered)})")
 
 
 def explain_induction(model: Model, *, n: int = 64, length: int | None = None, seed: int = 2,
@@ -148,8 +149,9 @@ def explain_induction(model: Model, *, n: int = 64, length: int | None = None, s
     data = text.repeated(n, length, seed=seed + 1, vocab=vocab)
     reports, bits = [], {"model": _copies(model, data, length)}
     for role, (p, i) in (("explanation", (previous, induction)), ("control", control)):
-        interp = induction_hypothesis(model, p, i, length, data=text.for_model(model, data), ablate_others=ablate_others)
-        reports.append(check(model, interp, text.for_model(model, data), batch_size=n, progress=progress))
+        inputs = text.for_model(model, data)
+        interp = induction_hypothesis(model, p, i, length, data=inputs, ablate_others=ablate_others)
+        reports.append(check(model, interp, inputs, batch_size=n, progress=progress))
         bits[role] = _copies(interp.explanation, data, length)
     return InductionResult(scores, previous, induction, control, reports[0], reports[1], bits)
 
@@ -157,7 +159,8 @@ def explain_induction(model: Model, *, n: int = 64, length: int | None = None, s
 def _copies(model: Model, data: tuple[torch.Tensor, ...], length: int) -> dict[str, float]:
     """Bits per byte on the first and second copy (each copy's first position not scored)."""
     per_position = text.bits_per_byte(model, data)
-    return {"first": per_position[:length - 1].mean().item(), "second": per_position[length:2 * length - 1].mean().item()}
+    return {"first": per_position[:length - 1].mean().item(),
+            "second": per_position[length:2 * length - 1].mean().item()}
 
 
 def _head_means(model: Model, name: str, data: Any) -> torch.Tensor:
@@ -212,30 +215,34 @@ def alone(model: Model, box: str) -> Model:
     return Model(model.boxes[box], {box: {k: v.detach().clone() for k, v in model.box_params(box).items()}})
 
 
-def eigen_views(model: Model, box: str, *, directions: int = 2, components: int = 4,
+def eigen_views(model: Model, box: str, k: int, *, norm: str, directions: int = 2, components: int = 4,
                 top: int = 8) -> list[dict[str, Any]]:
-    """What the top output directions of MLP ``box`` write and what their top eigenvectors read, as bytes
-    along the direct path: a direction ``u`` through the final norm's weight and the unembedding
-    (bytes it promotes and suppresses); an eigenvector ``v`` against each byte's embedding through the
-    MLP's own norm (``ln_<box>``, RMS-normalised), the bytes ``t`` with the largest ``lambda (v . x_t)^2``."""
-    factors = Factors.of(model.boxes[box], params64(model, box))
-    spec = spectrum(factors, "per_direction")
-    groups = torch.arange(min(directions, spec.values.shape[0]))
-    lam, V = spec.eigh(groups)
+    """What the top output directions of an eigen-layer ``box`` write and what their top eigenvectors read,
+    as bytes along the direct path. ``box`` is made by ``eigen(..., mode="per_direction", k=k)``: its hidden
+    units come ``k`` per output direction ``u_g``, largest ``|lambda|`` first (``L = R = V``,
+    ``D[:, (g, m)] = u_g lambda_gm``). A direction goes through the final norm's weight and the
+    unembedding (the bytes it promotes and suppresses); an eigenvector ``v`` meets each byte's embedding,
+    RMS-normalised and scaled by Norm box ``norm``'s weight: the bytes ``t`` with the largest
+    ``lambda (v . x_t)^2``."""
+    p = {role: t.detach().double() for role, t in model.box_params(box).items()}
+    V, D = p["L"], p["D"]
     unembed = model.box_params("unembed")["W"].detach().double()
     final = _norm_weight(model, "ln_final", unembed.shape[1])
     embed = model.box_params("embed")["W"].detach().double()
-    read = embed / embed.square().mean(1, keepdim=True).sqrt() * _norm_weight(model, f"ln_{box}", embed.shape[1])
+    read = embed / embed.square().mean(1, keepdim=True).sqrt() * _norm_weight(model, norm, embed.shape[1])
     views = []
-    for g in groups.tolist():
-        logits = unembed @ (final * spec.directions[:, g])
-        order = logits.argsort(descending=True)
+    for g in range(min(directions, D.shape[1] // k)):
+        columns = D[:, g * k:(g + 1) * k]
+        u = columns[:, 0] / columns[:, 0].norm()
+        lam = u @ columns
+        order = (unembed @ (final * u)).argsort(descending=True)
         eigvecs = []
-        for m in range(min(components, lam.shape[1])):
-            contribution = lam[g, m] * (read @ V[g, :, m]).square()
+        for m in range(min(components, k)):
+            contribution = lam[m] * (read @ V[g * k + m]).square()
             best = contribution.abs().argsort(descending=True)[:top]
-            eigvecs.append({"value": lam[g, m].item(), "reads": [[byte_label(b), contribution[b].item()] for b in best.tolist()]})
-        views.append({"direction": g, "norm": spec.values[g].square().sum().sqrt().item(),
+            reads = [[byte_label(b), contribution[b].item()] for b in best.tolist()]
+            eigvecs.append({"value": lam[m].item(), "reads": reads})
+        views.append({"direction": g, "norm": lam.norm().item(),
                       "promotes": [byte_label(b) for b in order[:top].tolist()],
                       "suppresses": [byte_label(b) for b in order.flip(0)[:top].tolist()], "eigenvectors": eigvecs})
     return views

@@ -17,9 +17,12 @@ from compinterp.syntax import (
     Attention,
     Bilinear,
     Box,
+    ChannelAffine,
+    Conv,
     Copy,
     Diagram,
     Elementwise,
+    Flatten,
     Embed,
     Gated,
     Id,
@@ -27,6 +30,7 @@ from compinterp.syntax import (
     Mul,
     Norm,
     Opaque,
+    Pool,
     PosEmbed,
     Space,
     Swap,
@@ -362,6 +366,11 @@ EVERY_BOX: list[Box] = [
     Attention("gqa", Z, heads=4, head_dim=2, kv_heads=2, rotary_dim=2, rotary_base=500.0, scale=0.3, window=3,
               bias="qkv"),
     PosEmbed("pos", X, positions=7),
+    Conv("conv", Y, Space("y", 1), in_channels=2, out_channels=4, kernel=[3, 3], stride=2, padding=1, groups=2,
+         bias=True),
+    ChannelAffine("bn", X, channels=5, spatial=2),
+    Pool("pool", Y, Space("y", 1), mode="max", kernel=3, stride=2, padding=1),
+    Flatten("flat", Y, Z, shape=[2, 2]),
     Opaque("blob", X @ Y, Z, module=torch.nn.Identity()),
     Swap(X, Y),
 ]
@@ -395,5 +404,5 @@ def test_box_json_of_a_diagram_round_trips_its_boxes() -> None:
 
 
 def test_box_from_json_unknown_kind() -> None:
-    raises(BoxError, "'Conv'", "'c1'", "Linear")(
-        lambda: box_from_json({"kind": "Conv", "name": "c1", "dom": ["x:3"], "cod": ["x:3"], "data": {}}))
+    raises(BoxError, "'Conv4d'", "'c1'", "Linear")(
+        lambda: box_from_json({"kind": "Conv4d", "name": "c1", "dom": ["x:3"], "cod": ["x:3"], "data": {}}))

@@ -11,7 +11,7 @@ model). ``docs/description_length.md`` writes out every term, with a worked exam
 >>> model = Model(Linear("f", Space("x", 4), Space("y", 2)), seed=0)
 >>> bits = description_length(model)
 >>> round(bits.structure, 3), bits.parameters, bits.error, round(bits.total, 3)
-(32.907, 262.0, 0.0, 294.907)
+(33.248, 262.0, 0.0, 295.248)
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from compinterp.data import as_source, placed, placement
 from compinterp.errors import FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.interpretation import Interpretation
+from compinterp.interpretation.maps import MAPS as MAPS_BY_KIND
 from compinterp.interpretation.maps import Identity
 from compinterp.model import Model
 from compinterp.syntax import Diagram
-
-MAP_KINDS = ("identity", "linear", "encoder_decoder", "function")
-"""The kinds of semantic map an interpretation's wire may carry."""
 
 MAPS = "(maps)"
 """The name of the row holding the number of an interpretation's non-identity wire maps."""
@@ -291,7 +289,7 @@ def _parts(diagram: Diagram, tensors: Mapping[str, torch.Tensor], maps: list[tup
     if wires is not None:
         parts.append(Part(MAPS, "", float(gamma_bits(len(maps) + 1)), 0.0, 0))
         for wire, kind, _ in maps:
-            parts.append(part(f"sigma[{wire}]", f"{kind} map", choice_bits(wires) + choice_bits(len(MAP_KINDS))))
+            parts.append(part(f"sigma[{wire}]", f"{kind} map", choice_bits(wires) + choice_bits(len(MAPS_BY_KIND))))
         if any(kind == "function" for _, kind, _ in maps):
             notes.append("note: a function map's code is not counted")
     return parts, notes

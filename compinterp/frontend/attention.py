@@ -172,7 +172,8 @@ class AttentionPatterns(GraphReader):
             if len(users) != 1:
                 return None
             (node,) = users
-            if self.linear(node) is not None and self.resolve(self.linear(node).x) is (chain[-1] if chain else None):
+            lin = self.linear(node)
+            if lin is not None and chain and self.resolve(lin.x) is chain[-1]:
                 return chain, node
             if not _moves(node) or len(chain) > 16:
                 return None

@@ -64,11 +64,16 @@ def from_torch(module: nn.Module, *example_inputs: torch.Tensor | Mapping[str, t
     with an ``Embed`` is ``Unembed``), ``nn.Embedding`` (``Embed``; the ids' wire has the
     vocabulary's size), ``l(x) * r(x)`` (``Bilinear``) and ``act(l(x)) * r(x)`` (``Gated``),
     each absorbing a ``down`` linear that is the product's only reader, layer and RMS norms
-    over the last axis (``Norm``), ``nn.MultiheadAttention`` as full or causal self-attention
-    (``Attention``), pointwise functions (``Elementwise``), sums and products of same-shaped
-    tensors (``Add``, ``Mul``); a value read twice goes through ``Copy``. Everything else
-    becomes ``Opaque`` boxes wrapping ``torch.fx.GraphModule`` pieces of the traced graph;
-    a submodule whose code cannot be traced is kept whole inside one.
+    over the last axis (``Norm``), ``nn.MultiheadAttention`` and ``F.scaled_dot_product_attention``
+    between linear projections of one input (timm's) as full or causal self-attention
+    (``Attention``), a constant table added to a sequence (``PosEmbed``), convolutions
+    (``Conv``), batch norm in eval mode and per-channel scales (``ChannelAffine``), pooling
+    (``Pool``), flattening (``Flatten``), pointwise functions (``Elementwise``), sums and
+    products of same-shaped tensors (``Add``, ``Mul``); a value read twice goes through
+    ``Copy``. Everything else becomes ``Opaque`` boxes wrapping ``torch.fx.GraphModule``
+    pieces of the traced graph. A submodule whose own code cannot be traced keeps the
+    children it calls on its own inputs recognised, and becomes an ``Opaque`` glue box around
+    them (see :mod:`compinterp.frontend.trace`), or, with no such child, one ``Opaque`` box.
 
     A HuggingFace ``transformers`` model or a TransformerLens ``HookedTransformer`` is not traced: it
     goes to :func:`~compinterp.frontend.hf.from_hf` or

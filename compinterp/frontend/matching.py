@@ -84,6 +84,9 @@ _FUNCTIONS: dict[Any, _Op] = {
                {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
        for fn in (F.conv1d, F.conv2d, F.conv3d)},
     torch.flatten: _Op("flatten", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}),
+    F.batch_norm: _Op("batch_norm", ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+                                     "eps"), {"weight": None, "bias": None, "training": False, "momentum": 0.1,
+                                              "eps": 1e-5}),
 }
 _METHODS: dict[str, _Op] = {
     **{name: _Op(name, ("input",)) for name in _UNARY},

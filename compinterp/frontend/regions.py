@@ -169,13 +169,24 @@ class Grouper:
         return region
 
     def _compile(self, regions: list[Region]) -> None:
-        """One GraphModule per region, all deep-copied together (shared parameters stay shared among them)."""
+        """One GraphModule per region, all deep-copied together (shared parameters stay shared among them).
+
+        An identity the region reads through is dropped, but for ``.contiguous()``, which a later ``.view()``
+        may need: the region calls it again."""
         modules = []
         for region in regions:
             graph = fx.Graph()
             env = {v: graph.placeholder(v.name) for v in region.ins}
+
+            def read(a: fx.Node, env: dict[fx.Node, fx.Node] = env, graph: fx.Graph = graph) -> fx.Node:
+                if a not in env and a in self.rec.alias:
+                    inner = read(self.rec.alias[a])
+                    contiguous = a.op == "call_method" and a.target == "contiguous"
+                    env[a] = graph.call_method("contiguous", (inner,)) if contiguous else inner
+                return env[a]
+
             for node in sorted([*region.nodes, *region.extra], key=self.order.__getitem__):
-                env[node] = graph.node_copy(node, lambda a: env[self.rec.resolve(a)])
+                env[node] = graph.node_copy(node, read)
             outs = [env[o] for o in region.outs]
             graph.output(outs[0] if len(outs) == 1 else tuple(outs))
             modules.append(fx.GraphModule(self.rec.traced.root, graph, class_name=f"Opaque_{region.name}".replace("-", "_")))

@@ -49,12 +49,12 @@ def cause(module: nn.Module, err: BaseException) -> str:
         why = (f"it takes **{varkw or 'kwargs'}, which torch.fx cannot trace; a HuggingFace model goes to "
                "ci.from_hf (from_torch sends transformers models there), else import a module whose forward "
                "names its arguments")
+    elif "is not supported in symbolic tracing" in text or "cannot be iterated" in text:
+        why = ("it needs a traced value's length or elements; move that code into a submodule, which then "
+               "becomes one Opaque box, or name its type in leaves=")
     elif "control flow" in text:
         why = ("it branches on a traced value; move that code into a submodule, which then becomes one Opaque "
                "box, or name its type in leaves=")
-    elif "is not supported in symbolic tracing" in text or "iterate" in text or "'len'" in text:
-        why = ("it needs a traced value's length or elements; move that code into a submodule, which then "
-               "becomes one Opaque box, or name its type in leaves=")
     else:
         why = "move data-dependent code into a submodule, which then becomes one Opaque box"
     return f"cannot trace {type(module).__name__}.forward with torch.fx ({text}): {why}"
@@ -221,11 +221,11 @@ def _feeds(root: nn.Module, examples: Mapping[str, torch.Tensor]) -> Feeds:
 
     def enter(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if stack and len(args) == 1 and not kwargs:
-            parent, given, record = stack[-1]
+            parent, given, seen = stack[-1]
             child = next((n for n, c in parent._modules.items() if c is m), None)
             j = next((i for i, a in enumerate(given) if a is args[0] and isinstance(a, torch.Tensor)), None)
-            if child is not None and j is not None and (child, j) not in record:
-                record.append((child, j))
+            if child is not None and j is not None and (child, j) not in seen:
+                seen.append((child, j))
         record: list[tuple[str, int]] = []
         feeds.setdefault(paths.get(m, ""), []).append(record)
         stack.append((m, args, record))

@@ -49,7 +49,8 @@ class VisionPatterns(GraphReader):
                 return False
             args = op[1]
             w, b, x = args["weight"], args["bias"], self.resolve(args["input"])
-            if not (isinstance(w, fx.Node) and self.const[w] and (b is None or isinstance(b, fx.Node) and self.const[b])):
+            if not (isinstance(w, fx.Node) and self.const[w]
+                    and (b is None or isinstance(b, fx.Node) and self.const[b])):
                 return False
             w, b, key = self.values[w], None if b is None else self.values[b], args["weight"]
             stride, padding, dilation, groups, mode = (args["stride"], args["padding"], args["dilation"],
@@ -68,26 +69,40 @@ class VisionPatterns(GraphReader):
         return self.add(Unit("Conv", base_name(node), [node], [x], node, build, params, key))
 
     def batch_norm_unit(self, node: fx.Node) -> bool:
-        """``nn.BatchNorm1d/2d/3d`` in eval mode -> ChannelAffine, its running statistics folded into the scale and shift."""
-        if node.op != "call_module":
-            return False
-        m, x = self.module(node), self.single_input(node)
-        if (not any(is_plain(m, cls) for cls in _NORMS) or m.training or m.running_mean is None
-                or x is None or not self.wire(x) or self.values[x].dim() < 2):
+        """``nn.BatchNorm1d/2d/3d`` in eval mode, or ``F.batch_norm`` with ``training=False`` and constant statistics
+        (timm's ``BatchNormAct2d``) -> ChannelAffine, the running statistics folded into the scale and shift."""
+        if node.op == "call_module":
+            m, x = self.module(node), self.single_input(node)
+            if not any(is_plain(m, cls) for cls in _NORMS) or m.training or m.running_mean is None:
+                return False
+            mean, var, weight, bias, eps, key = m.running_mean, m.running_var, m.weight, m.bias, m.eps, m
+        else:
+            op = self.op(node)
+            if op is None or op[0] != "batch_norm" or op[1]["training"] is not False:
+                return False
+            args = op[1]
+            stats = [args[k] for k in ("running_mean", "running_var", "weight", "bias")]
+            if (not isinstance(args["input"], fx.Node) or isinstance(args["eps"], fx.Node)
+                    or any(not (v is None or isinstance(v, fx.Node) and self.const[v]) for v in stats)):
+                return False
+            mean, var, weight, bias = (None if v is None else self.values[v] for v in stats)
+            x, eps, key = self.resolve(args["input"]), args["eps"], node
+        if (x is None or mean is None or var is None or not self.wire(x) or self.values[x].dim() < 2
+                or mean.shape != (self.values[x].shape[1],)):
             return False
         spatial = self.values[x].dim() - 2
-        dtype = m.running_var.dtype
-        scale = (m.running_var.double() + m.eps).rsqrt()
-        if m.weight is not None:
-            scale = scale * m.weight.double()
-        shift = -m.running_mean.double() * scale + (0.0 if m.bias is None else m.bias.double())
+        scale = (var.double() + eps).rsqrt()
+        if weight is not None:
+            scale = scale * weight.double()
+        shift = -mean.double() * scale + (0.0 if bias is None else bias.double())
+        dtype = self.values[x].dtype
         params = {"weight": scale.to(dtype), "bias": shift.to(dtype)}
-        channels = m.num_features
+        channels = mean.shape[0]
 
         def build(n: str, dom: Space, cod: Space) -> Kind:
             return ChannelAffine(n, cod, channels=channels, spatial=spatial)
 
-        return self.add(Unit("ChannelAffine", base_name(node), [node], [x], node, build, params, m))
+        return self.add(Unit("ChannelAffine", base_name(node), [node], [x], node, build, params, key))
 
     def channel_scale_unit(self, node: fx.Node) -> bool:
         """``x * c`` with a constant ``c`` of shape ``(C, 1, ..., 1)`` against a channel axis of ``x`` before its last
@@ -142,7 +157,8 @@ class VisionPatterns(GraphReader):
         return self.add(Unit("Pool", base_name(node), [node], [x], node, build, key=m))
 
     def flatten_unit(self, node: fx.Node) -> bool:
-        """``torch.flatten(x, s)``, ``x.flatten(s)``, ``nn.Flatten`` merging the axes from ``s >= 1`` to the last -> Flatten."""
+        """``torch.flatten(x, s)``, ``x.flatten(s)``, ``nn.Flatten`` merging the axes from ``s >= 1`` to the last
+        -> Flatten."""
         if node.op == "call_module":
             m, x = self.module(node), self.single_input(node)
             if not is_plain(m, nn.Flatten) or x is None:
@@ -156,7 +172,7 @@ class VisionPatterns(GraphReader):
         if not self.wire(x) or not isinstance(start, int) or not isinstance(end, int):
             return False
         rank = self.values[x].dim()
-        start, end = start % rank if rank else 0, end % rank if rank else 0
+        start, end = start % rank, end % rank
         if start < 1 or end != rank - 1 or rank - start < 2:
             return False
         shape = list(self.values[x].shape[start:])
@@ -167,7 +183,8 @@ class VisionPatterns(GraphReader):
         return self.add(Unit("Flatten", base_name(node), [node], [x], node, build, key=node))
 
     def pos_table_unit(self, node: fx.Node) -> bool:
-        """``x + table`` with a constant ``table`` of shape ``(1, T, d)`` or ``(T, d)`` for ``x : (..., T, d)`` -> PosEmbed."""
+        """``x + table`` with a constant ``table`` of shape ``(1, T, d)`` or ``(T, d)`` for ``x : (..., T, d)``
+        -> PosEmbed."""
         op = self.op(node)
         if op is None or op[0] != "add" or op[1].get("alpha", 1) != 1:
             return False

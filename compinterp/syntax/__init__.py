@@ -1,26 +1,19 @@
 """Syntax: spaces (wires with a dimension), boxes, and the string diagrams built from them."""
 
+from compinterp.syntax.attention import KEEP, PATTERNS, Attention
 from compinterp.syntax.boxes import (
     ELEMENTWISE,
-    KEEP,
-    PATTERNS,
     KINDS,
     Add,
-    Attention,
     Bilinear,
-    ChannelAffine,
-    Conv,
     Copy,
     Elementwise,
     Embed,
-    Flatten,
     Gated,
-    Kind,
     Linear,
     Mul,
     Norm,
     Opaque,
-    Pool,
     PosEmbed,
     TopK,
     Unembed,
@@ -30,8 +23,10 @@ from compinterp.syntax.boxes import (
     residual,
 )
 from compinterp.syntax.diagram import Box, Diagram, Id, Swap, describe
+from compinterp.syntax.kind import Kind
 from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
 from compinterp.syntax.spaces import Space, Wire
+from compinterp.syntax.vision import ChannelAffine, Conv, Flatten, Pool
 
 __all__ = [
     "ELEMENTWISE", "KEEP", "KINDS", "PATTERNS", "Add", "Attention", "Bilinear", "Box", "ChannelAffine", "Conv",

@@ -56,7 +56,7 @@ SKIP = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"
 HELD_OUT_BELOW = 26
 """A file is held out when the first byte of ``sha256(relative path)`` is below this (about 10%)."""
 
-TRAIN_BYTES, TEST_BYTES = 2_000_000, 131_072
+TRAIN_BYTES, TEST_BYTES = 6_000_000, 131_072
 """How much of each split the default task reads."""
 
 
@@ -129,7 +129,8 @@ def windows(data: bytes, context: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return tokens, torch.arange(context).expand(n, context).contiguous(), labels
 
 
-def repeated(n: int, length: int, *, seed: int = 0, vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def repeated(n: int, length: int, *, seed: int = 0,
+             vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` random sequences of ``length`` distinct tokens, each repeated twice: ``(tokens, positions,
     labels)`` of shape ``(n, 2 length)``, labels the next token (the last one wraps to the first)."""
     if not 1 <= length <= vocab:
