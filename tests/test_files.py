@@ -198,8 +198,8 @@ def test_bad_diagram_json_names_layer_and_box(edit: dict, message: str) -> None:
 
 def test_bad_box_entries_are_named() -> None:
     obj = _obj()
-    obj["boxes"][1] = obj["boxes"][1] | {"kind": "Conv"}
-    with pytest.raises(FormatError, match=r"diagram box 1 \('f'\): unknown box kind 'Conv'"):
+    obj["boxes"][1] = obj["boxes"][1] | {"kind": "Conv4d"}
+    with pytest.raises(FormatError, match=r"diagram box 1 \('f'\): unknown box kind 'Conv4d'"):
         diagram_from_json(obj)
     obj = _obj()
     obj["boxes"][1] = obj["boxes"][1] | {"data": {}}
