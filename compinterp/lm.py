@@ -24,9 +24,9 @@ import torch
 from compinterp.errors import BoxError
 from compinterp.faithfulness import FaithfulnessReport, check
 from compinterp.interpretation import Interpretation
-from compinterp.interventions import attention_patterns, cache_batches
+from compinterp.interpretation.hypotheses import heads_follow
+from compinterp.interventions import attention_patterns
 from compinterp.model import Model
-from compinterp.syntax import Diagram
 from compinterp.tasks import text
 
 Head = tuple[str, int]
@@ -85,28 +85,10 @@ def induction_hypothesis(model: Model, previous: Head, induction: Head, length: 
     two boxes is replaced by its mean output over ``data`` (over examples and positions)."""
     fixed = {previous[0]: {previous[1]: "previous"}}
     fixed.setdefault(induction[0], {})[induction[1]] = induction_pattern(length)
-    boxes = model.boxes
-    images: dict[str, Diagram] = {}
-    params: dict[str, dict[str, torch.Tensor]] = {}
-    for name, heads in fixed.items():
-        box = boxes.get(name)
-        if box is None or not box.has_heads:
-            raise BoxError(f"no attention box named {name!r}; the model's are {', '.join(_attention_boxes(model))}")
-        ablated = [h for h in range(box.data["heads"]) if h not in heads] if ablate_others else []
-        patterns = {**box.data.get("patterns", {}), **{str(h): p for h, p in heads.items()}}
-        image_data = dict(box.data) | {"patterns": patterns}
-        weights = {k: v.detach().clone() for k, v in model.box_params(name).items()}
-        if ablated:
-            image_data["bias"] = "".join(p for p in "qkvo" if p in box.biases() + "o")
-            mean = _head_means(model, name, data)                                       # heads, head_dim
-            columns = weights["Wo"].unflatten(1, (box.data["heads"], -1))                # d, heads, head_dim
-            offset = torch.einsum("dhe, he -> d", columns[:, ablated], mean[ablated].to(columns.dtype))
-            columns[:, ablated] = 0.0
-            weights["Wo"] = columns.flatten(1)
-            weights["bo"] = weights.get("bo", torch.zeros_like(offset)) + offset
-        image = type(box).from_json(f"{name}_fixed", box.dom, box.cod, image_data)
-        images[name], params[image.name] = image, weights
-    return Interpretation(model, boxes=images, params=params, rules=model.rules)
+    missing = [name for name in fixed if name not in model.boxes or not model.boxes[name].has_heads]
+    if missing:
+        raise BoxError(f"no attention box named {missing[0]!r}; the model's are {', '.join(_attention_boxes(model))}")
+    return heads_follow(model, fixed, ablate_others=ablate_others, data=data)
 
 
 @dataclass(frozen=True)
@@ -161,19 +143,6 @@ def _copies(model: Model, data: tuple[torch.Tensor, ...], length: int) -> dict[s
     per_position = text.bits_per_byte(model, data)
     return {"first": per_position[:length - 1].mean().item(),
             "second": per_position[length:2 * length - 1].mean().item()}
-
-
-def _head_means(model: Model, name: str, data: Any) -> torch.Tensor:
-    """Each head's mean output ``(heads, head_dim)`` of attention box ``name`` over ``data``."""
-    if data is None:
-        raise BoxError(f"mean-ablating the other heads of box '{name}' needs data to take their means on")
-    total, count = None, 0
-    for cache in cache_batches(model, data, names=[f"{name}.heads"]):
-        value = cache[f"{name}.heads"].detach().to(torch.float64)
-        flat = value.reshape(-1, *value.shape[-2:])
-        total = flat.sum(0) if total is None else total + flat.sum(0)
-        count += flat.shape[0]
-    return total / count
 
 
 def _attention_boxes(model: Model) -> list[str]:

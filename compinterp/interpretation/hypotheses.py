@@ -32,9 +32,12 @@ from compinterp.model import Model
 from compinterp.syntax import Diagram, Linear
 
 
-def heads_follow(model: Model, patterns: Mapping[str, Mapping[int, str | list[list[float]]]]) -> Interpretation:
+def heads_follow(model: Model, patterns: Mapping[str, Mapping[int, str | list[list[float]]]], *,
+                 ablate_others: bool = False, data: Any = None, batch_size: int = 256) -> Interpretation:
     """The interpretation in which the named heads follow fixed attention patterns:
-    ``{"attn0": {1: "previous"}}`` (names in :data:`compinterp.syntax.PATTERNS`, or matrices)."""
+    ``{"attn0": {1: "previous"}}`` (names in :data:`compinterp.syntax.PATTERNS`, or matrices); with
+    ``ablate_others``, every other head of those boxes is replaced by its mean output over ``data``
+    (over examples and positions), folded into the output projection's bias."""
     boxes = model.boxes
     images: dict[str, Diagram] = {}
     params: dict[str, dict[str, torch.Tensor]] = {}
@@ -44,11 +47,20 @@ def heads_follow(model: Model, patterns: Mapping[str, Mapping[int, str | list[li
             attention = [n for n, b in boxes.items() if b.has_heads]
             raise BoxError(f"heads_follow: no attention box named {name!r}; the model's are "
                            f"{', '.join(attention) or 'none'}")
-        data = dict(box.data)
-        data["patterns"] = {**data.get("patterns", {}), **{str(h): p for h, p in dict(heads).items()}}
-        image = type(box).from_json(f"{name}_fixed", box.dom, box.cod, data)
-        images[name] = image
-        params[image.name] = {k: v.detach() for k, v in model.box_params(name).items()}
+        data_ = dict(box.data)
+        data_["patterns"] = {**data_.get("patterns", {}), **{str(h): p for h, p in dict(heads).items()}}
+        weights = {k: v.detach().clone() for k, v in model.box_params(name).items()}
+        ablated = [h for h in range(box.data["heads"]) if str(h) not in data_["patterns"]] if ablate_others else []
+        if ablated:
+            data_["bias"] = "".join(p for p in "qkvo" if p in box.biases() + "o")
+            mean = _head_means(model, name, data, batch_size)                          # heads, head_dim
+            columns = weights["Wo"].unflatten(1, (box.data["heads"], -1))              # d, heads, head_dim
+            offset = torch.einsum("d h e, h e -> d", columns[:, ablated], mean[ablated].to(columns.dtype))
+            columns[:, ablated] = 0.0
+            weights["Wo"] = columns.flatten(1)
+            weights["bo"] = weights.get("bo", torch.zeros_like(offset)) + offset
+        image = type(box).from_json(f"{name}_fixed", box.dom, box.cod, data_)
+        images[name], params[image.name] = image, weights
     return Interpretation(model, boxes=images, params=params, rules=model.rules)
 
 
@@ -79,6 +91,22 @@ def only_through(model: Model, subspaces: Mapping[str, torch.Tensor], *, data: A
         dtype = next(iter(model.box_params(name).values())).dtype if name in model.params else torch.float32
         params[keep.name] = {"W": P.to(dtype), "b": ((torch.eye(d, dtype=torch.float64) - P) @ mean).to(dtype)}
     return Interpretation(model, boxes=images, params=params, rules=model.rules)
+
+
+def _head_means(model: Model, name: str, data: Any, batch_size: int) -> torch.Tensor:
+    """Each head's mean output ``(heads, head_dim)`` of attention box ``name`` over ``data``, every use,
+    example and position."""
+    if data is None:
+        raise BoxError(f"heads_follow: mean-ablating the other heads of box '{name}' needs data to take their "
+                       "means on")
+    labels = [f"{label}.heads" for label in model.plan.labels if label == name or label.startswith(f"{name}#")]
+    total, count = None, 0
+    for cache in cache_batches(model, data, names=labels, batch_size=batch_size):
+        for label in labels:
+            flat = cache[label].detach().to(torch.float64).flatten(0, -3)
+            total = flat.sum(0) if total is None else total + flat.sum(0)
+            count += flat.shape[0]
+    return total / count
 
 
 def _mean(model: Model, name: str, data: Any, batch_size: int) -> torch.Tensor:
