@@ -37,7 +37,7 @@ import torch
 
 from compinterp.errors import InputError
 from compinterp.model import Model
-from compinterp.semantics import Recorder
+from compinterp.interventions import run_edited
 from compinterp.syntax import Box, Diagram
 
 FEATURES = "features"
@@ -96,12 +96,14 @@ def measure_codes(model: Model, batches: Iterable[tuple[torch.Tensor, ...]],
     if not decoders:
         return ()
     active, rows = dict.fromkeys(decoders, 0), dict.fromkeys(decoders, 0)
-    recorder, n = Recorder(model.plan, model.plan_params(), frozenset(decoders)), len(model.dom)
+    plan, params, n = model.plan, model.plan_params(), len(model.dom)
+    codes = [(step.box.name, step.ins[0]) for step in plan.steps if step.box.name in decoders]
     with torch.inference_mode():
         for batch in batches:
-            for name, uses in recorder.record(*batch[:n]).items():
-                for (z, *_), _ in uses:
-                    active[name] += int((z != 0).sum())
-                    rows[name] += z.numel() // max(z.shape[-1], 1)
+            _, values, _ = run_edited(plan, params, batch[:n], keep={r for _, r in codes}, outputs=False)
+            for name, r in codes:
+                z = values[r]
+                active[name] += int((z != 0).sum())
+                rows[name] += z.numel() // max(z.shape[-1], 1)
     return tuple(Code(name, width, active[name] / max(rows[name], 1), rows[name], value_bits)
                  for name, width in decoders.items())

@@ -215,38 +215,6 @@ class Interpreter:
         return tuple(regs[r] for r in self.plan.outputs)
 
 
-class Recorder(Interpreter):
-    """An interpreter that keeps the inputs and outputs of the steps of chosen boxes, by box name,
-    one entry per use of the box, and stops after the last of them.
-
-    >>> from compinterp.syntax import Space, Linear
-    >>> x = Space("x", 2)
-    >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
-    >>> params = {"f": {"W": 2 * torch.eye(2)}, "g": {"W": torch.eye(2)}}
-    >>> seen = Recorder(plan, params, {"f"}).record(torch.ones(2))
-    >>> [(ins[0].tolist(), outs[0].tolist()) for ins, outs in seen["f"]]
-    [([1.0, 1.0], [2.0, 2.0])]
-    """
-
-    def __init__(self, plan: Plan, params: Mapping[str, Any], boxes: set[str] | frozenset[str]) -> None:
-        super().__init__(plan, params)
-        self.boxes = boxes
-        self.seen: dict[str, list[tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
-
-    def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
-        outs = super().run_step(t, step, args)
-        if step.box.name in self.boxes:
-            self.seen.setdefault(step.box.name, []).append((tuple(args), outs))
-        return outs
-
-    def record(self, *xs: Any) -> dict[str, list[tuple[tuple[Any, ...], tuple[Any, ...]]]]:
-        """Run as far as the last step of a chosen box; each chosen box's (inputs, outputs) per use."""
-        last = max((t for t, step in enumerate(self.plan.steps) if step.box.name in self.boxes), default=-1)
-        self.seen = {}
-        self.run(*xs, until=last + 1)
-        return self.seen
-
-
 class TorchFunctor:
     """Sends a diagram to a :class:`Plan`; ``rules`` adds or overrides kernels by box kind."""
 

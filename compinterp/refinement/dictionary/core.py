@@ -45,7 +45,8 @@ from compinterp.complexity.sparse import FEATURES
 from compinterp.data import as_source, placed, placement
 from compinterp.errors import InputError
 from compinterp.model import Model
-from compinterp.semantics import Plan, Recorder
+from compinterp.interventions import run_edited
+from compinterp.semantics import Plan
 from compinterp.semantics.kernels import topk
 from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, TopK, chain
 
@@ -75,11 +76,11 @@ def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
 
 def _run_to(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], box: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on ``xs`` up to the first step of ``box``: its input and output."""
-    uses = Recorder(plan, params, frozenset({box})).record(*xs).get(box)
-    if not uses:
+    step = next((step for step in plan.steps if step.box.name == box), None)
+    if step is None:
         raise InputError(f"box '{box}' is not computed by the model's plan (it is a copy or a swap)")
-    (ins, outs) = uses[0]
-    return ins[0], outs[0]
+    _, values, _ = run_edited(plan, params, xs, keep={step.ins[0], step.outs[0]}, outputs=False)
+    return values[step.ins[0]], values[step.outs[0]]
 
 
 class Dictionary(nn.Module):
