@@ -27,7 +27,7 @@ import torch
 
 from compinterp.errors import BoxError
 from compinterp.interpretation.interpretation import Interpretation
-from compinterp.interventions import cache_batches
+from compinterp.interventions.cache import mean_value
 from compinterp.model import Model
 from compinterp.syntax import Diagram, Linear
 
@@ -99,26 +99,21 @@ def _head_means(model: Model, name: str, data: Any, batch_size: int) -> torch.Te
     if data is None:
         raise BoxError(f"heads_follow: mean-ablating the other heads of box '{name}' needs data to take their "
                        "means on")
-    labels = [f"{label}.heads" for label in model.plan.labels if label == name or label.startswith(f"{name}#")]
-    total, count = None, 0
-    for cache in cache_batches(model, data, names=labels, batch_size=batch_size):
-        for label in labels:
-            flat = cache[label].detach().to(torch.float64).flatten(0, -3)
-            total = flat.sum(0) if total is None else total + flat.sum(0)
-            count += flat.shape[0]
-    return total / count
+    mean = mean_value(model, data, [f"{label}.heads" for label in _labels(model, name)], keep=2,
+                      batch_size=batch_size)
+    if mean is None:
+        raise BoxError(f"heads_follow: the data held no samples to take box '{name}''s head means on")
+    return mean
 
 
 def _mean(model: Model, name: str, data: Any, batch_size: int) -> torch.Tensor:
     """The mean of box ``name``'s output over ``data``, every use, example and position."""
-    labels = [label for label in model.plan.labels if label == name or label.startswith(f"{name}#")]
-    total, count = None, 0
-    for cache in cache_batches(model, data, names=labels, batch_size=batch_size):
-        for label in labels:
-            value = cache[label].detach().to(torch.float64)
-            flat = value.reshape(-1, value.shape[-1])
-            total = flat.sum(0) if total is None else total + flat.sum(0)
-            count += flat.shape[0]
-    if total is None:
+    mean = mean_value(model, data, _labels(model, name), keep=1, batch_size=batch_size)
+    if mean is None:
         raise BoxError(f"only_through: the data held no samples to take box '{name}''s mean on")
-    return total / count
+    return mean
+
+
+def _labels(model: Model, name: str) -> list[str]:
+    """The step labels of every use of box ``name``."""
+    return [label for label in model.plan.labels if label == name or label.startswith(f"{name}#")]

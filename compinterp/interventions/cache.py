@@ -116,6 +116,20 @@ def cache_batches(model: Any, data: Any, *, names: Iterable[str] | None = None, 
         yield run_with_cache(model, *placed(batch, n, place, dtype), names=names)
 
 
+def mean_value(model: Any, data: Any, names: Sequence[str], *, keep: int | None = None,
+               batch_size: int = 256) -> torch.Tensor | None:
+    """The mean of the named values over ``data``, pooled (float64): over the examples only
+    (``keep=None``), or over every axis but the last ``keep``; ``None`` when the data held no samples."""
+    total, count = None, 0
+    for cache in cache_batches(model, data, names=names, batch_size=batch_size):
+        for name in names:
+            value = cache[name].detach().to(torch.float64)
+            flat = value if keep is None else value.flatten(0, -keep - 1)
+            total = flat.sum(0) if total is None else total + flat.sum(0)
+            count += flat.shape[0]
+    return None if total is None else total / count
+
+
 def stacked(caches: Sequence[Cache]) -> Cache:
     """Caches of several batches joined along the batch axis."""
     if not caches:

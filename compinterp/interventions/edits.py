@@ -26,7 +26,7 @@ import torch
 from compinterp.data import placed, placement
 from compinterp.errors import InputError
 from compinterp.semantics import Plan
-from compinterp.interventions.cache import HEADS_SUFFIX, cache_batches
+from compinterp.interventions.cache import HEADS_SUFFIX, mean_value
 from compinterp.interventions.run import Edit, run_edited
 from compinterp.interventions.sites import Site
 
@@ -60,14 +60,10 @@ def mean(site: Site, model: Any, data: Any, *, batch_size: int = 256) -> Interve
     """The site's part set to its mean over ``data`` (mean ablation; the mean keeps positions)."""
     site = _site(site)
     name = site.wire + (HEADS_SUFFIX if site.heads is not None else "")
-    total, count = None, 0
-    for cache in cache_batches(model, data, names=[name], batch_size=batch_size):
-        value = cache[name]
-        total = value.sum(0) if total is None else total + value.sum(0)
-        count += value.shape[0]
-    if total is None:
+    value = mean_value(model, data, [name], batch_size=batch_size)
+    if value is None:
         raise InputError(f"mean ablation of {site}: the data held no samples")
-    return Intervention(site, value=total / count, name="mean")
+    return Intervention(site, value=value, name="mean")
 
 
 def resample(site: Site, seed: int = 0) -> Intervention:
