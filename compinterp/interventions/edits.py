@@ -85,10 +85,10 @@ def intervene(model: Any, base: torch.Tensor | Sequence[torch.Tensor], intervent
     With ``batch_size``, ``base`` and the sources (which have as many examples as ``base``) are
     streamed in batches of that size, the interventions prepared once; outputs are concatenated.
     """
-    xs = _inputs(model, base)
+    xs = model_inputs(model, base)
     plan, params = model.plan, model.plan_params()
     registers = [i.site.check(plan) for i in interventions]
-    sources = {id(i.source): _inputs(model, i.source) for i in interventions if i.source is not None}
+    sources = {id(i.source): model_inputs(model, i.source) for i in interventions if i.source is not None}
     n = xs[0].shape[0] if xs[0].dim() else 1
     if batch_size is None:
         out = _intervened(plan, params, xs, interventions, registers, sources)
@@ -171,7 +171,7 @@ def _site(site: Any) -> Site:
     return site
 
 
-def _inputs(model: Any, data: Any) -> tuple[torch.Tensor, ...]:
+def model_inputs(model: Any, data: Any) -> tuple[torch.Tensor, ...]:
     """One batch of inputs, on the model's device (float inputs in its dtype)."""
     batch = (data,) if isinstance(data, torch.Tensor) else tuple(data)
     n = len(model.dom)

@@ -29,8 +29,7 @@ import torch
 
 from compinterp.drawing.heatmaps import heatmap
 from compinterp.errors import InputError
-from compinterp.interventions.cache import HEADS_SUFFIX, run_with_cache
-from compinterp.interventions.edits import _inputs
+from compinterp.interventions.edits import model_inputs
 from compinterp.interventions.run import Edit, run_edited
 from compinterp.interventions.sites import Site
 
@@ -102,10 +101,10 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tup
     per pass (a pass holds ``group`` copies of the corrupted batch; default: as many as keep the
     widest value of a pass near :data:`GROUP_BUDGET` numbers, at most 32)."""
     sites, rows, cols = _sweep(sites)
-    xc, xk = _inputs(model, clean), _inputs(model, corrupted)
+    xc, xk = model_inputs(model, clean), model_inputs(model, corrupted)
     plan, params = model.plan, model.plan_params()
     registers = [site.check(plan) for site in sites]
-    clean_values = _values(model, xc, sites, registers)
+    clean_values, top = _clean(model, xc, sites, registers, metric)
     b = xk[0].shape[0]
     if group is None:
         widest = max(v.numel() for v in clean_values)
@@ -115,7 +114,6 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tup
     values = []
     with torch.no_grad():
         base = float(metric(_single(run_edited(plan, params, xk)[0])))
-        top = float(metric(_single(run_edited(plan, params, xc)[0])))
         for start in range(0, len(sites), group):
             chunk = range(start, min(start + group, len(sites)))
             copies = tuple(x.repeat(len(chunk), *([1] * (x.dim() - 1))) for x in xk)
@@ -128,8 +126,7 @@ def patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tup
             head_edits = {r: [_copies_edit(patches, b)] for r, patches in heads.items()}
             out = _single(run_edited(plan, params, copies, edits=edits, head_edits=head_edits)[0])
             values.extend(float(metric(y)) for y in out.split(b))
-    shape = (len(rows), len(cols)) if rows and cols and len(rows) * len(cols) == len(sites) else (len(sites),)
-    return Sweep(tuple(sites), torch.tensor(values, dtype=torch.float64).reshape(shape), base, top, rows, cols)
+    return Sweep(tuple(sites), _shaped(values, sites, rows, cols), base, top, rows, cols)
 
 
 def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Sequence[Site] | tuple[list[Site],
@@ -139,10 +136,10 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Sequence
     ``check`` sites drawn with ``seed`` are also patched exactly, and ``agreement`` is the
     Pearson correlation of estimate and exact value over them."""
     sites, rows, cols = _sweep(sites)
-    xc, xk = _inputs(model, clean), _inputs(model, corrupted)
+    xc, xk = model_inputs(model, clean), model_inputs(model, corrupted)
     plan = model.plan
     registers = [site.check(plan) for site in sites]
-    clean_values = _values(model, xc, sites, registers)
+    clean_values, top = _clean(model, xc, sites, registers, metric)
     wires = sorted({r for site, r in zip(sites, registers) if site.heads is None})
     heads = sorted({r for site, r in zip(sites, registers) if site.heads is not None})
     with torch.enable_grad():
@@ -157,16 +154,13 @@ def attribution_patching(model: Any, clean: Any, corrupted: Any, sites: Sequence
         grad, value = grads[key], (kept_heads if site.heads is not None else kept)[r].detach()
         delta = site.select(clean_value - value)
         estimates.append(float(base_value.detach()) + (0.0 if grad is None else float((grad * delta).sum())))
-    shape = (len(rows), len(cols)) if rows and cols and len(rows) * len(cols) == len(sites) else (len(sites),)
-    values = torch.tensor(estimates, dtype=torch.float64)
     picked = torch.randperm(len(sites), generator=torch.Generator().manual_seed(seed))[:check].tolist()
     agreement = None
     if len(picked) >= 2:
         exact = patching(model, xc, xk, [sites[k] for k in picked], metric).values.flatten()
-        agreement = float(torch.corrcoef(torch.stack([values[picked], exact]))[0, 1])
-    with torch.no_grad():
-        top = float(metric(_single(run_edited(plan, model.plan_params(), xc)[0])))
-    return Sweep(tuple(sites), values.reshape(shape), float(base_value.detach()), top, rows, cols,
+        estimate = torch.tensor([estimates[k] for k in picked], dtype=torch.float64)
+        agreement = float(torch.corrcoef(torch.stack([estimate, exact]))[0, 1])
+    return Sweep(tuple(sites), _shaped(estimates, sites, rows, cols), float(base_value.detach()), top, rows, cols,
                  method="attribution", agreement=agreement, checked=len(picked))
 
 
@@ -180,18 +174,21 @@ def _sweep(sites: Any) -> tuple[list[Site], tuple[str, ...], tuple[str, ...]]:
     return sites, (), ()
 
 
-def _name(plan: Any, site: Site, register: int) -> str:
-    """The cache name of the value a site reads: the register's canonical name, or ``box.heads``."""
-    name = next(n for n, r in plan.names.items() if r == register)
-    return name + HEADS_SUFFIX if site.heads is not None else name
+def _clean(model: Any, xs: tuple[torch.Tensor, ...], sites: Sequence[Site], registers: Sequence[int],
+           metric: Metric) -> tuple[list[torch.Tensor], float]:
+    """One clean run: each site's full value (register or per-head outputs), and the metric."""
+    wires = {r for s, r in zip(sites, registers) if s.heads is None}
+    heads = {r for s, r in zip(sites, registers) if s.heads is not None}
+    with torch.no_grad():
+        out, values, head_values = run_edited(model.plan, model.plan_params(), xs, keep=wires, keep_heads=heads)
+        top = float(metric(_single(out)))
+    return [(head_values if s.heads is not None else values)[r] for s, r in zip(sites, registers)], top
 
 
-def _values(model: Any, xs: tuple[torch.Tensor, ...], sites: Sequence[Site], registers: Sequence[int]
-            ) -> list[torch.Tensor]:
-    """Each site's full value (register or per-head outputs) on ``xs``."""
-    names = [_name(model.plan, s, r) for s, r in zip(sites, registers)]
-    cache = run_with_cache(model, *xs, names=sorted(set(names)))
-    return [cache[n] for n in names]
+def _shaped(values: list[float], sites: Sequence[Site], rows: tuple[str, ...], cols: tuple[str, ...]) -> torch.Tensor:
+    """The sweep's values, ``rows x cols`` when the sites are that grid."""
+    shape = (len(rows), len(cols)) if rows and cols and len(rows) * len(cols) == len(sites) else (len(sites),)
+    return torch.tensor(values, dtype=torch.float64).reshape(shape)
 
 
 def _copies_edit(patches: Sequence[tuple[int, Site, torch.Tensor]], b: int) -> Edit:
