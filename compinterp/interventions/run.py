@@ -43,7 +43,8 @@ class Edited(Interpreter):
         self.values: dict[int, torch.Tensor] = {}
         self.heads: dict[int, torch.Tensor] = {}
         cut = self.head_edits.keys() | self.keep_heads
-        self._cut = {t for t, step in enumerate(plan.steps) if step.outs and step.outs[0] in cut} if cut else set()
+        self._cut = {t: HEADS[step.box.kind](step.box) for t, step in enumerate(plan.steps)
+                     if step.outs and step.outs[0] in cut}
         self._touched = self.edits.keys() | self.keep
 
     def last_step(self) -> int:
@@ -61,7 +62,7 @@ class Edited(Interpreter):
     def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
         if t in self._cut:
             r = step.outs[0]
-            heads, out = HEADS[step.box.kind](step.box)
+            heads, out = self._cut[t]
             p = self.params[step.key]
             z = heads(p, *args)
             for edit in self.head_edits.get(r, ()):
@@ -85,10 +86,10 @@ class Edited(Interpreter):
 
 
 def run_edited(plan: Plan, params: Mapping[str, Any], xs: Sequence[torch.Tensor], *,
-        edits: Mapping[int, Sequence[Edit]] | None = None, head_edits: Mapping[int, Sequence[Edit]] | None = None,
-        keep: Iterable[int] = (), keep_heads: Iterable[int] = (), outputs: bool = True,
-        checked: bool = False, initial: Mapping[int, torch.Tensor] | None = None
-        ) -> tuple[tuple[Any, ...], dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+               edits: Mapping[int, Sequence[Edit]] | None = None, head_edits: Mapping[int, Sequence[Edit]] | None = None,
+               keep: Iterable[int] = (), keep_heads: Iterable[int] = (), outputs: bool = True,
+               checked: bool = False, initial: Mapping[int, torch.Tensor] | None = None
+               ) -> tuple[tuple[Any, ...], dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """Run ``plan`` with edits; the outputs (``()`` when ``outputs`` is false: the run stops after
     the last kept value), the kept values and the kept per-head outputs, by register. ``checked``:
     the inputs were already checked against the plan; ``initial``: registers set beforehand (whole
@@ -96,5 +97,8 @@ def run_edited(plan: Plan, params: Mapping[str, Any], xs: Sequence[torch.Tensor]
     if not checked:
         plan.check_inputs(xs)
     editor = Edited(plan, params, edits=edits, keep=keep, head_edits=head_edits, keep_heads=keep_heads)
-    out = editor.run(*xs, initial=initial) if outputs else (editor.run(*xs, until=editor.last_step()), ())[1]
+    if not outputs:
+        editor.run(*xs, until=editor.last_step())
+        return (), editor.values, editor.heads
+    out = editor.run(*xs, initial=initial)
     return out, editor.values, editor.heads
