@@ -14,12 +14,28 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from compinterp import __version__
 
 TASK_NAMES = ("digits", "modular", "gates", "text")
 """The tasks ``compinterp train`` knows (``compinterp.tasks.train.TASKS``, named here so start-up imports no torch)."""
+
+DEFAULT_PASSES = ("fuse", "eigen", "lowrank", "prune", "odt", "cp")
+"""The passes ``compinterp refine`` runs by default (``compinterp.refinement.passes.default_passes()``, named
+here so start-up imports no torch)."""
+
+SIGPIPE_STATUS = 141
+"""The exit status when stdout's reader has gone (``compinterp info | head``): 128 + SIGPIPE, as a shell reports
+a program killed by a closed pipe."""
+
+_DATA_HELP = ("exact (from the weights alone, for polynomial models), digits or modular (a task's held-out data, "
+              "with labels), gaussian:N[:SEED] (N generated samples fitting the model's input wires: Gaussian "
+              "vectors, uniform token ids, sequences of the model's context) or FILE.pt (tensors saved with "
+              "torch.save: one per input wire, then optionally labels); default: exact where the model (and a "
+              "second model) are polynomial, else gaussian:10000 (sequence models: sequences adding up to about "
+              "10,000 positions)")
 
 _EPILOG = """examples:
   compinterp demo --out runs/demo
@@ -51,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     from compinterp.errors import CompinterpError
     try:
         args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return SIGPIPE_STATUS
     except (CompinterpError, OSError) as err:
         if args.debug:
             raise
@@ -58,6 +78,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compinterp: error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush does not fail again on the
+    closed pipe (Python's documented way out of a ``BrokenPipeError``)."""
+    import os
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,12 +122,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("explanation", metavar="EXPLANATION_OR_MODEL_DIR",
                        help="a saved interpretation of the model, or a second model with the same input and "
                             "output spaces (compared end to end)")
-    check.add_argument("--data", default="gaussian:10000", metavar="SPEC",
-                       help="digits (held-out digits), gaussian:N[:SEED], FILE.pt, or exact (from the weights "
-                            "alone, for polynomial models; default: gaussian:10000)")
+    check.add_argument("--data", metavar="SPEC", help=_DATA_HELP)
+    check.add_argument("--logits", metavar="WIRE",
+                       help="the output wire that holds logits, for KL, top-1 agreement, loss recovered and label "
+                            "accuracy (default: an output labelled logits or made by an Unembed box)")
     check.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
     check.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
     check.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    _trust_code(check)
 
     refine = _command(commands, "refine", _refine,
                       "search for a shorter model that stays faithful to a saved model, and save it",
@@ -103,15 +138,21 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("--min-faithfulness", type=float, default=0.99, metavar="F",
                         help="the bar: end-to-end faithfulness (1 - FVU) the refined model keeps (default: 0.99)")
     refine.add_argument("--out", metavar="DIR", required=True, help="where to save the refined model")
-    refine.add_argument("--data", default="exact", metavar="SPEC",
-                        help="exact (from the weights alone, for polynomial models; the default), digits "
-                             "(held-out digits), gaussian:N[:SEED] or FILE.pt")
+    refine.add_argument("--data", "--search-data", dest="data", metavar="SPEC",
+                        help="the data the search scores candidates on: " + _DATA_HELP)
+    refine.add_argument("--holdout", type=float, metavar="F",
+                        help="the fraction of the data's samples held out of the search, to check the refined model "
+                             "on once it is chosen (default: 0.5; 0 holds nothing out; exact data needs none)")
+    refine.add_argument("--test-data", metavar="SPEC",
+                        help="held-out data to check the refined model on, instead of --holdout (the forms --data "
+                             "takes)")
     refine.add_argument("--passes", metavar="NAMES",
                         help="comma-separated rewrite passes, e.g. eigen,lowrank,prune or eigen,sae (the dictionary "
-                             "passes sae, transcoder and bilinear_ae train on --data; default: the default passes)")
+                             "passes sae, transcoder and bilinear_ae train on the search data; default: "
+                             f"{','.join(DEFAULT_PASSES)})")
     refine.add_argument("--pass", dest="dictionary", choices=("sae", "transcoder", "bilinear_ae"),
-                        help="add one dictionary pass, trained on --data (alone unless --passes is given; see "
-                             "docs/dictionary.md)")
+                        help="add one dictionary pass, trained on the search data (alone unless --passes is "
+                             "given; see docs/dictionary.md)")
     refine.add_argument("--wire", metavar="BOX", help="dictionary passes: the box whose output wire (or, for a "
                                                      "transcoder, which box) the dictionary refines (default: every "
                                                      "box with one input and one output wire)")
@@ -127,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("--batch-size", type=int, default=256, help="rows per batch (default: 256)")
     refine.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
     refine.add_argument("--json", action="store_true", help="print the result as JSON")
+    _trust_code(refine)
 
     train = _command(commands, "train", _train,
                      "train a task's model, report its held-out accuracy, and save it with train.json",
@@ -176,6 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--budget", type=int, default=500, help="digits: the most models the refinement evaluates (default: 500)")
     demo.add_argument("--retrain", action="store_true", help="train a new model even if one is there")
     demo.add_argument("--json", action="store_true", help="print the demo's numbers (results.json) as JSON")
+    _trust_code(demo)
     return parser
 
 
@@ -188,6 +231,13 @@ def _command(commands: Any, name: str, run: Callable[[argparse.Namespace], None]
                      help="show the full traceback of an error")
     sub.set_defaults(run=run)
     return sub
+
+
+def _trust_code(command: argparse.ArgumentParser) -> None:
+    """Add ``--trust-code`` to a command that loads models."""
+    command.add_argument("--trust-code", action="store_true",
+                         help="let a model's opaque.pt (the pickled modules of its Opaque boxes) be unpickled, "
+                              "which runs code stored in it: only for directories you trust (see docs/security.md)")
 
 
 def _draw(args: argparse.Namespace) -> None:
@@ -222,29 +272,51 @@ def _import(args: argparse.Namespace) -> None:
 
 def _check(args: argparse.Namespace) -> None:
     """``compinterp check``: the faithfulness report of an explanation or a second model."""
-    from compinterp.faithfulness import check
+    from compinterp.data import resolve_device
+    from compinterp.faithfulness import check, default_data
     from compinterp.interpretation import Interpretation
     from compinterp.interpretation.files import is_interpretation
     from compinterp.model import load
-    from compinterp.tasks import data_from_spec
-    model = load(args.model)
-    other = Interpretation.load(args.explanation, model) if is_interpretation(args.explanation) \
-        else load(args.explanation)
-    data = "exact" if args.data == "exact" else data_from_spec(args.data)
-    report = check(model, other, data, batch_size=args.batch_size, device=args.device, progress=not args.json)
+    device = resolve_device(args.device)
+    model = load(args.model, trust_code=args.trust_code)
+    other = Interpretation.load(args.explanation, model, trust_code=args.trust_code) \
+        if is_interpretation(args.explanation) else load(args.explanation, trust_code=args.trust_code)
+    data = default_data(model, other) if args.data is None else _data(args.data, model)
+    report = check(model, other, data, batch_size=args.batch_size, device=device, logits=args.logits,
+                   progress=not args.json)
     print(json.dumps(report.to_json(), indent=1) if args.json else report)
 
 
+def _data(spec: str, model: Any) -> Any:
+    """The data a spec names (``exact`` as itself), made to fit ``model``'s input wires."""
+    from compinterp.semantics import inputs
+    from compinterp.tasks import data_from_spec
+    return "exact" if spec == "exact" else data_from_spec(spec, inputs(model.plan))
+
+
 def _refine(args: argparse.Namespace) -> None:
-    """``compinterp refine``: search for a shorter faithful model, save it, print the result."""
+    """``compinterp refine``: search for a shorter faithful model on one split, check it on another, save it,
+    print the result. The output paths are checked before the search."""
+    from compinterp.data import resolve_device
     from compinterp.errors import InputError
-    from compinterp.files import save
+    from compinterp.faithfulness import default_data
+    from compinterp.files import check_target, save
     from compinterp.model import load
     from compinterp.refinement.dictionary import NAMES, make_pass
-    from compinterp.refinement.search import refine
-    from compinterp.tasks import data_from_spec
-    model = load(args.model)
-    data = "exact" if args.data == "exact" else data_from_spec(args.data)
+    from compinterp.refinement.search import refine, split_data
+    device = resolve_device(args.device)
+    check_target(args.out)
+    if args.plot:
+        from compinterp.drawing import figure_target
+        figure_target(args.plot, "plot the frontier to")
+    if args.holdout is not None and args.test_data is not None:
+        raise InputError("give --holdout or --test-data, not both")
+    model = load(args.model, trust_code=args.trust_code)
+    data = default_data(model) if args.data is None else _data(args.data, model)
+    test = None if args.test_data is None else _data(args.test_data, model)
+    if isinstance(test, str):
+        raise InputError("--test-data exact: exact needs no held-out data; give --data exact alone, or held-out data")
+    search, test, note = split_data(data, 0.5 if args.holdout is None and test is None else args.holdout, test)
     names = None if args.passes is None else [name.strip() for name in args.passes.split(",") if name.strip()]
     if args.dictionary is not None:
         names = [*(names or []), args.dictionary]
@@ -254,12 +326,14 @@ def _refine(args: argparse.Namespace) -> None:
         raise InputError("--wire, --widths, --ks and --steps set the dictionary passes "
                          f"({', '.join(NAMES)}): name one with --pass or --passes")
     passes = None if names is None else [
-        make_pass(name, data, None if args.wire is None else [args.wire], batch_size=args.batch_size,
-                  device=args.device, progress=not args.json, **{k: v for k, v in options.items() if v is not None})
+        make_pass(name, search, None if args.wire is None else [args.wire], batch_size=args.batch_size,
+                  device=device, progress=not args.json, **{k: v for k, v in options.items() if v is not None})
         if name in NAMES else name for name in names]
-    result = refine(model, args.min_faithfulness, data, passes, budget=args.budget, beam=args.beam, seed=args.seed,
+    result = refine(model, args.min_faithfulness, search, passes, budget=args.budget, beam=args.beam, seed=args.seed,
                     progress=not args.json, quantise=not args.no_quantise, batch_size=args.batch_size,
-                    device=args.device)
+                    device=device, test_data=test)
+    if args.test_data is None:                  # the split made here, not data given apart
+        result = replace(result, held_out_note=note)
     path = save(result.model, args.out)
     if args.plot:
         result.frontier.plot(args.plot)
@@ -285,10 +359,12 @@ def _ints(text: str | None, option: str) -> list[int] | None:
 
 def _train(args: argparse.Namespace) -> None:
     """``compinterp train``: train a task's model, save it and its numbers, print them."""
+    from compinterp.data import resolve_device
     from compinterp.files import check_target
     from compinterp.tasks.train import train
+    device = resolve_device(args.device)
     check_target(args.out)
-    result = train(args.task, model=args.model, seed=args.seed, epochs=args.epochs, device=args.device,
+    result = train(args.task, model=args.model, seed=args.seed, epochs=args.epochs, device=device,
                    progress=not args.json)
     path = result.save(args.out)
     print(json.dumps(result.to_json() | {"out": str(path)}, indent=1) if args.json else f"{result}\nwrote {path}")
@@ -296,15 +372,17 @@ def _train(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """``compinterp demo``: the whole pipeline on the digits, into a report."""
+    from compinterp.data import resolve_device
+    resolve_device(args.device)
     if args.which == "lm":
         from compinterp.demo_lm import run as run_lm
         result = run_lm(args.out or "runs/lm", device=args.device, seed=args.seed, retrain=args.retrain,
-                        progress=not args.json)
+                        progress=not args.json, trust_code=args.trust_code)
     else:
         from compinterp.demo import run
         result = run(args.out or "runs/demo", device=args.device, seed=args.seed, k=args.k,
                      min_faithfulness=args.min_faithfulness, budget=args.budget, retrain=args.retrain,
-                     progress=not args.json)
+                     progress=not args.json, trust_code=args.trust_code)
     print(json.dumps(result.numbers | {"report": str(result.report)}, indent=1) if args.json else result)
 
 

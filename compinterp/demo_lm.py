@@ -29,6 +29,7 @@ import torch
 import compinterp
 from compinterp import lm
 from compinterp.complexity import description_length
+from compinterp.data import resolve_device
 from compinterp.disk import write_atomically
 from compinterp.drawing.heatmaps import draw_patterns
 from compinterp.errors import FormatError
@@ -42,7 +43,7 @@ from compinterp.refinement.search import refine
 from compinterp.report.lm import lm_report
 from compinterp.tasks import text
 from compinterp.tasks.task import Task
-from compinterp.tasks.train import read_run, resolve_device, train
+from compinterp.tasks.train import read_run, train
 
 RESULTS = "results.json"
 """The demo's numbers, in its output directory."""
@@ -88,10 +89,11 @@ class DemoResult:
 
 
 def run(out: str | Path = "runs/lm", *, device: str | torch.device = "cpu", seed: int = 0, retrain: bool = False,
-        progress: bool = True, task: Task | None = None) -> DemoResult:
+        progress: bool = True, task: Task | None = None, trust_code: bool = False) -> DemoResult:
     """Run the LM demo into directory ``out`` (a model in ``out/model`` trained with the same seed,
     task and recipe is reused unless ``retrain``); returns where the report is and the numbers.
-    ``task`` replaces the default :func:`compinterp.tasks.text.task` (smaller settings, for tests)."""
+    ``task`` replaces the default :func:`compinterp.tasks.text.task` (smaller settings, for tests);
+    ``trust_code`` lets a reused model's ``opaque.pt`` be unpickled (see :func:`compinterp.load`)."""
     start = time.perf_counter()
     out = Path(out)
     device = resolve_device(device)
@@ -103,7 +105,7 @@ def run(out: str | Path = "runs/lm", *, device: str | torch.device = "cpu", seed
     held_out = tuple(t[:HELD_OUT_WINDOWS].to(device) for t in task.data("test"))
     search = tuple(t[:SEARCH_WINDOWS].to(device) for t in task.data("train"))
 
-    model, numbers = _model(out, task, seed, device, retrain, progress)
+    model, numbers = _model(out, task, seed, device, retrain, progress, trust_code=trust_code)
     clock = {"train": time.perf_counter() - start}
     mark = time.perf_counter()
     numbers["induction"] = _induction(out, model, progress)
@@ -122,15 +124,15 @@ def run(out: str | Path = "runs/lm", *, device: str | torch.device = "cpu", seed
     return DemoResult(out, lm_report(out), numbers)
 
 
-def _model(out: Path, task: Any, seed: int, device: torch.device, retrain: bool,
-           progress: bool) -> tuple[Model, dict[str, Any]]:
+def _model(out: Path, task: Any, seed: int, device: torch.device, retrain: bool, progress: bool, *,
+           trust_code: bool = False) -> tuple[Model, dict[str, Any]]:
     """The text model (reused from ``out/model`` when its ``train.json`` matches), drawn; the numbers so far."""
     run_file = read_run(out / "model") if (out / "model").is_dir() and not retrain else None
     wanted = {"task": "text", "model": task.default_model, "seed": seed, "recipe": task.recipe().to_json(),
               "options": json.loads(json.dumps(dict(task.options)))}
     reused = run_file is not None and all(run_file.get(key) == value for key, value in wanted.items())
     if reused:
-        model, trained = load(out / "model").to(device), run_file
+        model, trained = load(out / "model", trust_code=trust_code).to(device), run_file
     else:
         check_target(out / "model")
         result = train(task, seed=seed, device=device, progress=progress)
@@ -216,10 +218,10 @@ def _refine(out: Path, model: Model, search: tuple[torch.Tensor, ...], held_out:
             device: torch.device, progress: bool) -> dict[str, Any]:
     """The shortest model above the bar on the search windows, checked on held-out windows; frontier drawn."""
     result = refine(model, REFINE["min_faithfulness"], search, passes=REFINE["passes"], budget=REFINE["budget"],
-                    progress=progress, device=device)
+                    progress=progress, device=device, test_data=held_out)
     result.model.save(out / "refined")
     result.frontier.plot(out / "figures" / "frontier.png", title="LM refinement: bits against faithfulness")
-    report = check(model, result.model, held_out, progress=False).end_to_end
+    report = result.held_out.end_to_end
     return result.to_json() | {"search_on": f"{len(search[0])} training windows", **REFINE,
                                "held_out": _held(report, result.model, held_out),
                                "frontier_figure": "figures/frontier.png"}

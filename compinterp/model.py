@@ -221,16 +221,17 @@ class Model(nn.Module):
 
 
 def load(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | None = None,
-         rules: Mapping[str, Rule] | None = None) -> Model:
+         rules: Mapping[str, Rule] | None = None, trust_code: bool = False) -> Model:
     """Read a model written by :meth:`Model.save` (:func:`compinterp.files.save`), checking versions,
-    checksums and shapes; this is ``compinterp.load``.
+    checksums, shapes and parameter counts; this is ``compinterp.load``.
 
     Opaque boxes' modules come from ``modules`` (``{box name: module}``; only
     their weights are then read from ``weights.safetensors``), else from
     ``opaque.pt``. Reading ``opaque.pt`` unpickles it (``torch.load`` with
-    ``weights_only=False``), which executes code stored in the file: load only
-    directories you trust. ``rules`` are extra torch semantics, as for
-    :class:`Model`.
+    ``weights_only=False``), which executes code stored in the file, so it is
+    refused unless ``trust_code=True``: pass that only for directories you
+    trust (see ``docs/security.md``). ``rules`` are extra torch semantics, as
+    for :class:`Model`.
 
     >>> import tempfile
     >>> from compinterp.syntax import Space, Linear
@@ -240,7 +241,7 @@ def load(path: str | os.PathLike[str], *, modules: Mapping[str, nn.Module] | Non
     ...     print(back.diagram == model.diagram, torch.equal(back.box_params("f")["W"], model.box_params("f")["W"]))
     True True
     """
-    parts = files.read_model(path, modules=modules)
+    parts = files.read_model(path, modules=modules, trust_code=trust_code)
     return Model(parts.diagram, parts.params, modules=parts.modules, rules=rules, ties=parts.ties)
 
 

@@ -93,8 +93,9 @@ def test_refine_errors_exit_1_with_one_line(capsys: pytest.CaptureFixture[str], 
 def test_refine_needs_data_for_a_model_that_is_not_polynomial(capsys: pytest.CaptureFixture[str],
                                                               tmp_path: Path) -> None:
     path = save(Model(Linear("up", PIXELS, PIXELS) >> Elementwise("relu", PIXELS), seed=0), tmp_path / "m")
-    code, _, err = run(capsys, "refine", str(path), "--out", str(tmp_path / "r"))
+    code, _, err = run(capsys, "refine", str(path), "--out", str(tmp_path / "r"), "--data", "exact")
     assert code == 1 and "no exact comparison with this model: box 'relu'" in err and "give data instead" in err
+    assert "gaussian:N" in err and not (tmp_path / "r").exists()
 
 
 def test_refine_usage(capsys: pytest.CaptureFixture[str], model_dir: Path) -> None:

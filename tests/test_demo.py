@@ -23,6 +23,7 @@ from compinterp.cli import main
 from compinterp.complexity import description_length
 from compinterp.interpretation import Interpretation
 from compinterp.report import SECTIONS
+from compinterp.report.html import number
 from compinterp.tasks import digits
 
 BUDGET = "40"
@@ -180,7 +181,7 @@ def test_report_has_every_section_and_is_self_contained(demo: tuple[Path, dict[s
     assert f"{numbers['model']['test_accuracy']:.4f}" in page
     section = page[page.index('<section id="dictionary">'):page.index('<section id="description-length">')]
     assert "<h2>Dictionary features</h2>" in section and section.count("<img ") == 2
-    assert f"{numbers['dictionary']['local']:.6g}" in section and f"{numbers['dictionary']['end_to_end']:.6g}" in section
+    assert number(numbers["dictionary"]["local"]) in section and number(numbers["dictionary"]["end_to_end"]) in section
     for f in numbers["dictionary"]["features"]:
         assert f"<td>{' '.join(str(label) for label in f['top_labels'])}</td>" in section
 

@@ -145,11 +145,11 @@ def test_data_forms_agree(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     x = data[0]
     ref = check(m, interp, x, progress=False).to_json()
     loader = DataLoader(TensorDataset(x), batch_size=6)
-    assert _close(check(m, interp, loader, progress=False).to_json(), ref)
+    assert _close(check(m, interp, loader, progress=False).to_json() | {"data": None}, ref)
     assert _close(check(m, interp, tensors(x), batch_size=11, device="cpu", progress=False).to_json(), ref)
     g = gaussian(30, seed=4, dtype=F64)
     generated = torch.cat([b[0] for b in g.batches(30, (D,))])
-    assert _close(check(m, interp, g, batch_size=4, progress=False).to_json(),
+    assert _close(check(m, interp, g, batch_size=4, progress=False).to_json() | {"data": None},
                   check(m, interp, generated, progress=False).to_json())
     assert check(m, interp, "gaussian:12", progress=False).samples == 12
 
@@ -309,7 +309,9 @@ def test_report_prints_and_serialises(data: tuple[torch.Tensor, torch.Tensor]) -
     assert lines[0] == f"faithfulness report ({N} samples)"
     assert lines[1].split() == ["faithful", "FVU", "rel", "L2", "cosine"]
     assert lines[2].startswith("end to end") and "loss recovered" in lines[3]
-    assert lines[5].startswith("mlp1 (Bilinear)") and lines[-1] == "worst box: mlp1"
+    assert lines[4].startswith("  accuracy on the labels: model ") and lines[5] == "boxes, worst first:"
+    assert lines[6].startswith("mlp1 (Bilinear)") and lines[-2] == "worst box: mlp1"
+    assert report.box("mlp1").metrics.faithfulness < 0 and lines[-1].startswith("faithfulness below 0 (FVU above 1)")
     obj = json.loads(json.dumps(report.to_json(), allow_nan=False))
     assert {"faithfulness", "fvu", "rel_l2", "cosine", "kl", "top1", "loss_recovered"} <= set(obj["end_to_end"])
     assert set(obj["boxes"][0]) >= {"box", "faithfulness", "fvu", "rel_l2", "cosine"}
@@ -327,11 +329,12 @@ def test_public_names() -> None:
 def test_bad_data_gives_clear_errors(data: tuple[torch.Tensor, torch.Tensor]) -> None:
     m = build()
     interp = Interpretation(m)
-    with pytest.raises(InputError, match=r"batch 0: input 0 \(x:6\) has shape \(4, 5\); its last dimension must be 6"):
+    with pytest.raises(InputError, match=r"batch 0: wire x:6 takes \(samples, 6\), but the data has shape \(4, 5\): "
+                                         "its last axis must be 6"):
         check(m, interp, randn(4, 5), progress=False)
     nan = randn(10, D)
     nan[7, 2] = math.nan
-    with pytest.raises(InputError, match=r"batch 1: input 0 \(x:6\) contains NaN or infinite values"):
+    with pytest.raises(InputError, match=r"batch 1: wire x:6 contains NaN or infinite values"):
         check(m, interp, nan, batch_size=5, progress=False)
     with pytest.raises(InputError, match="the data holds no samples: nothing to check"):
         check(m, interp, randn(0, D), progress=False)

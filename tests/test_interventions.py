@@ -163,6 +163,67 @@ def test_subspace_interchange_equals_a_hand_projection(model: ci.Model) -> None:
     assert torch.allclose(projected, want, atol=1e-10)
 
 
+def test_neuron_interchange_equals_a_hand_patch_batched_or_not(model: ci.Model) -> None:
+    base, source = batch(12, n=7), batch(13, n=7)
+    clean = recorded(model, source)["mid0"]
+
+    def patch(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[..., [3, 9]] = clean[..., [3, 9]]
+        return x
+
+    want = by_hand(model, *base, at={"mid0": patch})
+    e = torch.eye(WIDTH, dtype=F64)
+    for subspace in (e[[3, 9]], -e[[9, 3]]):  # a basis of coordinate axes, in any order and sign
+        interventions = [ci.patch(ci.Site("add#2", subspace=subspace), *source)]
+        assert torch.allclose(ci.intervene(model, base, interventions), want, atol=1e-12)
+        assert torch.allclose(ci.intervene(model, base, interventions, batch_size=3), want, atol=1e-12)
+
+
+def test_several_interventions_at_once_batched_or_not(model: ci.Model) -> None:
+    """A whole register and a head from one source, and a position zeroed, in one intervention run."""
+    base, source = batch(16, n=5), batch(17, n=5)
+    clean = recorded(model, source)
+
+    def heads(z: torch.Tensor) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, 1] = clean["z1"][:, :, 1]
+        return z
+
+    def zeroed(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[:, 2] = 0
+        return x
+
+    want = by_hand(model, *base, at={"mid0": lambda x: clean["mid0"], "z1": heads, "mid1": zeroed})
+    interventions = [ci.patch(ci.Site("add#2"), *source), ci.patch(ci.Site("attn1", heads=[1]), *source),
+                     ci.zero(ci.Site("add#4", positions=2))]
+    for size in (None, 2, 5):
+        assert torch.allclose(ci.intervene(model, base, interventions, batch_size=size), want, atol=1e-10)
+
+
+def test_compiled_runs_equal_the_interpreter_loop(model: ci.Model) -> None:
+    """Every kind of run the interventions make (edits, kept values and heads, registers set
+    beforehand, early stops), generated code against the interpreter's loop, to the last bit."""
+    plan, params = model.plan, model.plan_params()
+    xs = batch(14)
+    attn, resid = plan.names["attn1"], plan.names["add#2"]
+    kept = ci.interventions.run_edited(plan, params, batch(15), keep={resid}, keep_heads={attn})
+    runs = [dict(edits={resid: [torch.neg, torch.sin]}, head_edits={attn: [lambda z: z * 2]}, keep={resid, 0},
+                 keep_heads={attn}),
+            dict(initial={resid: kept[1][resid]}, keep={plan.names["add#4"]}),
+            dict(keep={resid}, keep_heads={attn}, until=plan.writer[attn] + 1)]
+    for run in runs:
+        until, initial = run.pop("until", None), run.pop("initial", None)
+        editors = [ci.interventions.Edited(plan, params, **run) for _ in range(2)]
+        editors[1].compiled = False
+        outs = [editor.run(*xs, initial=initial, until=until) for editor in editors]
+        for a, b in zip(*outs):
+            assert (a is None and b is None) or torch.equal(a, b)
+        for got, want in [(editors[0].values, editors[1].values), (editors[0].heads, editors[1].heads)]:
+            assert got.keys() == want.keys() and all(torch.equal(got[r], want[r]) for r in got)
+
+
 def test_ablations_and_steering(model: ci.Model) -> None:
     xs = batch(10)
     zero = by_hand(model, *xs, at={"z0": lambda z: torch.cat([z[:, :, :1] * 0, z[:, :, 1:]], dim=2)})

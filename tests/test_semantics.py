@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compinterp.errors import BoxError, InputError
-from compinterp.semantics import TorchFunctor, compile_plan, init_params
+from compinterp.semantics import Interpreter, Plan, TorchFunctor, codegen, compile_plan, init_params
 from compinterp.syntax import (
     Add,
     Attention,
@@ -512,6 +512,113 @@ def test_compiled_plan_agrees_with_a_hand_written_interpreter(data: st.DataObjec
     diagram = data.draw(diagrams(dom), label="diagram")
     xs = inputs(dom, seed)
     close(run(diagram, PARAMS, *xs), run_by_hand(diagram, PARAMS, *xs))
+
+
+# --- generated code against the interpreter's loop -------------------------------------------------
+
+class Watching(Interpreter):
+    """Runs compiled or as the loop (``compiled``), with hooks on ``watched`` and ``cut`` registers
+    that change the values (so a hook run twice, or skipped, or out of order shows) and record the order."""
+
+    def __init__(self, plan: Plan, params: Mapping[str, Any], compiled: bool, watched: set[int] = frozenset(),
+                 cut: set[int] = frozenset()) -> None:
+        super().__init__(plan, params)
+        self.compiled, self.watched, self.cut = compiled, frozenset(watched), frozenset(cut)
+        self.calls: list[tuple[str, int]] = []
+
+    def written(self, r: int, value: torch.Tensor) -> torch.Tensor:
+        self.calls.append(("written", r))
+        return value * 0.5 + r if value.is_floating_point() else value
+
+    def heads_written(self, r: int, z: torch.Tensor) -> torch.Tensor:
+        self.calls.append(("heads", r))
+        return z * 0.25
+
+
+def same_results(a: Sequence[Any], b: Sequence[Any]) -> None:
+    """Equal to the last bit (or both ``None``): the same kernels on the same values in the same order."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+
+
+@given(data=st.data(), dom=spaces, seed=st.integers(0, 1000))
+def test_generated_code_runs_as_the_interpreter_loop(data: st.DataObject, dom: Space, seed: int) -> None:
+    plan = compile_plan(data.draw(diagrams(dom), label="diagram"))
+    registers = range(plan.registers)
+    subset = st.sets(st.sampled_from(registers)) if plan.registers else st.just(set())
+    given_ = data.draw(subset, label="given")
+    watched = data.draw(subset, label="watched")
+    cut = data.draw(st.sets(st.sampled_from(sorted(plan.heads))) if plan.heads else st.just(set()), label="cut")
+    until = data.draw(st.one_of(st.none(), st.integers(0, len(plan.steps))), label="until")
+    returns = data.draw(st.one_of(st.none(), st.lists(st.sampled_from(registers))) if plan.registers else st.none(),
+                        label="returns")
+    xs = inputs(dom, seed)
+    initial = {r: randn(2, 3, plan.wires[r].dim, seed=seed + 100 + r) for r in given_} or None
+    runs = [Watching(plan, PARAMS, compiled, watched, cut) for compiled in (True, False)]
+    same_results(*[i.run(*xs, initial=initial, until=until, returns=returns) for i in runs])
+    assert runs[0].calls == runs[1].calls
+    prepared = Watching(plan, PARAMS, True, watched, cut).prepared(frozenset(given_), until, returns)
+    same_results(prepared(xs, initial), runs[1].run(*xs, initial=initial, until=until, returns=returns))
+
+
+def test_a_run_is_generated_once_per_signature_and_kept_out_of_pickles() -> None:
+    import pickle
+    plan, params = compile_plan(SMALL), small_params(F64)
+    x = randn(2, 3, 4, seed=1)
+    plan(params, x)
+    plan(params, 2 * x)
+    Interpreter(plan, params).run(x, until=2)
+    assert len(plan._code) == 2
+    source, _ = codegen.python_code(plan, (frozenset(), None, frozenset(), frozenset(), None))
+    assert [f"t = {t}  # {label}:" in source for t, label in enumerate(plan.labels)] == [True] * len(plan.steps)
+    assert "for " not in source and "_linear(" in source  # straight-line code, one-call kernels written out
+    back = pickle.loads(pickle.dumps(plan))
+    assert back._code == {} and torch.equal(back(params, x), plan(params, x))
+
+
+def test_an_interpreter_that_overrides_a_step_runs_the_loop() -> None:
+    plan, params = compile_plan(SMALL), small_params(F64)
+    seen: list[str] = []
+
+    class Names(Interpreter):
+        def run_step(self, t: int, step: Any, args: list[Any]) -> tuple[Any, ...]:
+            seen.append(step.box.name)
+            return super().run_step(t, step, args)
+
+    assert Interpreter.compiled and not Names.compiled
+    x = randn(2, 3, 4, seed=1)
+    same_results(Names(plan, params).run(x), Interpreter(plan, params).run(x))
+    assert seen == [step.box.name for step in plan.steps]
+
+
+@pytest.mark.parametrize("case", ["kernel", "parameters", "arity", "edit"])
+def test_generated_code_raises_the_loops_errors(case: str) -> None:
+    attn = Attention("attn", Z, heads=2)
+    diagram, params, xs = Linear("f", X, Z) >> attn, {"f": fresh(Linear("f", X, Z)), "attn": fresh(attn)}, \
+        (randn(2, 3, 3),)
+    if case == "kernel":
+        xs = (randn(3),)
+    elif case == "parameters":
+        del params["attn"]
+    elif case == "arity":
+        diagram, params = Box("mystery", X, Y), {}
+
+    class Failing(Interpreter):
+        watched = frozenset({1} if case == "edit" else ())
+
+        def written(self, r: int, value: torch.Tensor) -> torch.Tensor:
+            return value[..., :1] @ torch.ones(2, 2, dtype=F64)
+
+    plan = TorchFunctor({"Box": lambda box: lambda p, x: x})(diagram)
+    texts = []
+    for compiled in (True, False):
+        interpreter = Failing(plan, params)
+        interpreter.compiled = compiled
+        texts.append(message(InputError, lambda: interpreter.run(*xs)))
+    assert texts[0] == texts[1]
+    assert {"kernel": "failed on inputs of shape (4,)", "parameters": "no parameters for box 'attn'",
+            "arity": "must return a tuple of 1", "edit": "box 'f'"}[case] in texts[0]
 
 
 # --- autograd and dtypes ---------------------------------------------------------------------------

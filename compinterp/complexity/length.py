@@ -30,12 +30,13 @@ from compinterp.complexity.parameters import TensorCode, ordered_keys, parameter
 from compinterp.complexity.sparse import Code, measure_codes, sparse_layers
 from compinterp.complexity.structure import HEADER, structure_rows
 from compinterp.data import as_source, placed, placement
-from compinterp.errors import FormatError, InputError
+from compinterp.errors import InputError
 from compinterp.faithfulness import check
 from compinterp.interpretation import Interpretation
 from compinterp.interpretation.maps import MAPS as MAPS_BY_KIND
 from compinterp.interpretation.maps import Identity
 from compinterp.model import Model
+from compinterp.semantics import inputs
 from compinterp.syntax import Diagram
 
 MAPS = "(maps)"
@@ -256,7 +257,7 @@ def codes_on(explanation: Model | Interpretation, data: Any, *, batch_size: int 
     device, dtype = placement(model, device)
     model.to(device)
     batches = (placed(batch, len(model.dom), device, dtype)
-               for batch in as_source(data).batches(batch_size, model.dom.dims))
+               for batch in as_source(data).batches(batch_size, inputs(model.plan)))
     return measure_codes(model, batches)
 
 
@@ -297,14 +298,6 @@ def _parts(diagram: Diagram, tensors: Mapping[str, torch.Tensor], maps: list[tup
 
 def _saved(path: Path) -> tuple[Diagram, dict[str, torch.Tensor]]:
     """The diagram and weights of a saved model, every checksum verified, nothing unpickled."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from compinterp.files import read_weights
 
-    from compinterp.files import info, read_diagram
-
-    info(path)
-    diagram = read_diagram(path)
-    try:
-        return diagram, load_file(str(path / "weights.safetensors"))
-    except SafetensorError as err:
-        raise FormatError(f"{path / 'weights.safetensors'} is truncated or corrupted: {err}") from None
+    return read_weights(path)

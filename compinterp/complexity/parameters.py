@@ -78,7 +78,7 @@ def tensor_code(tensor: torch.Tensor, precision: int) -> TensorCode:
     else ``precision``) and ``s`` the scale (``precision`` bits on a grid, else 0).
     """
     n = tensor.numel()
-    z = int(torch.count_nonzero(tensor.detach()).item())
+    z = int(torch.count_nonzero(_countable(tensor)).item())
     mask = gamma_bits(z + 1) + log2_binomial(n, z)
     options = [(n * precision, "dense", None), (mask + z * precision, "sparse", None)]
     width = grid_width(tensor)
@@ -115,7 +115,7 @@ def parameter_codes(tensors: Mapping[str, torch.Tensor], order: Iterable[str],
         tensor = tensors[key].detach()
         n = tensor.numel()
         if any(_same(tensor, earlier) for earlier in sent):
-            codes[key] = TensorCode("copy", None, n, int(torch.count_nonzero(tensor).item()),
+            codes[key] = TensorCode("copy", None, n, int(torch.count_nonzero(_countable(tensor)).item()),
                                     1 + choice_bits(len(sent)))
         else:
             codes[key] = tensor_code(tensor, precision)
@@ -125,4 +125,17 @@ def parameter_codes(tensors: Mapping[str, torch.Tensor], order: Iterable[str],
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors hold the same numbers in the same shape."""
-    return a.shape == b.shape and a.device == b.device and torch.equal(a, b.to(a.dtype))
+    return a.shape == b.shape and a.device == b.device and torch.equal(_countable(a), _countable(b.to(a.dtype)))
+
+
+def _countable(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in a dtype torch can count and compare (float8 widened, unsigned 16 to 64 bits read as
+    int64), exactly: which entries are zero and which are equal stays the same."""
+    tensor = tensor.detach()
+    if tensor.is_floating_point() and tensor.element_size() == 1:
+        return tensor.to(torch.float64)
+    if tensor.dtype == getattr(torch, "uint64", None):
+        return tensor.view(torch.int64)
+    if tensor.dtype in (getattr(torch, "uint16", None), getattr(torch, "uint32", None)):
+        return tensor.to(torch.int64)
+    return tensor

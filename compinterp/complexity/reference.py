@@ -24,14 +24,16 @@ from typing import Any
 import torch
 
 from compinterp.complexity.sparse import Code, measure_codes
-from compinterp.data import as_source, placed, placement
+from compinterp.data import as_source, fit, placed, placement
 from compinterp.errors import CompositionError, InputError
+from compinterp.faithfulness.check import GIVE_DATA
 from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
 from compinterp.faithfulness.exact.closed_form import MAX_QUADRATIC, Quadratic, form_inner, quadratic, truncation_mse
 from compinterp.faithfulness.exact.compare import _result
 from compinterp.faithfulness.metrics import Moments
 from compinterp.faithfulness.report import Metrics
 from compinterp.model import Model
+from compinterp.semantics import inputs
 from compinterp.semantics.tensor import NotPolynomialError, PolyNet, tensor_semantics
 
 
@@ -58,20 +60,17 @@ class Reference:
         if self.exact:
             reason = why_not_polynomial(model)
             if reason is not None:
-                raise NotPolynomialError(f"no exact comparison with this model: {reason}; give data instead "
-                                         "(a tensor, gaussian:N, digits ...)")
+                raise NotPolynomialError(f"no exact comparison with this model: {reason}; {GIVE_DATA}")
             self.net = tensor_semantics(model, torch.float64)
             self.own = self.forms(model)
             return
         model.to(self.device)
-        n = len(model.dom)
+        n, wires = len(model.dom), inputs(model.plan)
         with torch.inference_mode():
-            for batch in as_source(data).batches(batch_size, model.dom.dims):
+            for k, batch in enumerate(as_source(data).batches(batch_size, wires)):
+                fit(batch, wires, k)
                 xs = placed(batch, n, self.device, self.dtype)
-                if len(xs) < n:
-                    raise InputError(f"a batch of the data holds {len(xs)} tensor(s) but the model takes "
-                                     f"{n} inputs ({model.dom})")
-                if xs[0].dim() == 0 or xs[0].shape[0] == 0:
+                if xs[0].shape[0] == 0:
                     continue
                 self.batches.append((xs, _outputs(model(*xs))))
                 self.samples += xs[0].shape[0]

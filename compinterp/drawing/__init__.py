@@ -55,7 +55,7 @@ def draw(diagram_or_model: Any, path: str | os.PathLike[str], *, kinds: bool = T
     diagram = getattr(diagram_or_model, "diagram", diagram_or_model)
     if not isinstance(diagram, Diagram):
         raise BoxError(f"draw() takes a compinterp Diagram or Model, got {type(diagram_or_model).__name__}")
-    path = _target(path, "draw to")
+    path = figure_target(path, "draw to")
     return save_figure(_figure(_relabelled(diagram, kinds), figsize, fontsize, wire_labels), path, dpi=dpi,
                        verb="draw to")
 
@@ -65,7 +65,7 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: float = 10
     """Write a matplotlib ``figure`` to a PNG or SVG file by its suffix, atomically (a partial file
     renamed into place, so a failure leaves what was there); returns the path. SVGs keep their text
     as text and carry no date, so the same figure gives the same file."""
-    path = _target(path, verb)
+    path = figure_target(path, verb)
     suffix = path.suffix.lower()
     metadata = {"Date": None} if suffix == ".svg" else None
 
@@ -76,8 +76,9 @@ def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: float = 10
     return write_atomically(path, savefig, verb)
 
 
-def _target(path: str | os.PathLike[str], verb: str) -> Path:
-    """``path`` as a Path, if it names a PNG or SVG file in an existing directory."""
+def figure_target(path: str | os.PathLike[str], verb: str = "save a figure to") -> Path:
+    """``path`` as a Path, if it names a PNG or SVG file in an existing directory (checked before any work is
+    done to make the figure)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:

@@ -22,28 +22,38 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from compinterp.data import Batch, Source, as_source, placement
+from compinterp.data import Batch, Input, Source, as_source, fit, gaussian, placement, resolve_device
 from compinterp.errors import BoxError, CompositionError, InputError
 from compinterp.faithfulness.distributed import all_reduce, world
 from compinterp.faithfulness.exact import exact_report
-from compinterp.faithfulness.metrics import LogitMoments, Moments
+from compinterp.faithfulness.metrics import IGNORE, LogitMoments, Moments
 from compinterp.faithfulness.report import BoxRow, FaithfulnessReport
 from compinterp.interpretation import Interpretation
 from compinterp.interpretation.maps import Identity, Map
 from compinterp.interventions import Site
 from compinterp.model import Model
-from compinterp.semantics import Interpreter, Plan, Step
-from compinterp.syntax import Space, Wire, describe
+from compinterp.semantics import Interpreter, Plan, Step, inputs
+from compinterp.semantics.tensor import NotPolynomialError, why_not_polynomial
+from compinterp.syntax import Wire, describe
 
 
-def check(model: Model, explanation: Interpretation | Model, data: Any, *, batch_size: int = 256,
-          device: str | torch.device | None = None, logits: bool | None = None,
+DEFAULT_SAMPLES = 10_000
+"""How many input vectors the default generated data holds (for a model that reads sequences,
+sequences of its context adding up to about as many positions)."""
+
+GIVE_DATA = ("give data instead: gaussian:N (generated to fit the model's input wires), digits or modular "
+             "(a task's held-out data), or FILE.pt")
+"""What a message refusing an exact comparison tells the user to pass."""
+
+
+def check(model: Model, explanation: Interpretation | Model, data: Any = None, *, batch_size: int = 256,
+          device: str | torch.device | None = None, logits: bool | str | None = None,
           progress: bool = True) -> FaithfulnessReport:
     """How far each square of ``explanation`` is from commuting with ``model``, on ``data``.
 
@@ -57,25 +67,72 @@ def check(model: Model, explanation: Interpretation | Model, data: Any, *, batch
             ``gaussian(n)``, a spec string (``"gaussian:1000"``, ``"file.pt"``), or
             ``"exact"``: compare end to end from the weights alone, when every box on
             both sides is polynomial (see :func:`compinterp.faithfulness.exact.exact_report`).
+            Default: :func:`default_data`. Data must fit the model's input wires
+            (:func:`compinterp.semantics.inputs`): token ids on token wires, a sequence
+            axis where the model reads sequences.
         batch_size: batch size for tensors and generated data (a loader keeps its own).
         device: where to run; the model and the explanation are moved there.
             Default: where the model's parameters are.
-        logits: whether the output is logits (adds KL, top-1 agreement and loss
-            recovered); default: one output wire labelled ``logits...`` or made by
-            an ``Unembed`` box.
+        logits: whether the output is logits (adds KL, top-1 agreement, loss recovered and,
+            with labels, accuracy), or the name of the output wire that holds them; default:
+            one output wire labelled ``logits...`` or made by an ``Unembed`` box.
         progress: show a progress bar (on rank 0).
 
     Under ``torch.distributed``, each rank checks its shard of ``data`` and the
     sums are all-reduced, so every rank returns the report of the whole data.
     """
+    if data is None:
+        data = default_data(model, explanation)
     if isinstance(data, str) and data == "exact":
-        return exact_report(model, explanation)
+        reason = why_not_exact(model, explanation)
+        if reason is not None:
+            raise NotPolynomialError(f"no exact check: {reason}; {GIVE_DATA}")
+        report = exact_report(model, explanation)
+        if logits:
+            return replace(report, note=f"{report.note}; no logit metrics: the exact path compares the outputs as "
+                                        "functions of the input, give data for KL, top-1 agreement and accuracy")
+        return report
     return _Squares(model, explanation).evaluate(as_source(data), None, batch_size, device, logits, progress)
+
+
+def why_not_exact(model: Model, explanation: Interpretation | Model | None = None) -> str | None:
+    """Why ``model`` (and ``explanation``: a second model, or an interpretation's explanation)
+    cannot be compared from the weights alone: the first box that is not polynomial; else ``None``."""
+    other = explanation.explanation if isinstance(explanation, Interpretation) else explanation
+    for side in (model, other):
+        reason = None if side is None else why_not_polynomial(side)
+        if reason is not None:
+            return reason
+    return None
+
+
+def default_data(model: Model, explanation: Interpretation | Model | None = None) -> str | Source:
+    """The data :func:`check` and :func:`~compinterp.refine` use when given none: ``"exact"`` for an
+    end-to-end comparison (a second model, or none) where every box on both sides is polynomial; else
+    :data:`DEFAULT_SAMPLES` generated samples fitting the model's input wires (Gaussian vectors,
+    uniform token ids, sequences of the model's context). A model on images has no default.
+
+    >>> from compinterp.syntax import Space, Bilinear, Norm
+    >>> x = Space("x", 4)
+    >>> default_data(Model(Bilinear("mlp", x, x, hidden=2)))
+    'exact'
+    >>> default_data(Model(Norm("ln", x))).describe()
+    'data generated with seed 0 (Gaussian vectors, uniform token ids)'
+    """
+    if not isinstance(explanation, Interpretation) and why_not_exact(model, explanation) is None:
+        return "exact"
+    wires = inputs(model.plan)
+    for wire in wires:
+        if wire.kind == "images":
+            raise InputError(f"no default data for a model on images (wire {wire.name}, {wire.box}): give data of "
+                             f"shape {wire.shape()}, e.g. a FILE.pt")
+    seq = next((wire.seq for wire in wires if wire.seq is not None), None)
+    return gaussian(DEFAULT_SAMPLES if seq is None else -(-DEFAULT_SAMPLES // seq))
 
 
 def interchange(model: Model, interpretation: Interpretation, base: Any, source: Any, wire: str | Site, *,
                 output: int = 0, own_value: bool = False, batch_size: int = 256,
-                device: str | torch.device | None = None, logits: bool | None = None,
+                device: str | torch.device | None = None, logits: bool | str | None = None,
                 progress: bool = True) -> FaithfulnessReport:
     """The check under an interchange intervention on ``wire`` (output ``output`` of that box).
 
@@ -165,41 +222,44 @@ class _Squares:
         return _Patch(t, output, source, box.cod.wires[output], site, own)
 
     def evaluate(self, source: Source, patch: _Patch | None, batch_size: int, device: str | torch.device | None,
-                 logits: bool | None, progress: bool) -> FaithfulnessReport:
+                 logits: bool | str | None, progress: bool) -> FaithfulnessReport:
         """Stream ``source`` (this rank's shard) through both sides, reduce the sums, build the report."""
         if device is not None:
-            device = torch.device(device)
+            device = resolve_device(device)
             self.model.to(device)
             self.explanation.to(device)
         device, dtype = placement(self.model, device)
-        use_logits = self._logits(logits)
+        out, why = self._logits(logits)
+        wires = inputs(self.plan)
         local = [Moments(dims, device) for dims in self.out_dims] if self.images is not None else []
         whole = Moments(self.cod_dims, device)
-        logit = LogitMoments(self.cod_dims[0], device) if use_logits else None
-        count = torch.zeros(1, dtype=torch.float64, device=device)
+        logit = LogitMoments(self.cod_dims[out], device) if out is not None else None
+        count = torch.zeros(3, dtype=torch.float64, device=device)
         rank, size = world()
-        batches: Iterator[Any] = source.batches(batch_size, self.model.dom.dims, rank, size)
+        batches: Iterator[Any] = source.batches(batch_size, wires, rank, size)
         if patch is not None:
-            batches = _paired(batches, patch.source.batches(batch_size, self.model.dom.dims, rank, size))
+            batches = _paired(batches, patch.source.batches(batch_size, wires, rank, size))
         bar = tqdm(batches, total=source.num_batches(batch_size, rank, size), desc="check", unit="batch",
                    disable=not progress or rank != 0, leave=False)
         with torch.inference_mode():
             for k, batch in enumerate(bar):
                 base, other = batch if patch is not None else (batch, None)
-                xs, labels = _inputs(base, self.model.dom, k, dtype, device)
-                if xs[0].dim() > 0 and xs[0].shape[0] == 0:
+                xs, labels = _inputs(base, wires, k, dtype, device)
+                if xs[0].shape[0] == 0:
                     continue
                 value = None
                 if patch is not None:
-                    value = self._capture(_inputs(other, self.model.dom, k, dtype, device)[0], patch)
+                    value = self._capture(_inputs(other, wires, k, dtype, device)[0], patch)
                 ys_m, ys_e = self._batch(xs, local, value, patch)
                 whole.update(ys_m, ys_e)
                 if logit is not None:
-                    logit.update(ys_m[0], ys_e[0], _labels(labels, ys_m[0], k))
-                count += xs[0].shape[0] if xs[0].dim() > 0 else 1
+                    logit.update(ys_m[out], ys_e[out], _labels(labels, ys_m[out], k))
+                count += torch.tensor([xs[0].shape[0], 1, labels is not None], dtype=torch.float64, device=device)
         buffers = [count, whole.buffer, *(m.buffer for m in local), *([logit.buffer] if logit else [])]
         all_reduce(buffers)
-        return self._report(count, whole, local, logit, patch)
+        note = why if count[2] == 0 or logit is not None else \
+            f"labels were given but not scored: {why[len('no logit metrics: '):]}"
+        return self._report(count, whole, local, logit, out, patch, note, source.describe() or None)
 
     def _batch(self, xs: Sequence[torch.Tensor], local: list[Moments], value: Any,
                patch: _Patch | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -234,21 +294,36 @@ class _Squares:
             raise InputError(f"the {sigma.describe()} on wire {self.wires[r].name} failed on shape "
                              f"{tuple(x.shape)}: {err}") from err
 
-    def _logits(self, logits: bool | None) -> bool:
-        """Whether the output is logits: as told, else one wire labelled ``logits*`` or made by ``Unembed``."""
-        if logits is not None:
-            if logits and len(self.cod_dims) != 1:
-                raise BoxError(f"logit metrics need one output wire; the model outputs {self.model.cod}")
-            return bool(logits)
-        if len(self.cod_dims) != 1:
-            return False
+    def _logits(self, logits: bool | str | None) -> tuple[int | None, str | None]:
+        """Which output holds logits (as told: ``True`` or a wire's name; else one wire labelled ``logits*``
+        or made by ``Unembed``), or ``None`` with the reason there are no logit metrics."""
+        wires = self.model.cod.wires
+        named = str(self.model.cod) if wires else "none"
+        if isinstance(logits, str):
+            found = [i for i, w in enumerate(wires) if logits in (w.name, w.label)]
+            if not found:
+                raise BoxError(f"no output wire {logits!r} to read logits from; the model's outputs are {named}")
+            return found[0], None
+        if logits is not None and not isinstance(logits, bool):
+            raise BoxError(f"logits must be True, False, None or an output wire's name, got {logits!r}")
+        if logits is False:
+            return None, "no logit metrics: logits=False"
+        if len(wires) != 1:
+            if logits:
+                raise BoxError(f"logit metrics need one output wire; the model outputs {named}: name the one "
+                               "holding logits (logits='WIRE', --logits WIRE)")
+            return None, (f"no logit metrics: the model has {len(wires)} output wires ({named}); if one holds "
+                          "logits, name it with --logits WIRE (logits='WIRE')")
         made = [s.box.kind for s in self.steps if self.plan.outputs[0] in s.outs]
-        return self.model.cod.wires[0].label.lower().startswith("logit") or made[-1:] == ["Unembed"]
+        if logits or wires[0].label.lower().startswith("logit") or made[-1:] == ["Unembed"]:
+            return 0, None
+        return None, (f"no logit metrics: the output {wires[0].name} is not labelled logits nor made by an Unembed "
+                      f"box; if it holds logits, name it with --logits {wires[0].label} (logits='{wires[0].label}')")
 
     def _report(self, count: torch.Tensor, whole: Moments, local: list[Moments], logit: LogitMoments | None,
-                patch: _Patch | None) -> FaithfulnessReport:
+                out: int | None, patch: _Patch | None, note: str | None, data: str) -> FaithfulnessReport:
         """Metrics from the reduced sums; boxes sorted worst first."""
-        samples = int(count.item())
+        samples = int(count[0].item())
         if samples == 0:
             raise InputError("the data holds no samples: nothing to check")
         for label, m in [*((f"box '{l}'", m) for l, m in zip(self.labels, local)), ("the whole diagram", whole)]:
@@ -256,17 +331,18 @@ class _Squares:
                 raise InputError(f"the square of {label} has NaN or infinite values on this data: "
                                  "the model or the explanation overflows there")
         end = whole.metrics()
+        batches, labelled = int(count[1].item()), int(count[2].item())
         if logit is not None:
-            if 0 < logit.labelled < end.n:
-                raise InputError(f"labels came with {logit.labelled} of {end.n} outputs: give labels with every "
-                                 "batch or with none")
-            end = logit.fill(end, whole.mean())
+            if 0 < labelled < batches:
+                raise InputError(f"labels came with {labelled} of {batches} batches: give labels with every batch "
+                                 "or with none")
+            end = logit.fill(end, whole.mean(out))
         rows = [BoxRow(label, step.box.kind, str(step.box.dom), str(step.box.cod), m.metrics())
                 for label, step, m in zip(self.labels, self.steps, local)]
         rows.sort(key=lambda row: (-row.metrics.fvu, -row.metrics.rel_l2))
         info = None if patch is None else {"wire": self.labels[patch.step], "output": patch.output,
                                            "space": patch.wire.name}
-        return FaithfulnessReport(end, tuple(rows), samples, exact=False, intervention=info)
+        return FaithfulnessReport(end, tuple(rows), samples, exact=False, intervention=info, note=note, data=data)
 
 
 def _paired(base: Iterator[Batch], source: Iterator[Batch]) -> Iterator[tuple[Batch, Batch]]:
@@ -278,37 +354,29 @@ def _paired(base: Iterator[Batch], source: Iterator[Batch]) -> Iterator[tuple[Ba
         yield b, s
 
 
-def _inputs(batch: Batch, dom: Space, k: int, dtype: torch.dtype,
+def _inputs(batch: Batch, wires: tuple[Input, ...], k: int, dtype: torch.dtype,
             device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """One batch as the model's inputs (checked, cast, moved) and optional labels."""
-    n = len(dom)
-    if len(batch) not in (n, n + 1):
-        raise InputError(f"batch {k} of the data has {len(batch)} tensors; the model takes {n} input(s) ({dom}), "
-                         "optionally followed by labels")
-    xs = []
-    for i, (x, wire) in enumerate(zip(batch, dom.wires)):
-        if x.is_floating_point():
-            if x.dim() == 0 or x.shape[-1] != wire.dim:
-                raise InputError(f"batch {k}: input {i} ({wire.name}) has shape {tuple(x.shape)}; "
-                                 f"its last dimension must be {wire.dim}")
-            if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
-                raise InputError(f"batch {k}: input {i} ({wire.name}) contains NaN or infinite values")
-            x = x.to(device=device, dtype=dtype)
-        xs.append(x.to(device))
+    """One batch as the model's inputs (checked to fit the wires, cast, moved) and optional labels."""
+    fit(batch, wires, k)
+    n = len(wires)
+    xs = [x.to(device=device, dtype=dtype) if wire.kind != "tokens" and wire.kind != "positions" else x.to(device)
+          for x, wire in zip(batch, wires)]
     return xs, (batch[n].to(device) if len(batch) > n else None)
 
 
 def _labels(labels: torch.Tensor | None, logits: torch.Tensor, k: int) -> torch.Tensor | None:
-    """Labels checked against the logits they score."""
+    """Labels checked against the logits they score (:data:`~compinterp.faithfulness.metrics.IGNORE` marks
+    a position without one)."""
     if labels is None:
         return None
     classes = logits.shape[-1]
     if labels.is_floating_point() or labels.is_complex() or tuple(labels.shape) != tuple(logits.shape[:-1]):
         raise InputError(f"batch {k}: labels must be integer class ids of shape {tuple(logits.shape[:-1])}, "
                          f"got {labels.dtype} of shape {tuple(labels.shape)}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
-        raise InputError(f"batch {k}: labels must lie in [0, {classes}), got values from "
-                         f"{labels.min().item()} to {labels.max().item()}")
+    scored = labels[labels != IGNORE]
+    if scored.numel() and (scored.min() < 0 or scored.max() >= classes):
+        raise InputError(f"batch {k}: labels must lie in [0, {classes}), got values from {scored.min().item()} to "
+                         f"{scored.max().item()} ({IGNORE} marks a position without a label)")
     return labels
 
 
@@ -379,7 +447,7 @@ class _BothSides(Interpreter):
                                  f"the base batch has {tuple(outs[i].shape)}: base and source batches "
                                  "must have the same shapes")
             outs, mapped, expl = list(outs), list(mapped), list(expl)
-            outs[i] = outs[i] + self.patch.site.select(value - outs[i])
+            outs[i] = self.patch.site.patched(outs[i], value)
             mapped[i] = squares.map(r, outs[i])
             expl[i] = mapped[i] if own is None else own[i]
         return tuple(zip(outs, mapped, expl))

@@ -34,6 +34,7 @@ from compinterp.interpretation import Interpretation
 from compinterp.interpretation.maps import RotationMap
 from compinterp.interventions import Site
 from compinterp.model import Model
+from compinterp.semantics import inputs
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class FitResult:
 
 def fit(model: Model, interpretation: Interpretation, data: Any, *, free: Sequence[str], wire: str | Site | None = None,
         steps: int = 300, lr: float = 1e-2, batch_size: int = 256, held_out: float = 0.2, seed: int = 0,
-        logits: bool | None = None, progress: bool = True) -> FitResult:
+        logits: bool | str | None = None, progress: bool = True) -> FitResult:
     """Learn the ``free`` parts of ``interpretation`` of ``model`` on ``data`` and check it on a
     held-out split.
 
@@ -71,13 +72,14 @@ def fit(model: Model, interpretation: Interpretation, data: Any, *, free: Sequen
         steps, lr, batch_size: Adam steps, learning rate and batch size.
         held_out: the fraction of samples kept out of training for the report.
         seed: the split, batches and pairs all follow it: the same seed gives the same fit.
-        logits: whether the outputs are logits (default: as :func:`check` decides).
+        logits: whether the output is logits, or the output wire that holds them (default: as
+            :func:`check` decides).
     """
     squares = _Squares(model, interpretation)
     params = _free_parameters(interpretation, free)
     site = None if wire is None else _site(squares, wire)
     patch = None if site is None else squares.patch(site, 0, None, own=True)
-    use_logits = squares._logits(logits)
+    out, _ = squares._logits(logits)
     train, test = _split(data, held_out, seed)
     device, dtype = placement(model)
     generator = torch.Generator().manual_seed(seed)
@@ -89,14 +91,14 @@ def fit(model: Model, interpretation: Interpretation, data: Any, *, free: Sequen
     try:
         for step in tqdm(range(steps), desc="fit", unit="step", disable=not progress, leave=False):
             rows = torch.randint(0, len(train[0]), (min(batch_size, len(train[0])),), generator=generator)
-            xs, _ = _inputs(tuple(t[rows] for t in train), model.dom, step, dtype, device)
+            xs, _ = _inputs(tuple(t[rows] for t in train), inputs(model.plan), step, dtype, device)
             value = None
             if patch is not None:
                 order = torch.randperm(len(rows), generator=generator).to(device)
                 with torch.no_grad():
                     value = squares._capture([x[order] for x in xs], patch)
             outs = _BothSides(squares, None, patch, value).run(*xs)
-            loss = sum(_loss(m, e, use_logits) for _, m, e in outs)
+            loss = sum(_loss(m, e, i == out) for i, (_, m, e) in enumerate(outs))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 from compinterp.faithfulness.report import Metrics
 
 F64 = torch.float64
+
+IGNORE = -100
+"""A label that scores nothing (cross-entropy's ``ignore_index``): a position without a target."""
 
 
 class Moments:
@@ -86,58 +90,70 @@ class Moments:
         return Metrics(fvu=_ratio(err, var), rel_l2=math.sqrt(_ratio(err, total)),
                        cosine=self.buffer[-1].item() / vectors if vectors else 1.0, n=vectors)
 
-    def mean(self) -> torch.Tensor:
-        """The mean of ``y_M`` on the first wire."""
-        rows, _, s1, _ = self._wires()[0]
+    def mean(self, wire: int = 0) -> torch.Tensor:
+        """The mean of ``y_M`` on wire ``wire``."""
+        rows, _, s1, _ = self._wires()[wire]
         return s1 / rows
 
 
 class LogitMoments:
-    """Sums for logit outputs over ``classes``: ``[KL, top-1 hits, sum p log p, CE_M, CE_E, labelled,
-    sum p_M (per class), label counts (per class)]``."""
+    """Sums for logit outputs over ``classes``: ``[vectors, KL, top-1 hits, sum p log p, CE_M, CE_E, labelled,
+    hits_M, hits_E, sum p_M (per class), label counts (per class)]``; ``hits`` count argmaxes equal to the label."""
 
     def __init__(self, classes: int, device: torch.device) -> None:
         self.classes = classes
-        self.buffer = torch.zeros(6 + 2 * classes, dtype=F64, device=device)
+        self.buffer = torch.zeros(9 + 2 * classes, dtype=F64, device=device)
 
     def update(self, model: torch.Tensor, explanation: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Add one batch of logits ``(..., classes)`` and optional integer labels ``(...)``."""
+        """Add one batch of logits ``(..., classes)`` and optional integer labels ``(...)``; a label
+        :data:`IGNORE` scores nothing."""
         c, b = self.classes, self.buffer
         lm = F.log_softmax(model.reshape(-1, c).to(F64), -1)
         le = F.log_softmax(explanation.reshape(-1, c).to(F64), -1)
         pm = lm.exp()
-        b[0] += (pm * (lm - le)).sum()
-        b[1] += (lm.argmax(-1) == le.argmax(-1)).sum()
-        b[2] += (pm * lm).sum()
-        b[6:6 + c] += pm.sum(0)
+        b[0] += lm.shape[0]
+        b[1] += (pm * (lm - le)).sum()
+        b[2] += (lm.argmax(-1) == le.argmax(-1)).sum()
+        b[3] += (pm * lm).sum()
+        b[9:9 + c] += pm.sum(0)
         if labels is not None:
-            y = labels.reshape(-1, 1).long()
-            b[3] -= lm.gather(1, y).sum()
-            b[4] -= le.gather(1, y).sum()
-            b[5] += y.shape[0]
-            b[6 + c:] += torch.bincount(y.flatten(), minlength=c).to(F64)
+            y = labels.reshape(-1).long()
+            kept = y != IGNORE
+            y, lm, le = y[kept].unsqueeze(1), lm[kept], le[kept]
+            b[4] -= lm.gather(1, y).sum()
+            b[5] -= le.gather(1, y).sum()
+            b[6] += y.shape[0]
+            b[7] += (lm.argmax(-1) == y[:, 0]).sum()
+            b[8] += (le.argmax(-1) == y[:, 0]).sum()
+            b[9 + c:] += torch.bincount(y.flatten(), minlength=c).to(F64)
 
     def fill(self, metrics: Metrics, mean_logits: torch.Tensor) -> Metrics:
         """``metrics`` with the logit metrics added; the ablated prediction is ``softmax(mean_logits)``."""
-        c, b, n = self.classes, self.buffer, metrics.n
+        c, b, n = self.classes, self.buffer, self.vectors
         log_q = F.log_softmax(mean_logits.to(F64), -1)
-        kl = b[0].item() / n
-        kl_ablated = b[2].item() / n - (b[6:6 + c] / n * log_q).sum().item()
-        fields: dict[str, float | None] = {"kl": kl, "top1": b[1].item() / n}
-        labelled = b[5].item()
+        kl = b[1].item() / n
+        kl_ablated = b[3].item() / n - (b[9:9 + c] / n * log_q).sum().item()
+        fields: dict[str, float | None] = {"kl": kl, "top1": b[2].item() / n}
+        labelled = b[6].item()
         if labelled:
-            ce_m, ce_e = b[3].item() / labelled, b[4].item() / labelled
-            ce_a = -(b[6 + c:] / labelled * log_q).sum().item()
+            ce_m, ce_e = b[4].item() / labelled, b[5].item() / labelled
+            ce_a = -(b[9 + c:] / labelled * log_q).sum().item()
             fields |= {"ce_model": ce_m, "ce_explanation": ce_e, "ce_ablated": ce_a,
-                       "loss_recovered": (ce_a - ce_e) / (ce_a - ce_m) if ce_a != ce_m else None}
+                       "loss_recovered": (ce_a - ce_e) / (ce_a - ce_m) if ce_a != ce_m else None,
+                       "accuracy_model": b[7].item() / labelled, "accuracy_explanation": b[8].item() / labelled}
         else:
             fields["loss_recovered"] = 1.0 - kl / kl_ablated if kl_ablated > 0 else None
-        return Metrics(metrics.fvu, metrics.rel_l2, metrics.cosine, metrics.n, **fields)
+        return replace(metrics, **fields)
+
+    @property
+    def vectors(self) -> int:
+        """How many logit vectors were added."""
+        return int(self.buffer[0].item())
 
     @property
     def labelled(self) -> int:
-        """How many vectors came with a label."""
-        return int(self.buffer[5].item())
+        """How many vectors came with a label (not :data:`IGNORE`)."""
+        return int(self.buffer[6].item())
 
 
 def _ratio(num: float, den: float) -> float:

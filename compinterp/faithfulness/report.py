@@ -16,7 +16,12 @@ from typing import Any
 
 from compinterp.errors import BoxError, FormatError
 
-_LOGIT_FIELDS = ("kl", "top1", "loss_recovered", "ce_model", "ce_explanation", "ce_ablated")
+_LOGIT_FIELDS = ("kl", "top1", "loss_recovered", "ce_model", "ce_explanation", "ce_ablated", "accuracy_model",
+                 "accuracy_explanation")
+
+NEGATIVE = ("faithfulness below 0 (FVU above 1): the explanation's outputs are further from the model's than the "
+            "model's own mean output is; predicting that constant would do better")
+"""The line a report prints under a negative faithfulness."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,9 @@ class Metrics:
     and ``loss_recovered = (m(E) - m(ablated)) / (m(M) - m(ablated))``, where the ablated
     prediction is the mean logit vector of the model and ``m`` is minus the
     cross-entropy against labels (``ce_*``), or without labels minus the KL from the model.
+    With labels, ``accuracy_model`` and ``accuracy_explanation`` are the fractions of argmaxes
+    equal to the label. Faithfulness ``1 - fvu`` falls below 0 when the explanation is further
+    from the model than the model's mean output is.
     """
 
     fvu: float
@@ -42,6 +50,8 @@ class Metrics:
     ce_model: float | None = None
     ce_explanation: float | None = None
     ce_ablated: float | None = None
+    accuracy_model: float | None = None
+    accuracy_explanation: float | None = None
 
     @property
     def faithfulness(self) -> float:
@@ -83,7 +93,8 @@ class BoxRow:
 class FaithfulnessReport:
     """The result of :func:`compinterp.check`: ``boxes`` sorted worst first (largest FVU), and
     ``end_to_end``, the square of the whole diagram. ``exact`` says whether the numbers
-    come from the weights alone (no data); ``intervention`` describes an interchange, if any."""
+    come from the weights alone (no data); ``intervention`` describes an interchange, if any;
+    ``note`` says what was approximated or left out; ``data`` what the numbers were measured on."""
 
     end_to_end: Metrics
     boxes: tuple[BoxRow, ...]
@@ -91,6 +102,7 @@ class FaithfulnessReport:
     exact: bool = False
     intervention: dict[str, Any] | None = None
     note: str | None = None
+    data: str | None = None
 
     @property
     def worst_box(self) -> str | None:
@@ -109,16 +121,17 @@ class FaithfulnessReport:
     def to_json(self) -> dict[str, Any]:
         """The report as JSON; infinite or undefined numbers are ``null``::
 
-            {"exact": bool, "samples": int,
+            {"exact": bool, "samples": int, "data": str | null,
              "end_to_end": {"faithfulness", "fvu", "rel_l2", "cosine", "n",
-                            "kl", "top1", "loss_recovered", "ce_model", "ce_explanation", "ce_ablated"},
+                            "kl", "top1", "loss_recovered", "ce_model", "ce_explanation", "ce_ablated",
+                            "accuracy_model", "accuracy_explanation"},
              "boxes": [{"box", "kind", "dom", "cod", "faithfulness", "fvu", "rel_l2", "cosine", "n", ...}],
              "worst_box": str | null, "intervention": null | {"wire", "output", "space"},
              "note": str | null}
         """
-        return {"exact": self.exact, "samples": self.samples, "end_to_end": self.end_to_end.to_json(),
-                "boxes": [row.to_json() for row in self.boxes], "worst_box": self.worst_box,
-                "intervention": self.intervention, "note": self.note}
+        return {"exact": self.exact, "samples": self.samples, "data": self.data,
+                "end_to_end": self.end_to_end.to_json(), "boxes": [row.to_json() for row in self.boxes],
+                "worst_box": self.worst_box, "intervention": self.intervention, "note": self.note}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FaithfulnessReport:
@@ -126,13 +139,13 @@ class FaithfulnessReport:
         try:
             rows = tuple(BoxRow(r["box"], r["kind"], r["dom"], r["cod"], Metrics.from_json(r)) for r in obj["boxes"])
             return cls(Metrics.from_json(obj["end_to_end"]), rows, int(obj["samples"]), bool(obj.get("exact", False)),
-                       obj.get("intervention"), obj.get("note"))
+                       obj.get("intervention"), obj.get("note"), obj.get("data"))
         except (KeyError, TypeError) as err:
             raise FormatError(f"bad faithfulness report JSON: missing or malformed {err}") from None
 
     def __str__(self) -> str:
         e = self.end_to_end
-        head = "exact" if self.exact else f"{self.samples:,} samples"
+        head = "exact" if self.exact else f"{self.samples:,} samples" + (f" of {self.data}" if self.data else "")
         lines = [f"faithfulness report ({head})"]
         if self.intervention:
             lines[0] += f", interchange on {self.intervention['wire']} output {self.intervention['output']}"
@@ -143,11 +156,18 @@ class FaithfulnessReport:
             lines.append("  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:]))]))
             if j == 1 and self.boxes:
                 lines.append("boxes, worst first:")
+        extra = []
         if e.kl is not None:
-            extra = f"KL {e.kl:.4g}  top-1 agreement {e.top1:.4f}  loss recovered {_fmt(e.loss_recovered, '.4f')}"
-            lines.insert(3, "  " + extra)
+            extra.append(f"  KL {e.kl:.4g}  top-1 agreement {e.top1:.4f}  loss recovered "
+                         f"{_fmt(e.loss_recovered, '.4f')}")
+        if e.accuracy_model is not None:
+            extra.append(f"  accuracy on the labels: model {e.accuracy_model:.4f}, explanation "
+                         f"{_fmt(e.accuracy_explanation, '.4f')}")
+        lines[3:3] = extra
         if self.boxes:
             lines.append(f"worst box: {self.worst_box or 'none (every square commutes)'}")
+        if any(m.faithfulness < 0 for m in (e, *(r.metrics for r in self.boxes))):
+            lines.append(NEGATIVE)
         if self.note:
             lines.append(self.note)
         return "\n".join(lines)

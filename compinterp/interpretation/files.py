@@ -10,9 +10,12 @@ An interpretation directory holds
 * ``explanation/``: the explanation model, as :func:`compinterp.files.save` writes it.
 
 Function maps cannot be written: their name is kept and loading asks for them
-again. Saving writes a temporary directory beside the target, flushes it and renames
-it into place (:func:`compinterp.disk.write_directory`), so a failure never leaves a
-half-written interpretation.
+again. Saving writes a temporary directory beside the target, flushes it and swaps
+it into place (:func:`compinterp.disk.write_directory`), so a failure or a kill never
+leaves a half-written interpretation. Reading trusts nothing in the directory, as
+for a model (:mod:`compinterp.files`, ``docs/security.md``): bounded JSON, regular
+files only, checksums checked before use, and the explanation's ``opaque.pt``
+unpickled only with ``trust_code=True``.
 
 This module sits below :mod:`compinterp.interpretation.interpretation`: :func:`save`
 takes any object shaped like an :class:`~compinterp.Interpretation`, and
@@ -44,12 +47,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from compinterp import files
-from compinterp.disk import declares_format, sha256, write_directory
+from compinterp.disk import (
+    MAX_FILE_BYTES, Folder, declares_format, descriptor_path, recover, sha256, shown, write_directory,
+)
 from compinterp.errors import CompinterpError, FormatError
 from compinterp.interpretation.maps import Function, Map, map_from_json
 from compinterp.syntax import Diagram, Space
@@ -105,40 +110,49 @@ def save(interp: Any, path: str | os.PathLike[str]) -> Path:
 
 def read_interpretation(path: str | os.PathLike[str], source: Diagram, *,
                         functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-                        modules: Mapping[str, nn.Module] | None = None) -> InterpretationParts:
+                        modules: Mapping[str, nn.Module] | None = None,
+                        trust_code: bool = False) -> InterpretationParts:
     """Read the parts of an interpretation of a model with diagram ``source``, written by :func:`save`
     (:func:`compinterp.interpretation.interpretation.load` builds the Interpretation from them).
 
     ``functions`` gives the callables of function maps by wire name; ``modules`` the
-    explanation's Opaque modules (see :func:`compinterp.files.read_model`).
+    explanation's Opaque modules and ``trust_code`` whether its ``opaque.pt`` may be
+    unpickled (see :func:`compinterp.files.read_model`).
     """
     path = Path(path)
-    if not is_interpretation(path):
+    path = recover(path) or path
+    if not declares_format(path, MANIFEST, FORMAT):
         raise FormatError(f"no interpretation at {path}: {path / MANIFEST} is missing or is not of format {FORMAT!r}")
-    manifest = _read_manifest(path)
-    try:
-        saved = diagram_from_json(manifest["model"])
-        images = {name: diagram_from_json(obj) for name, obj in manifest["boxes"].items()}
-    except CompinterpError as err:
-        raise FormatError(f"{path / MANIFEST}: {err}") from None
-    if saved != source:
-        raise FormatError(f"the interpretation at {path} explains another diagram than the model given: "
-                          f"it was saved for {saved.dom} -> {saved.cod} with {len(saved.inside)} boxes")
-    tensors = _read_maps(path, manifest["maps_sha256"])
+    with Folder(path) as folder:
+        manifest = _read_manifest(folder)
+        try:
+            saved = diagram_from_json(manifest["model"])
+            images = {name: diagram_from_json(obj) for name, obj in manifest["boxes"].items()}
+        except CompinterpError as err:
+            raise FormatError(f"{path / MANIFEST}: {err}") from None
+        if saved != source:
+            raise FormatError(f"the interpretation at {path} explains another diagram than the model given: "
+                              f"it was saved for {saved.dom} -> {saved.cod} with {len(saved.inside)} boxes")
+        tensors = _read_maps(folder, manifest["maps_sha256"])
     wires = {}
     for name, entry in manifest["wires"].items():
         own = {key[len(name) + 1:]: t for key, t in tensors.items() if key.startswith(f"{name}.")}
+        _check_wire(path / MANIFEST, name, entry, own)
         try:
             wires[name] = (entry["image"], map_from_json(entry["map"], own, name, dict(functions or {})))
-        except (KeyError, TypeError) as err:
-            raise FormatError(f"{path / MANIFEST}: the entry of wire {name} is malformed ({err})") from None
-    explanation = files.read_model(path / EXPLANATION, modules=modules)
+        except CompinterpError as err:
+            raise FormatError(f"{path / MANIFEST}: wire {shown(name, 60)}: {err}") from None
+        except (KeyError, TypeError, ValueError) as err:
+            raise FormatError(f"{path / MANIFEST}: the entry of wire {shown(name, 60)} is malformed "
+                              f"({type(err).__name__}: {shown(str(err))})") from None
+    explanation = files.read_model(path / EXPLANATION, modules=modules, trust_code=trust_code)
     return InterpretationParts(images, wires, explanation)
 
 
 def is_interpretation(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory with an interpretation manifest (as opposed to a model)."""
-    return declares_format(path, MANIFEST, FORMAT)
+    """Whether ``path`` is a directory with an interpretation manifest (as opposed to a model); an
+    interpretation a killed save left aside is put back first (:func:`compinterp.disk.recover`)."""
+    return declares_format(recover(path) or path, MANIFEST, FORMAT)
 
 
 def _is_interpretation_like(interp: Any) -> bool:
@@ -149,26 +163,46 @@ def _is_interpretation_like(interp: Any) -> bool:
             and isinstance(getattr(interp, "explanation", None), nn.Module))
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(folder: Folder) -> dict[str, Any]:
     """The manifest, checked for version and keys."""
-    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    file = folder.path / MANIFEST
+    manifest = folder.json(MANIFEST)
+    if not isinstance(manifest, dict):
+        raise FormatError(f"{file}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise FormatError(f"{path / MANIFEST}: format_version {version!r}; this compinterp reads 1 to {FORMAT_VERSION}")
+        raise FormatError(f"{file}: format_version {shown(version, 40)}; this compinterp reads 1 to {FORMAT_VERSION}")
     for key, kind in (("model", dict), ("wires", dict), ("boxes", dict), ("maps_sha256", str)):
         if not isinstance(manifest.get(key), kind):
-            raise FormatError(f"{path / MANIFEST}: '{key}' is missing or is not a JSON {kind.__name__}")
+            raise FormatError(f"{file}: '{key}' is missing or is not a JSON {kind.__name__}")
     return manifest
 
 
-def _read_maps(path: Path, checksum: str) -> dict[str, torch.Tensor]:
-    """The maps' tensors, checked against the recorded checksum."""
-    file = path / MAPS
-    if not file.is_file():
-        raise FormatError(f"{file} is missing")
-    if sha256(file) != checksum:
-        raise FormatError(f"{file}: checksum mismatch with {MANIFEST}: the file is corrupted or was changed")
-    try:
-        return load_file(str(file))
-    except SafetensorError as err:
-        raise FormatError(f"{file} is corrupted: {err}") from None
+def _check_wire(file: Path, name: str, entry: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Check a wire's entry: an image wire name and a map object, and a rotation's size against the
+    tensors that hold it (so no size read from the file is allocated unchecked)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str) or not isinstance(entry.get("map"), dict):
+        raise FormatError(f"{file}: wire {shown(name, 60)} must map to {{'image': wire name, 'map': {{'kind': ...}}}}, "
+                          f"got {shown(entry)}")
+    sigma = entry["map"]
+    if sigma.get("kind") == "rotation":
+        dim = sigma.get("dim")
+        shapes = {tuple(t.shape) for t in tensors.values()}
+        if isinstance(dim, bool) or not isinstance(dim, int) or (dim, dim) not in shapes:
+            raise FormatError(f"{file}: the rotation map of wire {shown(name, 60)} declares dim {shown(dim, 40)}, "
+                              f"which its tensors in {MAPS} do not hold")
+
+
+def _read_maps(folder: Folder, checksum: str) -> dict[str, torch.Tensor]:
+    """The maps' tensors (a regular file), checked against the recorded checksum."""
+    file = folder.path / MAPS
+    with folder.open(MAPS, MAX_FILE_BYTES) as f:
+        if sha256(f) != checksum:
+            raise FormatError(f"{file}: checksum mismatch with {MANIFEST}: the file is corrupted or was changed")
+        try:
+            with safe_open(descriptor_path(f, file), framework="pt") as handle:
+                return {key: handle.get_tensor(key) for key in handle.keys()}
+        except SafetensorError as err:
+            raise FormatError(f"{file} is corrupted: {shown(str(err))}") from None
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise FormatError(f"{file} holds a tensor compinterp cannot read: {shown(str(err))}") from None

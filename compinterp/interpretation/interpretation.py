@@ -135,7 +135,8 @@ class Interpretation(nn.Module):
     @classmethod
     def load(cls, path: str | Path, model: Model, **kwargs: Any) -> Interpretation:
         """Read an interpretation of ``model`` from directory ``path`` (see
-        :func:`compinterp.interpretation.interpretation.load` for ``functions``, ``modules``, ``rules``)."""
+        :func:`compinterp.interpretation.interpretation.load` for ``functions``, ``modules``, ``rules``,
+        ``trust_code``)."""
         return load(path, model, **kwargs)
 
     def extra_repr(self) -> str:
@@ -197,15 +198,17 @@ def _model_wires(diagram: Diagram) -> dict[str, Wire]:
 
 def load(path: str | os.PathLike[str], model: Model, *,
          functions: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
-         modules: Mapping[str, nn.Module] | None = None, rules: Mapping[str, Rule] | None = None) -> Interpretation:
+         modules: Mapping[str, nn.Module] | None = None, rules: Mapping[str, Rule] | None = None,
+         trust_code: bool = False) -> Interpretation:
     """Read an interpretation of ``model`` written by :meth:`Interpretation.save`
     (:func:`compinterp.interpretation.files.save`).
 
     ``functions`` gives the callables of function maps by wire name; ``modules`` are the
-    explanation model's Opaque modules and ``rules`` its extra torch semantics, as for
-    :func:`compinterp.load`.
+    explanation model's Opaque modules, ``trust_code`` whether its ``opaque.pt`` may be
+    unpickled, and ``rules`` its extra torch semantics, as for :func:`compinterp.load`.
     """
-    parts = files.read_interpretation(path, model.diagram, functions=functions, modules=modules)
+    parts = files.read_interpretation(path, model.diagram, functions=functions, modules=modules,
+                                      trust_code=trust_code)
     explanation = parts.explanation
     interp = Interpretation(model, boxes=parts.images, wires=parts.wires, params=explanation.params,
                             modules=explanation.modules, rules=rules)

@@ -21,7 +21,7 @@ import torch
 from compinterp.data import as_source, placed, placement
 from compinterp.errors import InputError
 from compinterp.interventions.run import run_edited
-from compinterp.semantics import Plan
+from compinterp.semantics import Plan, inputs
 from compinterp.semantics.kernels import PATTERN
 
 HEADS_SUFFIX = ".heads"
@@ -112,7 +112,7 @@ def cache_batches(model: Any, data: Any, *, names: Iterable[str] | None = None, 
     names = list(names) if names is not None else None
     place, dtype = placement(model, device)
     n = len(model.dom)
-    for batch in as_source(data).batches(batch_size, model.dom.dims):
+    for batch in as_source(data).batches(batch_size, inputs(model.plan)):
         yield run_with_cache(model, *placed(batch, n, place, dtype), names=names)
 
 

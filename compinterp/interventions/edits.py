@@ -17,7 +17,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from compinterp.data import placed, placement
 from compinterp.errors import InputError
 from compinterp.semantics import Plan
 from compinterp.interventions.cache import HEADS_SUFFIX, mean_value
-from compinterp.interventions.run import Edit, run_edited
+from compinterp.interventions.run import Edit, Edited
 from compinterp.interventions.sites import Site
 
 
@@ -85,80 +85,111 @@ def intervene(model: Any, base: torch.Tensor | Sequence[torch.Tensor], intervent
     With ``batch_size``, ``base`` and the sources (which have as many examples as ``base``) are
     streamed in batches of that size, the interventions prepared once; outputs are concatenated.
     """
-    xs = model_inputs(model, base)
-    plan, params = model.plan, model.plan_params()
+    where = placement(model)
+    xs = model_inputs(model, base, where)
+    plan = model.plan
     registers = [i.site.check(plan) for i in interventions]
-    sources = {id(i.source): model_inputs(model, i.source) for i in interventions if i.source is not None}
+    sources = {id(i.source): model_inputs(model, i.source, where) for i in interventions if i.source is not None}
+    for inputs in (xs, *sources.values()):
+        plan.check_inputs(inputs)
+    runs = Runs(plan, model.plan_params(), interventions, registers)
     n = xs[0].shape[0] if xs[0].dim() else 1
-    if batch_size is None:
-        out = _intervened(plan, params, xs, interventions, registers, sources)
-        return out[0] if len(out) == 1 else out
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    for i in interventions:
-        if i.source is not None and sources[id(i.source)][0].shape[0] != n:
-            raise InputError(f"{i.name} on {i.site}: streamed in batches, the source must have as many examples as "
-                             f"the base ({n}), got {sources[id(i.source)][0].shape[0]}")
-    parts = [_intervened(plan, params, tuple(x[k:k + batch_size] for x in xs), interventions, registers,
-                         {key: tuple(x[k:k + batch_size] for x in src) for key, src in sources.items()})
-             for k in range(0, n, batch_size)]
-    out = tuple(torch.cat(column) for column in zip(*parts))
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        for i in interventions:
+            if i.source is not None and sources[id(i.source)][0].shape[0] != n:
+                raise InputError(f"{i.name} on {i.site}: streamed in batches, the source must have as many examples "
+                                 f"as the base ({n}), got {sources[id(i.source)][0].shape[0]}")
+    if batch_size is None or batch_size >= n:
+        out = runs(xs, [sources[key] for key in runs.keys])
+    else:
+        batches = [list(zip(*(x.split(batch_size) for x in inputs))) for inputs in (xs, *map(sources.get, runs.keys))]
+        parts = [runs(base_batch, source_batches) for base_batch, *source_batches in zip(*batches)]
+        out = tuple(torch.cat(column) for column in zip(*parts))
     return out[0] if len(out) == 1 else out
 
 
-def _intervened(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], interventions: Sequence[Intervention],
-                registers: Sequence[int], sources: dict[int, tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """One batch: each source run once as far as its values are needed, then the base with the edits."""
-    edits, head_edits, initial = edit_functions(plan, params, xs, interventions, registers, sources)
-    return run_edited(plan, params, xs, edits=edits, head_edits=head_edits, checked=True, initial=initial)[0]
+class Runs:
+    """The runs that put ``interventions`` (on ``registers``) in place, prepared once (their code
+    generated, :meth:`Interpreter.prepared <compinterp.semantics.Interpreter.prepared>`) for any
+    number of batches: each source (:attr:`keys`: the ids of the interventions' sources; resampling
+    shuffles the base) runs only the steps its targets need and returns them, then the base runs
+    with every edit in place. A whole register taken from a source is set beforehand (``initial``:
+    the steps only it needed do not run); the other edits are ``v -> v + P_S(t - v)``
+    (:meth:`Site.patched`), reading their targets from :attr:`targets`, filled for each batch."""
+
+    def __init__(self, plan: Plan, params: Any, interventions: Sequence[Intervention],
+                 registers: Sequence[int]) -> None:
+        self.targets: list[torch.Tensor | None] = [None] * len(interventions)
+        """The target of each intervention with a source, for the batch being run."""
+        by_source: dict[int, list[int]] = {}
+        initial: set[int] = set()
+        for k, i in enumerate(interventions):
+            if i.source is not None or i.resample_seed is not None:
+                key = id(i.source) if i.source is not None else -1 - i.resample_seed
+                by_source.setdefault(key, []).append(k)
+                if i.site.whole and registers.count(registers[k]) == 1:
+                    initial.add(k)
+        self.keys = [key for key in by_source if key >= 0]
+        """The sources :meth:`__call__` takes, in order, by the id of an intervention's source."""
+        self._initial: dict[int, torch.Tensor] = {}
+        """The registers set beforehand in the base run, for the batch being run."""
+        # Per source: its place in __call__'s sources (or its resampling key), its run, and where each
+        # target goes: (store, slot, the target's index in the run's results, or None: in `heads`).
+        self._sources: list[tuple[int, Callable[..., Any], list[tuple[Any, int, int | None]], dict[int, Any]]] = []
+        for key, ks in by_source.items():
+            heads = [k for k in ks if interventions[k].site.heads is not None]
+            editor = Edited(plan, params, keep_heads={registers[k] for k in heads})
+            returns = tuple(dict.fromkeys(registers[k] for k in ks))
+            found = [(self._initial, registers[k], returns.index(registers[k])) if k in initial else
+                     (self.targets, k, None if k in heads else returns.index(registers[k])) for k in ks]
+            self._sources.append((self.keys.index(key) if key >= 0 else key, editor.prepared(returns=returns),
+                                  found, editor.heads))
+        edits: dict[int, list[Edit]] = {}
+        head_edits: dict[int, list[Edit]] = {}
+        for k, i in enumerate(interventions):
+            if k not in initial:
+                table = head_edits if i.site.heads is not None else edits
+                table.setdefault(registers[k], []).append(_edit(i, self.targets, k))
+        self._filled = [k for ks in by_source.values() for k in ks if k not in initial]
+        self._registers = registers
+        base = Edited(plan, params, edits=edits, head_edits=head_edits)
+        self._base = base.prepared(given=frozenset(registers[k] for k in initial))
+
+    def __call__(self, xs: tuple[torch.Tensor, ...], sources: Sequence[tuple[torch.Tensor, ...]]
+                 ) -> tuple[torch.Tensor, ...]:
+        """The base run on ``xs`` with the interventions in place, ``sources`` (one batch per key
+        of :attr:`keys`) run first."""
+        for j, run, found, heads in self._sources:
+            values = run(sources[j] if j >= 0 else _shuffled(xs, -1 - j), None)
+            for store, slot, i in found:
+                store[slot] = values[i] if i is not None else heads[self._registers[slot]]
+            heads.clear()
+        out = self._base(xs, self._initial or None)
+        # Hold no batch's values past its run: the next batch's then reuse their memory.
+        self._initial.clear()
+        for k in self._filled:
+            self.targets[k] = None
+        return out
 
 
-def edit_functions(plan: Plan, params: Any, xs: tuple[torch.Tensor, ...], interventions: Sequence[Intervention],
-                   registers: Sequence[int], sources: dict[int, tuple[torch.Tensor, ...]]
-                   ) -> tuple[dict[int, list[Edit]], dict[int, list[Edit]], dict[int, torch.Tensor]]:
-    """The edits of ``interventions`` (on ``registers``) by register (wires) and by attention register
-    (heads), with every source (``sources`` by the id of an intervention's source; resampling shuffles
-    ``xs``) run once; a whole register taken from a source is set beforehand instead (the third part)."""
-    targets: list[torch.Tensor | None] = [None] * len(interventions)
-    by_source: dict[int, list[int]] = {}
-    runs: dict[int, tuple[torch.Tensor, ...]] = {}
-    for k, i in enumerate(interventions):
-        if i.source is not None or i.resample_seed is not None:
-            key = id(i.source) if i.source is not None else -1 - i.resample_seed
-            runs[key] = sources[key] if i.source is not None else _shuffled(xs, i.resample_seed)
-            by_source.setdefault(key, []).append(k)
-    for key, ks in by_source.items():
-        wires = {registers[k] for k in ks if interventions[k].site.heads is None}
-        head_regs = {registers[k] for k in ks if interventions[k].site.heads is not None}
-        _, values, head_values = run_edited(plan, params, runs[key], keep=wires, keep_heads=head_regs,
-                                            outputs=False)
-        for k in ks:
-            targets[k] = (head_values if interventions[k].site.heads is not None else values)[registers[k]]
-    edits: dict[int, list[Edit]] = {}
-    head_edits: dict[int, list[Edit]] = {}
-    initial: dict[int, torch.Tensor] = {}
-    for k, i in enumerate(interventions):
-        target = targets[k] if targets[k] is not None else i.value
-        if targets[k] is not None and i.site.whole and registers.count(registers[k]) == 1:
-            initial[registers[k]] = target
-            continue
-        table = head_edits if i.site.heads is not None else edits
-        table.setdefault(registers[k], []).append(_edit(i, target))
-    return edits, head_edits, initial
+def _edit(intervention: Intervention, targets: list[torch.Tensor | None], k: int) -> Edit:
+    """``v -> v + P_S(t - v)``, ``t`` the fixed value or ``targets[k]``, or ``v -> v + P_S(vector)``
+    for steering."""
+    site, value = intervention.site, intervention.value
 
-
-def _edit(intervention: Intervention, target: torch.Tensor) -> Edit:
-    """``v -> v + P_S(t - v)``, or ``v -> v + P_S(vector)`` for steering."""
-    site = intervention.site
-
-    def edit(value: torch.Tensor) -> torch.Tensor:
-        t = target.to(value)
+    def edit(v: torch.Tensor) -> torch.Tensor:
+        t = targets[k]
+        if t is None:
+            t = value.to(v)
         try:
-            delta = t.expand_as(value) if intervention.add else t - value
+            if intervention.add:
+                return v + site.select(t.expand_as(v))
+            return site.patched(v, t)
         except RuntimeError as err:
             raise InputError(f"{intervention.name} on {site}: the target of shape {tuple(t.shape)} does not fit "
-                             f"the value of shape {tuple(value.shape)} ({err})") from None
-        return value + site.select(delta)
+                             f"the value of shape {tuple(v.shape)} ({err})") from None
 
     return edit
 
@@ -171,13 +202,15 @@ def _site(site: Any) -> Site:
     return site
 
 
-def model_inputs(model: Any, data: Any) -> tuple[torch.Tensor, ...]:
-    """One batch of inputs, on the model's device (float inputs in its dtype)."""
+def model_inputs(model: Any, data: Any, where: tuple[torch.device, torch.dtype] | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+    """One batch of inputs, on the model's device (float inputs in its dtype; ``where``: that
+    device and dtype, :func:`~compinterp.data.placement` of the model, when already known)."""
     batch = (data,) if isinstance(data, torch.Tensor) else tuple(data)
     n = len(model.dom)
     if len(batch) < n:
         raise InputError(f"the model takes {n} input(s) ({model.dom}), got {len(batch)}")
-    device, dtype = placement(model)
+    device, dtype = where or placement(model)
     return placed(batch[:n], n, device, dtype)
 
 

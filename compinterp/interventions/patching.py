@@ -198,7 +198,7 @@ def _copies_edit(patches: Sequence[tuple[int, Site, torch.Tensor]], b: int) -> E
         out = value.clone()
         for g, site, target in patches:
             part = value[g * b:(g + 1) * b]
-            out[g * b:(g + 1) * b] = part + site.select(target - part)
+            out[g * b:(g + 1) * b] = site.patched(part, target)
         return out
     return edit
 

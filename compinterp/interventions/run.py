@@ -24,15 +24,17 @@ from typing import Any
 
 import torch
 
-from compinterp.semantics import Interpreter, Plan, Step
-from compinterp.semantics.kernels import HEADS
+from compinterp.semantics import Interpreter, Plan
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Edited(Interpreter):
     """A plan run that edits and keeps values: ``edits`` and ``keep`` by register, ``head_edits``
-    and ``keep_heads`` by the register an attention step writes (for its per-head outputs)."""
+    and ``keep_heads`` by the register an attention step writes (for its per-head outputs).
+
+    It overrides only the interpreter's :meth:`~compinterp.semantics.Interpreter.written` and
+    :meth:`~compinterp.semantics.Interpreter.heads_written` hooks, so it runs compiled."""
 
     def __init__(self, plan: Plan, params: Mapping[str, Any], *, edits: Mapping[int, Sequence[Edit]] | None = None,
                  keep: Iterable[int] = (), head_edits: Mapping[int, Sequence[Edit]] | None = None,
@@ -42,47 +44,29 @@ class Edited(Interpreter):
         self.head_edits, self.keep_heads = dict(head_edits or {}), set(keep_heads)
         self.values: dict[int, torch.Tensor] = {}
         self.heads: dict[int, torch.Tensor] = {}
-        cut = self.head_edits.keys() | self.keep_heads
-        self._cut = {t: HEADS[step.box.kind](step.box) for t, step in enumerate(plan.steps)
-                     if step.outs and step.outs[0] in cut}
-        self._touched = self.edits.keys() | self.keep
+        self.watched = frozenset(self.edits.keys() | self.keep)
+        self.cut = frozenset(self.head_edits.keys() | self.keep_heads)
 
     def last_step(self) -> int:
         """How many steps must run before every kept value is known."""
-        wanted = self.keep | self.keep_heads
-        written = [t + 1 for t, step in enumerate(self.plan.steps) if wanted & set(step.outs)]
-        return max(written, default=0)
+        writer = self.plan.writer
+        return max((writer[r] + 1 for r in self.keep | self.keep_heads if r in writer), default=0)
 
-    def initial_env(self, xs: Sequence[Any], initial: Mapping[int, Any] | None) -> list[Any]:
-        regs = super().initial_env(xs, initial)
-        for r in range(len(xs)):
-            regs[r] = self._written(r, regs[r])
-        return regs
-
-    def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
-        if t in self._cut:
-            r = step.outs[0]
-            heads, out = self._cut[t]
-            p = self.params[step.key]
-            z = heads(p, *args)
-            for edit in self.head_edits.get(r, ()):
-                z = edit(z)
-            if r in self.keep_heads:
-                self.heads[r] = z
-            outs: tuple[Any, ...] = (out(p, z),)
-        else:
-            outs = super().run_step(t, step, args)
-            if type(outs) is not tuple or self._touched.isdisjoint(step.outs):
-                return outs
-        return tuple(self._written(r, y) for r, y in zip(step.outs, outs))
-
-    def _written(self, r: int, value: Any) -> Any:
+    def written(self, r: int, value: Any) -> Any:
         """A register's value after its edits; kept if asked."""
         for edit in self.edits.get(r, ()):
             value = edit(value)
         if r in self.keep:
             self.values[r] = value
         return value
+
+    def heads_written(self, r: int, z: Any) -> Any:
+        """An attention step's per-head outputs after their edits; kept if asked."""
+        for edit in self.head_edits.get(r, ()):
+            z = edit(z)
+        if r in self.keep_heads:
+            self.heads[r] = z
+        return z
 
 
 def run_edited(plan: Plan, params: Mapping[str, Any], xs: Sequence[torch.Tensor], *,

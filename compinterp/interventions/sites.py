@@ -86,6 +86,8 @@ class Site:
         elif self.subspace is not None and not isinstance(self.subspace, Rotation):
             raise InputError(f"site {self.wire}: a subspace is a k x d tensor or a Rotation, "
                              f"got {type(self.subspace).__name__}")
+        axes = _axes(self.subspace) if self.positions is None and self.heads is None else None
+        object.__setattr__(self, "_axes", axes)
 
     def __repr__(self) -> str:
         parts = [repr(self.wire)]
@@ -119,6 +121,22 @@ class Site:
             return delta
         mask = self.mask(delta)
         return delta if mask is None else delta * mask
+
+    def patched(self, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``value + P_S(target - value)``: ``value`` with the site's part taken from ``target``.
+
+        A site whose subspace is spanned by coordinate axes (a neuron, a set of neurons), at every
+        position and head, keeps whole coordinates: there this copies the target's entries on those
+        axes into ``value`` (``index_copy``; what ``value + P_S(target - value)`` gives up to
+        rounding), without computing the projection."""
+        axes = self._axes
+        if axes is not None and target.shape == value.shape and target.dtype == value.dtype \
+                and self.subspace.shape[1] == value.shape[-1]:
+            if axes.device != value.device:
+                axes = axes.to(value.device)
+                object.__setattr__(self, "_axes", axes)
+            return value.index_copy(-1, axes, target.index_select(-1, axes))
+        return value + self.select(target - value)
 
     def mask(self, value: torch.Tensor) -> torch.Tensor | None:
         """The 0/1 mask of the site's positions and heads, broadcastable to ``value`` (``None``: all)."""
@@ -176,6 +194,17 @@ def _orthonormal(wire: str, Q: torch.Tensor) -> torch.Tensor:
         return vectors[:, values > 0.5].T.contiguous()
     raise InputError(f"site {wire}: the subspace is neither orthonormal rows nor an orthogonal projection; "
                      "orthonormalise its rows first (torch.linalg.qr(Q.T).Q.T)")
+
+
+def _axes(subspace: torch.Tensor | Rotation | None) -> torch.Tensor | None:
+    """For a basis of signed coordinate vectors (each row one entry +-1, the rest 0), the indices of
+    its coordinate axes; else ``None``."""
+    if not isinstance(subspace, torch.Tensor):
+        return None
+    nonzero = subspace != 0
+    if not (nonzero.sum(1) == 1).all() or not (subspace[nonzero].abs() == 1).all():
+        return None
+    return nonzero.any(0).nonzero()[:, 0]
 
 
 def _basis(subspace: torch.Tensor | Rotation) -> torch.Tensor:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compinterp.complexity import Bits
+from compinterp.faithfulness import FaithfulnessReport
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
 
@@ -103,7 +104,11 @@ class Frontier:
 @dataclass(frozen=True)
 class RefineResult:
     """What :func:`refine` found: the refined ``model``, the ``frontier`` of everything evaluated,
-    the ``history`` of rewrites from the original to the model, and its bits and faithfulness."""
+    the ``history`` of rewrites from the original to the model, and its bits and faithfulness.
+
+    ``faithfulness`` is measured on the search data (``search_data``), which chose the model;
+    ``held_out`` is the check of the refined model on held-out data, when there was some, and
+    ``held_out_note`` says how the data was split (or why nothing was held out)."""
 
     model: Model
     frontier: Frontier
@@ -117,32 +122,51 @@ class RefineResult:
     bits: Bits = field(repr=False)
     checks: int = 0
     """How many of the ``evaluated`` models were checked (the rest were scored in closed form)."""
+    held_out: FaithfulnessReport | None = None
+    held_out_note: str = ""
+    search_data: str = ""
 
     @property
     def ratio(self) -> float:
         """``original_bits / refined_bits``: how many times shorter the refined model is."""
         return self.original_bits / self.refined_bits
 
+    @property
+    def held_out_faithfulness(self) -> float | None:
+        """The refined model's end-to-end faithfulness on the held-out data, if any."""
+        return None if self.held_out is None else self.held_out.end_to_end.faithfulness
+
     def to_json(self) -> dict[str, Any]:
         """The result as JSON::
 
             {"original_bits", "refined_bits", "ratio", "faithfulness", "min_faithfulness", "exact",
+             "search_data", "held_out_faithfulness": float | null, "held_out_note",
+             "held_out": null | {the check report of the refined model on the held-out data},
              "evaluated", "frontier": [{"bits", "faithfulness", "passes"}],
              "history": [{"pass", "box", "settings"}], "description_length": {...}}
         """
+        held = self.held_out_faithfulness
         return {"original_bits": self.original_bits, "refined_bits": self.refined_bits, "ratio": self.ratio,
                 "faithfulness": self.faithfulness, "min_faithfulness": self.min_faithfulness, "exact": self.exact,
+                "search_data": self.search_data, "held_out_faithfulness": None if held is None else _finite(held),
+                "held_out_note": self.held_out_note,
+                "held_out": None if self.held_out is None else self.held_out.to_json(),
                 "evaluated": self.evaluated, "frontier": self.frontier.to_json(),
                 "history": [rewrite.to_json() for rewrite in self.history],
                 "description_length": self.bits.to_json()}
 
     def __str__(self) -> str:
-        how = "exact" if self.exact else "on the data"
+        how = "exact" if self.exact else "on the search data"
         lines = [f"refined: {self.original_bits:,.0f} -> {self.refined_bits:,.0f} bits ({self.ratio:.2f}x shorter), "
                  f"faithfulness {self.faithfulness:.6f} ({how}; bar {self.min_faithfulness:g}), "
-                 f"{self.evaluated} models evaluated",
-                 "history: " + (" >> ".join(str(r) for r in self.history) or "(none: nothing shortened the model)"),
-                 "frontier (bits, faithfulness, rewrites):"]
+                 f"{self.evaluated} models evaluated"]
+        if self.held_out is not None:
+            lines.append(f"held out: faithfulness {self.held_out.end_to_end.faithfulness:.6f} on "
+                         f"{self.held_out.samples:,} samples the search did not see ({self.held_out_note})")
+        elif self.held_out_note:
+            lines.append(self.held_out_note)
+        lines += ["history: " + (" >> ".join(str(r) for r in self.history) or "(none: nothing shortened the model)"),
+                  f"frontier (bits, faithfulness {how}, rewrites):"]
         lines += [f"  {p.bits:>14,.0f}  {p.faithfulness:>10.6f}  {' >> '.join(str(r) for r in p.history) or '(original)'}"
                   for p in self.frontier]
         return "\n".join(lines)

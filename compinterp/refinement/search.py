@@ -2,10 +2,11 @@
 
 :func:`refine` explores sequences of rewrites (greedy, or a beam), scoring every
 candidate against the *original* model (exactly from the weights when ``data="exact"``,
-else on the data) and by its description length; it keeps the Pareto frontier of
+else on the search data) and by its description length; it keeps the Pareto frontier of
 (bits, faithfulness) over every model it evaluated, and returns the shortest model that
-keeps the faithfulness bar, quantised to the fewest bits that still keep it. The
-strategy is written out in ``docs/search.md``.
+keeps the faithfulness bar, quantised to the fewest bits that still keep it, checked once
+more on held-out data when given (``test_data`` or ``holdout``). The strategy is written
+out in ``docs/search.md``.
 
 >>> import torch
 >>> from compinterp.model import Model
@@ -32,33 +33,35 @@ from tqdm.auto import tqdm
 from compinterp.complexity import Bits, Reference, description_length
 from compinterp.complexity.parameters import WIDTHS
 from compinterp.complexity.quantise import quantise as quantised
+from compinterp.data import Tensors, as_source
 from compinterp.errors import InputError
+from compinterp.faithfulness import check, default_data
+from compinterp.faithfulness.exact.closed_form import form_inner
 from compinterp.model import Model
 from compinterp.refinement.base import Pass, Rewrite
 from compinterp.refinement.frontier import Frontier, Point, RefineResult
-
-_AGREE = 1e-8
-"""How close a closed-form faithfulness must come to the group's first check for the rest of the group to be
-scored in closed form."""
 
 QUANTISE = "quantise"
 """The name of the last step of a refinement: every parameter quantised to one width."""
 
 
-def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
+def refine(model: Model, min_faithfulness: float = 0.99, data: Any = None,
            passes: Sequence[Pass | str] | None = None, budget: int = 500, beam: int = 1, seed: int = 0,
            progress: bool = True, *, quantise: bool = True, precision: int = 32, batch_size: int = 256,
-           device: str | torch.device | None = None) -> RefineResult:
+           device: str | torch.device | None = None, test_data: Any = None,
+           holdout: float | None = None) -> RefineResult:
     """Search for the shortest model that keeps ``min_faithfulness`` to ``model``.
 
     Args:
         model: the model to refine; every candidate is compared with it.
         min_faithfulness: the bar, ``1 - FVU`` end to end; nothing below it is returned.
-        data: ``"exact"`` (from the weights, for polynomial models) or anything
-            :func:`compinterp.check` takes; it is read once and kept in memory.
+        data: the search data: ``"exact"`` (from the weights, for polynomial models) or anything
+            :func:`compinterp.check` takes; it is read once and kept in memory. Default:
+            :func:`compinterp.faithfulness.default_data` (exact for a polynomial model, else
+            generated data fitting its input wires), as :func:`compinterp.check` uses.
         passes: rewrite passes (objects with ``name``, ``candidates`` and ``apply``) or
             their names: those of ``PASSES``, and ``sae``, ``transcoder``, ``bilinear_ae``
-            (dictionaries with their defaults, trained on ``data``, which must not be
+            (dictionaries with their defaults, trained on the search data, which must not be
             ``"exact"``); default ``compinterp.refinement.passes.default_passes()``.
         budget: the most models evaluated (each rewritten or quantised candidate is one).
         beam: 1 for greedy; more keeps that many sequences at every step.
@@ -68,6 +71,10 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
             are scored by their bits once quantised so.
         precision: bits per stored number that is not quantised.
         batch_size, device: how the data is run (the model is moved to ``device``, as :func:`check` does).
+        test_data: held-out data: the refined model is checked on it once the search is done
+            (``result.held_out``), so the reported figure was not used to choose the model.
+        holdout: instead of ``test_data``, hold out this fraction of ``data``'s samples (see
+            :func:`split_data`); the search runs on the rest.
     """
     if not isinstance(model, Model):
         raise InputError(f"refine() takes a compinterp Model, got {type(model).__name__}")
@@ -77,6 +84,7 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
     for name, value in (("budget", budget), ("beam", beam)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
+    data, test_data, note = split_data(default_data(model) if data is None else data, holdout, test_data)
     chosen = _passes(passes, data, batch_size=batch_size, device=device, progress=progress)
     reference = Reference(model, data, batch_size=batch_size, device=device)
     with torch.random.fork_rng(devices=_cuda(reference.device)):
@@ -87,11 +95,47 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = "exact",
     faithfulness = final.faithfulness
     if final.history and reference.exact:      # as check reports it (closed forms agree to round-off)
         faithfulness = reference.verify(final.model).faithfulness
+    held_out = None if test_data is None else check(model, final.model, test_data, batch_size=batch_size,
+                                                    device=reference.device, progress=False)
     return RefineResult(model=final.model, frontier=Frontier(search.points, float(min_faithfulness)),
                         history=final.history, original_bits=search.root_bits, refined_bits=final.bits,
                         faithfulness=faithfulness, min_faithfulness=float(min_faithfulness),
                         exact=reference.exact, evaluated=search.evaluated, bits=search.bits(final.model),
-                        checks=search.checks)
+                        checks=search.checks, held_out=held_out, held_out_note=note,
+                        search_data="exact" if reference.exact else _samples(reference.samples, data))
+
+
+def split_data(data: Any, holdout: float | None = None, test_data: Any = None) -> tuple[Any, Any, str]:
+    """The search data, the held-out data (``None`` when there is none) and a note on how they were chosen.
+
+    ``test_data`` is used as given; else ``holdout`` (a fraction, from 0 to 1) of ``data``'s samples is
+    held out (:meth:`compinterp.data.Source.split`: a fixed random order for tensors, disjoint draws
+    for generated data). ``"exact"`` needs no held-out data: its faithfulness is the population value.
+
+    >>> import torch
+    >>> search, test, note = split_data(torch.randn(10, 2), 0.3)
+    >>> search.n, test.n, note
+    (7, 3, '3 of the 10 samples held out (a fixed random order); the search ran on the other 7')
+    >>> split_data("exact", 0.5)[1:]
+    (None, 'exact: the faithfulness is the population value under the exact measure, so nothing is held out')
+    """
+    if test_data is not None:
+        if holdout:
+            raise InputError("give a held-out fraction (holdout, --holdout) or held-out data (test_data, "
+                             "--test-data), not both")
+        return data, test_data, "the held-out data was given apart from the search data"
+    exact = isinstance(data, str) and data == "exact"
+    if exact:
+        return data, None, "exact: the faithfulness is the population value under the exact measure, so nothing " \
+                           "is held out"
+    if not holdout:
+        return data, None, "not held out: the faithfulness is measured on the search data (give holdout or test_data)"
+    source = as_source(data)
+    search, test = source.split(holdout)
+    if isinstance(source, Tensors):
+        return search, test, (f"{test.n:,} of the {source.n:,} samples held out (a fixed random order); the search "
+                              f"ran on the other {search.n:,}")
+    return search, test, "the held-out samples are generated apart from the search's (disjoint sample indices)"
 
 
 @dataclass
@@ -146,11 +190,18 @@ class _Search:
         self.checks = 0
         self.root_bits = math.nan
         self.best: _Scored | None = None
+        self.known: dict[int, tuple[Model, Bits]] = {}
+        """The bits of every model measured, by identity (the model kept, so that its id is not reused)."""
+        self.width = WIDTHS[len(WIDTHS) // 2]
+        """Where the next search for a quantisation width starts: the last width found."""
 
     def bits(self, model: Model) -> Bits:
         """The description length of ``model`` at the search's precision, with the code of its sparse
-        layers measured on the reference's inputs (none when exact)."""
-        return description_length(model, self.precision).with_codes(self.reference.codes(model))
+        layers measured on the reference's inputs (none when exact); measured once per model."""
+        if id(model) not in self.known:
+            self.known[id(model)] = (model, description_length(model, self.precision)
+                                     .with_codes(self.reference.codes(model)))
+        return self.known[id(model)][1]
 
     def measure(self, model: Model, history: tuple[Rewrite, ...], faithfulness: float | None = None) -> _Scored:
         """Score one model (one unit of the budget) and record its point; ``faithfulness``, when already
@@ -205,13 +256,19 @@ class _Search:
                 middle = (cheap + high) // 2
                 cheap, high = (middle, high) if under(middle) else (cheap, middle)
             high = cheap
-        if not keeps(high):
-            return node
         low = WIDTHS[0] - 1
+        guess = min(max(self.width, WIDTHS[0]), high)
+        if keeps(guess):                        # the last width found first: widths seldom move far
+            high = guess
+        elif guess == high or not keeps(high):
+            return node
+        else:
+            low = guess
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (low, middle) if keeps(middle) else (middle, high)
         node.quantised = found[high]
+        self.width = high
         return node
 
     def run(self, beam: int) -> _Scored:
@@ -247,11 +304,12 @@ class _Search:
                     children.append(child)
         return children
 
-    def closed_form(self, parent: _Node, p: Pass, group: list[Rewrite]) -> list[float] | None:
+    def closed_form(self, parent: _Node, p: Pass, group: list[Rewrite], how: str = "truncations"
+                    ) -> list[float] | None:
         """The faithfulness of each rewrite of ``group`` in closed form, when the pass can say which
-        eigencomponents each drops (``truncations``) and the reference and parent are exact and of one
-        Hadamard stage (see ``Reference.truncated``); else ``None``."""
-        spectra = getattr(p, "truncations", None)
+        eigencomponents each drops (``truncations``; ``starts`` for the eigen starts of fits) and the
+        reference and parent are exact and of one Hadamard stage (see ``Reference.truncated``); else ``None``."""
+        spectra = getattr(p, how, None)
         if spectra is None or self.reference.own is None:
             return None
         if parent.forms is None:
@@ -262,6 +320,24 @@ class _Search:
         spec, keep = found
         metrics = self.reference.truncated(parent.forms, spec.values, spec.vectors, spec.directions, keep)
         return [m.faithfulness for m in metrics]
+
+    def give_up(self, parent: _Node, p: Pass, group: list[Rewrite]) -> float | None:
+        """For a pass that ``gives_up`` (a fit), on a box that reads the model's inputs and writes its outputs
+        (``starts`` answers) against an exact reference of one stage: the error ``||B_sym - C_sym||_F^2`` of
+        the box's fit past which the rewrite cannot keep the bar; else ``None``.
+
+        Under ``z ~ N(0, I)`` a change ``delta`` of the box changes the outputs by the forms of its error
+        ``E``, whose mean square is at least ``2 (||E||_F^2 - sum_c E_c00^2)``; the child's distance to the
+        reference is at least its distance to the parent less the parent's to the reference (both norms of
+        the outputs), so a fit whose error exceeds ``(sqrt(FVU_max Var) + sqrt(FVU_parent Var))^2 / 2`` fails.
+        """
+        own = self.reference.own
+        if own is None or not getattr(p, "gives_up", False) or getattr(p, "starts", None) is None \
+                or p.starts(parent.own.model, group[:1]) is None:   # type: ignore[attr-defined]
+            return None
+        var = (form_inner(own, own) - own[0] ** 2).clamp_min(0).sum().item()
+        fvu = max(0.0, 1 - parent.own.faithfulness)
+        return var * (math.sqrt(max(0.0, 1 - self.bar)) + math.sqrt(fvu)) ** 2 / 2
 
     def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
         """The best rewrite of one group (one pass on one box in one mode, mildest first).
@@ -279,30 +355,38 @@ class _Search:
         applied: dict[int, Model] = {}
         floors: dict[int, bool] = {}
 
+        give_up = self.give_up(parent, p, group)
+
         def model(i: int) -> Model:
             if i not in applied:
-                applied[i] = p.apply(parent.own.model, group[i])
+                applied[i] = p.apply(parent.own.model, group[i]) if give_up is None else \
+                    p.apply(parent.own.model, group[i], give_up=give_up)    # type: ignore[call-arg]
             return applied[i]
 
         closed: list[float] | None = None
-        trusted = False
 
         def at(i: int) -> _Node:
-            nonlocal closed, trusted
+            nonlocal closed
             if i in nodes:
                 return nodes[i]
-            history = (*parent.own.history, group[i])
             if not nodes:
                 closed = self.closed_form(parent, p, group)
-            if closed is not None and trusted:
-                nodes[i] = _Node(self.measure(model(i), history, closed[i]))
-            else:                               # the first check of a group vouches for its closed form
-                nodes[i] = _Node(self.measure(model(i), history))
-                trusted = closed is not None and abs(nodes[i].own.faithfulness - closed[i]) <= _AGREE
-                closed = closed if trusted else None
+            history = (*parent.own.history, group[i])
+            nodes[i] = _Node(self.measure(model(i), history, None if closed is None else closed[i]))
             return nodes[i]
 
         costly = getattr(p, "costly", False)
+        history = parent.own.history            # a costly pass refitting the box it made: its mildest first, as
+        refit = costly and bool(history) and history[-1].pass_name == p.name \
+            and group[0].box not in self.reference.model.boxes    # a refit seldom keeps what the fit could not
+
+        vouched: set[int] = set()             # costly rewrites whose start (no fit) already keeps the bar
+        if costly:
+            starts = self.closed_form(parent, p, group, "starts")
+            vouched = {i for i, f in enumerate(starts or ()) if f >= self.bar}
+
+        def keeps(i: int) -> bool:
+            return i in vouched or at(i).own.faithfulness >= self.bar
 
         def needed(i: int) -> bool:
             if not self.quantise or costly:     # unquantised, every point is measured; a costly floor is a fit
@@ -321,12 +405,12 @@ class _Search:
                     middle = (low + first) // 2
                     low, first = (low, middle) if needed(middle) else (middle, first)
                 break
-        if not costly and at(first).own.faithfulness < self.bar:
+        if (refit or not costly) and not keeps(first):
             return None
         low, high = first, len(group)
         while high - low > 1:
             middle = (low + high) // 2
-            if at(middle).own.faithfulness >= self.bar:
+            if keeps(middle):
                 low = middle
             else:
                 high = middle
@@ -380,6 +464,12 @@ def _passes(passes: Sequence[Pass | str] | None, data: Any, *, batch_size: int, 
             raise InputError(f"{p!r} is not a rewrite pass: it needs name, candidates(model) and apply(model, rewrite)")
         chosen.append(p)
     return chosen
+
+
+def _samples(n: int, data: Any) -> str:
+    """``n`` samples of ``data``, in words."""
+    origin = as_source(data).describe()
+    return f"{n:,} samples" + (f" of {origin}" if origin else "")
 
 
 def _cuda(device: torch.device) -> list[int]:

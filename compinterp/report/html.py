@@ -8,13 +8,16 @@ mail attachment or from a CI artefact.
 >>> "<section id=\\"model\\">" in page, "x &lt; y &amp; z" in page, "http" in page
 (True, True, False)
 >>> table(["box", "bits"], [["mlp", 12.5]]).split("<tbody>")[1]
-'<tr><td>mlp</td><td class="num">12.5</td></tr></tbody></table>'
+'<tr><td>mlp</td><td class="num">12.5000</td></tr></tbody></table>'
+>>> [number(v) for v in (19980.2, 0.980501, 3e-7, 1797, -0.5)]
+['19,980', '0.9805', '3.00e-07', '1,797', '-0.5000']
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,13 +69,25 @@ def items(texts: Sequence[str]) -> str:
     return "<ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in texts) + "</ul>"
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, digits: int = 6) -> str:
-    """A table; numbers are right-aligned, floats shown with ``digits`` significant digits."""
+def number(value: float, digits: int = 4) -> str:
+    """A number as the report's text writes it: integers, and floats from 1,000 up, with thousands
+    separators and no decimals; other floats with ``digits`` decimals (scientific when they would
+    show as zero)."""
+    if isinstance(value, int) or not math.isfinite(value):
+        return f"{value:,}" if isinstance(value, int) else str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if value != 0 and abs(value) < 0.5 * 10 ** -digits:
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, digits: int = 4) -> str:
+    """A table; numbers are right-aligned and written by :func:`number` (``digits`` decimals)."""
     def cell(value: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"<td>{html.escape('n/a' if value is None else str(value))}</td>"
-        text = f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
-        return f'<td class="num">{text}</td>'
+        return f'<td class="num">{number(value, digits)}</td>'
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)

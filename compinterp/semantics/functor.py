@@ -8,6 +8,9 @@ identities cost nothing at run time (they only rename registers); each other
 box is one kernel call. :class:`Interpreter` runs a plan's steps over its
 registers; everything that runs a plan (the forward pass, probes, the checker's
 two sides, caches, hooks and patches) is that loop with one method overridden.
+Where no method that computes a step is overridden, the loop runs as Python
+generated from it once per run signature (:mod:`compinterp.semantics.codegen`,
+as ``torch.fx.GraphModule`` recompiles its graph), to the same result.
 
 >>> import torch
 >>> from compinterp.syntax import Space, Linear, Copy, Add, Id
@@ -24,12 +27,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from compinterp.errors import BoxError, CompinterpError, InputError
-from compinterp.semantics import kernels
+from compinterp.semantics import codegen, kernels
 from compinterp.syntax import Box, Diagram, Space, Swap, Wire, describe
 
 Rule = Callable[[Box], kernels.Kernel]
@@ -45,6 +49,9 @@ class Step:
     ins: tuple[int, ...]
     outs: tuple[int, ...]
     free: tuple[int, ...]
+    builtin: bool = False
+    """Whether ``fn`` is a built-in rule's (:data:`~compinterp.semantics.kernels.RULES`), which
+    returns a tuple of one value per output by construction: generated code does not check it."""
 
 
 class Plan:
@@ -79,6 +86,22 @@ class Plan:
         """Each register by name: inputs by wire label, box outputs by step label (``label.i`` for
         output ``i`` of several), then the ``k``-th register holding a wire label as ``label_k`` (the
         bare label where only one does), where these do not clash."""
+        self.writer: dict[int, int] = {r: t for t, step in enumerate(steps) for r in step.outs}
+        """The step that writes each register written by a step (inputs are written by none)."""
+        self._halves: dict[int, kernels.HeadKernels] = {}
+        self._code: dict[codegen.Signature, codegen.Compiled] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_halves": {}, "_code": {}}
+
+    def halves(self, t: int) -> kernels.HeadKernels:
+        """Step ``t``'s two halves, ``heads(p, *ins) -> z`` and ``out(p, z)`` (see
+        :data:`~compinterp.semantics.kernels.HEADS`), bound once."""
+        halves = self._halves.get(t)
+        if halves is None:
+            box = self.steps[t].box
+            halves = self._halves[t] = kernels.HEADS[box.kind](box)
+        return halves
 
     def __repr__(self) -> str:
         return f"<Plan {self.dom} -> {self.cod}: {len(self.steps)} kernel calls>"
@@ -92,16 +115,17 @@ class Plan:
         """The values of the output registers, ``initial`` pre-setting registers (see :meth:`Interpreter.run`)."""
         return Interpreter(self, params).run(*xs, initial=initial)
 
-    def live(self, given: Mapping[int, Any]) -> set[int]:
-        """The steps the outputs need when the registers in ``given`` are set beforehand.
+    def live(self, given: Mapping[int, Any] | frozenset[int], wanted: Sequence[int] | None = None) -> set[int]:
+        """The steps the outputs (or the registers ``wanted``) need when the registers in ``given``
+        are set beforehand.
 
         >>> from compinterp.syntax import Space, Linear
         >>> x = Space("x", 2)
         >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
-        >>> sorted(plan.live({})), sorted(plan.live({1: None}))
-        ([0, 1], [1])
+        >>> sorted(plan.live({})), sorted(plan.live({1: None})), sorted(plan.live({}, wanted=[1]))
+        ([0, 1], [1], [0])
         """
-        want, steps = set(self.outputs), set()
+        want, steps = set(self.outputs if wanted is None else wanted), set()
         for t in range(len(self.steps) - 1, -1, -1):
             step = self.steps[t]
             if any(r in want and r not in given for r in step.outs):
@@ -130,6 +154,13 @@ class Interpreter:
     Registers may hold anything a subclass's :meth:`run_step` reads and writes (the checker
     keeps the model's value, its image under sigma and the explanation's value together).
 
+    Two narrower override points keep a run compiled: :meth:`written` sees (and may replace)
+    the value of each register in :attr:`watched` as it is written, and :meth:`heads_written`
+    the per-head outputs of each step with heads whose register is in :attr:`cut`. A class that
+    overrides neither :meth:`run_step` nor :meth:`initial_env` runs as the Python that
+    :mod:`compinterp.semantics.codegen` generates from the plan once per signature (given
+    registers, ``until``, :attr:`watched`, :attr:`cut`); others run the loop (:meth:`interpret`).
+
     >>> from compinterp.syntax import Space, Linear
     >>> x = Space("x", 2)
     >>> plan = TorchFunctor()(Linear("f", x, x) >> Linear("g", x, x))
@@ -147,6 +178,22 @@ class Interpreter:
     side = ""
     """Prefix of the error that names a failing box (``"model "``, ``"explanation of 'mlp': "``)."""
 
+    watched: frozenset[int] = frozenset()
+    """Registers whose values pass through :meth:`written` when written (inputs included)."""
+
+    cut: frozenset[int] = frozenset()
+    """Registers written by steps with heads (:attr:`Plan.heads`) that run in two halves
+    (:meth:`Plan.halves`), :meth:`heads_written` seeing the per-head outputs in between."""
+
+    compiled = True
+    """Whether :meth:`run` runs generated code; false (on the class) where a subclass overrides
+    :meth:`run_step` or :meth:`initial_env`; set it false on an instance to run the loop."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.run_step is not Interpreter.run_step or cls.initial_env is not Interpreter.initial_env:
+            cls.compiled = False
+
     def __init__(self, plan: Plan, params: Mapping[str, Any], side: str | None = None) -> None:
         self.plan, self.params = plan, params
         if side is not None:
@@ -156,32 +203,73 @@ class Interpreter:
         """A register's value as an error message shows it (its shape)."""
         return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else "?"
 
+    def written(self, r: int, value: Any) -> Any:
+        """The value register ``r`` (one of :attr:`watched`) holds once written with ``value``."""
+        return value
+
+    def heads_written(self, r: int, z: Any) -> Any:
+        """The per-head outputs the step writing register ``r`` (one of :attr:`cut`) goes on with."""
+        return z
+
     def initial_env(self, xs: Sequence[Any], initial: Mapping[int, Any] | None) -> list[Any]:
-        """The registers before the first step: the inputs, then ``initial``'s values by register."""
+        """The registers before the first step: the inputs, then ``initial``'s values by register;
+        then the watched inputs pass through :meth:`written`."""
         regs: list[Any] = [*xs, *([None] * (self.plan.registers - len(xs)))]
         for r, value in (initial or {}).items():
             regs[r] = value
+        if self.watched:
+            for r in range(len(xs)):
+                if r in self.watched:
+                    regs[r] = self.written(r, regs[r])
         return regs
 
     def run_step(self, t: int, step: Step, args: list[Any]) -> tuple[Any, ...]:
-        """The outputs of step ``t`` on the values ``args`` of its input registers."""
-        return step.fn(self.params[step.key] if step.key is not None else None, *args)
+        """The outputs of step ``t`` on the values ``args`` of its input registers (a step whose
+        register is in :attr:`cut` runs in two halves, :meth:`heads_written` in between)."""
+        p = self.params[step.key] if step.key is not None else None
+        if self.cut and step.outs and step.outs[0] in self.cut:
+            heads, out = self.plan.halves(t)
+            return (out(p, self.heads_written(step.outs[0], heads(p, *args))),)
+        return step.fn(p, *args)
 
-    def run(self, *xs: Any, initial: Mapping[int, Any] | None = None, until: int | None = None) -> tuple[Any, ...]:
-        """Run the steps (the first ``until`` of them) and return the output registers' values.
+    def run(self, *xs: Any, initial: Mapping[int, Any] | None = None, until: int | None = None,
+            returns: Sequence[int] | None = None) -> tuple[Any, ...]:
+        """Run the steps (the first ``until`` of them) and return the output registers' values
+        (those of the registers ``returns``, if given).
 
         ``initial`` pre-sets registers, as torch.fx's ``initial_env``: a step whose outputs are
         all given is skipped, a given output of a step that runs keeps its given value (an
         interchange intervention is a run with the patched register in ``initial``), and a
-        step that no output needs once those registers are given is not run at all.
+        step that no returned register needs once those registers are given is not run at all.
         Registers are freed after their last read, so ``until`` returns outputs not yet
-        written as ``None``.
+        written as ``None``. A given register is not :meth:`written` (unless it is an input).
         """
+        if self.compiled and len(xs) == len(self.plan._dims):
+            signature = (frozenset(initial) if initial else _NONE, until, self.watched, self.cut,
+                         None if returns is None else tuple(returns))
+            return codegen.compiled(self.plan, signature)(self, self.params, xs, initial)
+        return self.interpret(*xs, initial=initial, until=until, returns=returns)
+
+    def prepared(self, given: frozenset[int] = frozenset(), until: int | None = None,
+                 returns: Sequence[int] | None = None) -> Callable[[Sequence[Any], Mapping[int, Any] | None],
+                                                                   tuple[Any, ...]]:
+        """:meth:`run` for one signature, resolved once for a loop over batches: ``f(xs, initial)``
+        is ``run(*xs, initial=initial, until=until, returns=returns)`` for ``xs`` one value per
+        input wire and ``initial`` holding exactly the registers ``given`` (``None`` for none)."""
+        if not self.compiled:
+            return lambda xs, initial: self.interpret(*xs, initial=initial, until=until, returns=returns)
+        signature = (frozenset(given), until, self.watched, self.cut, None if returns is None else tuple(returns))
+        return partial(codegen.compiled(self.plan, signature), self, self.params)
+
+    def interpret(self, *xs: Any, initial: Mapping[int, Any] | None = None, until: int | None = None,
+                  returns: Sequence[int] | None = None) -> tuple[Any, ...]:
+        """:meth:`run` as a loop over the steps, one :meth:`run_step` each: the reference semantics."""
         regs = self.initial_env(xs, initial)
         given = initial or {}
         steps = self.plan.steps if until is None else self.plan.steps[:until]
-        live = self.plan.live(given) if given and until is None else None
-        run_step = self.run_step
+        live = self.plan.live(given, returns) if (given or returns is not None) and until is None else None
+        kept = frozenset(returns or ())
+        run_step, watched, written = self.run_step, self.watched, self.written
         t, step = -1, None
         try:
             for t, step in enumerate(steps):
@@ -192,27 +280,47 @@ class Interpreter:
                 else:
                     outs = run_step(t, step, [regs[i] for i in step.ins])
                     if type(outs) is not tuple or len(outs) != len(step.outs):
-                        raise InputError(f"{self.side}box '{step.box.name}' ({describe(step.box)}): its kernel must "
-                                         f"return a tuple of {len(step.outs)} tensor(s), got {type(outs).__name__}")
+                        self.check_arity(step, outs)
+                    if watched:
+                        outs = tuple(written(r, y) if r in watched and r not in given else y
+                                     for r, y in zip(step.outs, outs))
                 if given:
                     outs = tuple(given.get(r, y) for r, y in zip(step.outs, outs))
                 for r, y in zip(step.outs, outs):
                     regs[r] = y
                 for r in step.free:
-                    regs[r] = None
-        except CompinterpError:
-            raise
-        except KeyError as err:
-            if step is not None and step.key is not None and step.key not in self.params:
-                raise InputError(f"{self.side}no parameters for box '{step.key}' ({describe(step.box)})") from None
-            raise err
-        except (RuntimeError, IndexError, ValueError, TypeError) as err:
+                    if r not in kept:
+                        regs[r] = None
+        except Exception as err:
             if step is None:
                 raise
-            shapes = ", ".join(self.shape(regs[i]) for i in step.ins)
+            self.failed(step, err, [regs[i] for i in step.ins])
+        return tuple(regs[r] for r in (self.plan.outputs if returns is None else returns))
+
+    def check_arity(self, step: Step, outs: Any) -> None:
+        """Refuse a kernel's result that is not a tuple of one value per output of ``step``."""
+        if type(outs) is not tuple or len(outs) != len(step.outs):
+            raise InputError(f"{self.side}box '{step.box.name}' ({describe(step.box)}): its kernel must "
+                             f"return a tuple of {len(step.outs)} tensor(s), got {type(outs).__name__}")
+
+    def failed(self, step: Step, err: Exception, args: Sequence[Any]) -> None:
+        """Raise ``err``, raised while running ``step`` on ``args``, as the error that names the box:
+        compinterp's own errors as they are; a missing parameter entry, or a torch error with the
+        shapes of the inputs, as an :class:`~compinterp.errors.InputError`; any other error as it is."""
+        if isinstance(err, CompinterpError):
+            raise err
+        if isinstance(err, KeyError):
+            if step.key is not None and step.key not in self.params:
+                raise InputError(f"{self.side}no parameters for box '{step.key}' ({describe(step.box)})") from None
+            raise err
+        if isinstance(err, (RuntimeError, IndexError, ValueError, TypeError)):
+            shapes = ", ".join(self.shape(a) for a in args)
             raise InputError(f"{self.side}box '{step.box.name}' ({step.box.kind} {step.box.dom} -> {step.box.cod}) "
                              f"failed on inputs of shape {shapes}: {err}") from err
-        return tuple(regs[r] for r in self.plan.outputs)
+        raise err
+
+
+_NONE: frozenset[int] = frozenset()
 
 
 class TorchFunctor:
@@ -234,7 +342,7 @@ class TorchFunctor:
             raise BoxError(f"the torch functor takes a compinterp Diagram, got {type(diagram).__name__}")
         wires = list(range(len(diagram.dom)))
         registers = len(wires)
-        steps: list[tuple[Box, kernels.Kernel, tuple[int, ...], tuple[int, ...], str | None]] = []
+        steps: list[tuple[Box, kernels.Kernel, tuple[int, ...], tuple[int, ...], str | None, bool]] = []
         for offset, box in diagram.walk():
             n = len(box.dom)
             ins = wires[offset:offset + n]
@@ -243,7 +351,8 @@ class TorchFunctor:
                 outs = list(range(registers, registers + len(box.cod)))
                 registers += len(box.cod)
                 key = box.name if box.opaque or getattr(box, "param_shapes", dict)() else None
-                steps.append((box, self.kernel(box), tuple(ins), tuple(outs), key))
+                steps.append((box, self.kernel(box), tuple(ins), tuple(outs), key,
+                              self.rules.get(box.kind) is kernels.RULES.get(box.kind)))
             wires = wires[:offset] + outs + wires[offset + n:]
         return Plan(diagram.dom, diagram.cod, _with_frees(steps, wires), tuple(wires), registers)
 
@@ -283,7 +392,7 @@ def _renamed(box: Box, ins: list[int]) -> list[int] | None:
 def _with_frees(steps: list[tuple[Any, ...]], outputs: list[int]) -> tuple[Step, ...]:
     """Attach to each step the registers it reads for the last time (outputs are kept)."""
     last: dict[int, int] = {}
-    for t, (_, _, ins, _, _) in enumerate(steps):
+    for t, (_, _, ins, *_) in enumerate(steps):
         for r in ins:
             last[r] = t
     keep = set(outputs)
@@ -291,8 +400,8 @@ def _with_frees(steps: list[tuple[Any, ...]], outputs: list[int]) -> tuple[Step,
     for r, t in last.items():
         if r not in keep:
             frees[t].append(r)
-    return tuple(Step(box, fn, key, ins, outs, tuple(sorted(set(free))))
-                 for (box, fn, ins, outs, key), free in zip(steps, frees))
+    return tuple(Step(box, fn, key, ins, outs, tuple(sorted(set(free))), builtin)
+                 for (box, fn, ins, outs, key, builtin), free in zip(steps, frees))
 
 
 def compile_plan(diagram: Diagram, rules: Mapping[str, Rule] | None = None) -> Plan:

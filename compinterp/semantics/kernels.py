@@ -28,7 +28,7 @@ def same(x: torch.Tensor) -> torch.Tensor:
 
 POINTWISE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "identity": same,
-    "relu": F.relu,
+    "relu": torch.relu,
     "gelu": F.gelu,
     "gelu_tanh": partial(F.gelu, approximate="tanh"),
     "silu": F.silu,
@@ -101,6 +101,11 @@ def layer_norm(eps: float, affine_: bool, bias: bool, p: Params, x: torch.Tensor
 def pointwise(fn: Callable[[torch.Tensor], torch.Tensor], p: Any, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``fn`` on every wire."""
     return tuple(fn(x) for x in xs)
+
+
+def pointwise1(fn: Callable[[torch.Tensor], torch.Tensor], p: Any, x: torch.Tensor) -> tuple[torch.Tensor]:
+    """``fn`` on the one wire (:func:`pointwise` without the loop)."""
+    return (fn(x),)
 
 
 def topk(k: int, absolute: bool, p: Any, x: torch.Tensor) -> tuple[torch.Tensor]:
@@ -398,7 +403,7 @@ RULES: dict[str, Callable[[Box], Kernel]] = {
     "Bilinear": lambda box: bilinear_bias if box.data["bias"] else bilinear,
     "Gated": lambda box: partial(gated_bias if box.data["bias"] else gated, POINTWISE[box.data["activation"]]),
     "Norm": _norm,
-    "Elementwise": lambda box: partial(pointwise, POINTWISE[box.data["fn"]]),
+    "Elementwise": lambda box: partial(pointwise1 if len(box.dom) == 1 else pointwise, POINTWISE[box.data["fn"]]),
     "TopK": lambda box: partial(topk, box.data["k"], box.data["absolute"]),
     "Add": lambda box: add,
     "Mul": lambda box: mul,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import compinterp
+from compinterp.data import resolve_device
+from compinterp.disk import read_json
 from compinterp.errors import FormatError, InputError
 from compinterp.model import Model
 from compinterp.tasks import digits, gates, modular, text
@@ -81,15 +84,11 @@ class TrainResult:
                 **self.measured, "compinterp_version": compinterp.__version__}
 
     def save(self, path: str | Path) -> Path:
-        """Write the model to directory ``path`` (:func:`compinterp.save`) and the numbers to
-        ``path/train.json``."""
-        from compinterp.disk import write_atomically
+        """Write the model to directory ``path`` (:func:`compinterp.save`) with the numbers in
+        ``path/train.json``, both swapped in together (a killed save leaves the old run or the new one)."""
         from compinterp.files import save
 
-        path = save(self.model, path)
-        run = json.dumps(self.to_json(), indent=1) + "\n"
-        write_atomically(path / RUN_FILE, lambda partial: partial.write_text(run))
-        return path
+        return save(self.model, path, sidecars={RUN_FILE: json.dumps(self.to_json(), indent=1) + "\n"})
 
     def __str__(self) -> str:
         return (f"{self.task} ({self.model_name}, {self.model.num_params():,} parameters), seed {self.seed}, "
@@ -100,37 +99,12 @@ class TrainResult:
 def read_run(path: str | Path) -> dict[str, Any] | None:
     """The numbers of the run saved in model directory ``path``, or ``None`` if it has none."""
     file = Path(path) / RUN_FILE
-    if not file.is_file():
+    if not os.path.lexists(file):
         return None
-    try:
-        run = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise FormatError(f"cannot read {file}: {err}") from None
+    run = read_json(file)
     if not isinstance(run, dict):
         raise FormatError(f"{file}: expected a JSON object, got {type(run).__name__}")
     return run
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch device, checked to exist here (a one-line error otherwise).
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    >>> resolve_device("gpu0")
-    Traceback (most recent call last):
-    ...
-    compinterp.errors.InputError: device 'gpu0' is not a torch device here (use e.g. cpu, cuda, cuda:1, mps)
-    """
-    try:
-        device = torch.device(device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError, TypeError) as err:
-        if isinstance(device, str):
-            raise InputError(f"device {device!r} is not a torch device here "
-                             "(use e.g. cpu, cuda, cuda:1, mps)") from None
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
-        raise InputError(f"device {device} is not available here: {reason}") from None
-    return device
 
 
 def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: int | None = None,

@@ -28,8 +28,9 @@ SKIP = (Copy, Add, Mul, Elementwise, TopK, Opaque)
 
 
 class DictionaryPass:
-    """A dictionary rewrite: ``kind`` (``topk``, ``batchtopk``, ``relu`` or ``bilinear``) at each ``(width, k)`` of
-    ``widths`` x ``ks`` (``l1`` instead of ``k`` for ``relu``), trained on ``data`` for ``steps`` steps;
+    """A dictionary rewrite: ``kind`` (``topk``, ``batchtopk``, ``relu``, ``jumprelu`` or ``bilinear``) at each
+    ``(width, k)`` of ``widths`` x ``ks`` (``l1`` instead of ``k`` for ``relu``, ``l0`` for ``jumprelu``), trained on
+    ``data`` for ``steps`` steps;
     of ``restarts`` fits (seeds ``seed``, ``seed + 1`` ...) the one with the lowest final loss is kept.
     ``aux_k`` (the dead-feature loss), ``normalise``, ``warmup``, ``decay``, ``clip`` and ``b_dec`` are the
     training options of :class:`~compinterp.refinement.dictionary.core.Dictionary` and
@@ -44,9 +45,10 @@ class DictionaryPass:
                  widths: Sequence[int] = (64, 32, 16), ks: Sequence[int] = (8, 4, 2), l1: float = 1e-3,
                  steps: int = 1000, lr: float = 3e-3, batch_size: int = 256, seed: int = 0, restarts: int = 1,
                  device: str | torch.device | None = None, progress: bool = True,
-                 kind: str | None = None, aux_k: int | None = None, normalise: bool = False, warmup: int = 0,
-                 decay: float = 0.0, clip: float | None = None, b_dec: str = "mean") -> None:
+                 kind: str | None = None, aux_k: int | str | None = "auto", normalise: bool = False, warmup: int = 0,
+                 decay: float = 0.0, clip: float | None = 1.0, b_dec: str = "mean", l0: float = 1.0) -> None:
         self.data, self.boxes, self.widths, self.ks, self.l1 = data, boxes, tuple(widths), tuple(ks), float(l1)
+        self.l0 = float(l0)
         self.aux_k, self.normalise, self.warmup, self.decay = aux_k, normalise, warmup, decay
         self.clip, self.b_dec = clip, b_dec
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
@@ -75,8 +77,9 @@ class DictionaryPass:
     def candidates(self, model: Model) -> Sequence[Rewrite]:
         """One rewrite per target box and setting, widest and densest (mildest) first."""
         widths = sorted(set(self.widths), reverse=True)
-        if self.kind == "relu":
-            settings = [{"width": w, "l1": self.l1} for w in widths]
+        if self.kind in ("relu", "jumprelu"):
+            penalty = "l1" if self.kind == "relu" else "l0"
+            settings = [{"width": w, penalty: getattr(self, penalty)} for w in widths]
         else:
             settings = [{"width": w, "k": k} for w in widths for k in sorted(set(self.ks), reverse=True) if k <= w]
         return [Rewrite(self.name, box, s) for box in self.targets(model) for s in settings]
@@ -107,10 +110,10 @@ class DictionaryPass:
         d_in, d_out = self.dims(box)
         fits = []
         for seed in range(self.seed, self.seed + self.restarts):
-            aux_k = None if self.aux_k is None else min(self.aux_k, settings["width"])
+            aux_k = self.aux_k if self.aux_k in (None, "auto") else min(self.aux_k, settings["width"])
             dictionary = Dictionary(self.kind, d_in, d_out, settings["width"], settings.get("k"),
-                                    l1=settings.get("l1", self.l1), centre=self.centre, seed=seed, aux_k=aux_k,
-                                    normalise=self.normalise)
+                                    l1=settings.get("l1", self.l1), l0=settings.get("l0", self.l0), centre=self.centre,
+                                    seed=seed, aux_k=aux_k, normalise=self.normalise)
             losses = train(dictionary, lambda: self.pairs(model, box, self.data), steps=self.steps, lr=self.lr,
                            progress=self.progress, desc=str(rewrite), warmup=self.warmup, decay=self.decay,
                            clip=self.clip, b_dec=self.b_dec)

@@ -2,11 +2,14 @@
 
 SAELens stores ``W_enc`` (``d_in x d_sae``), ``b_enc``, ``W_dec`` (``d_sae x d_in``) and ``b_dec``, and
 encodes ``z = act((x - b_dec) W_enc + b_enc)`` (``- b_dec`` when ``apply_b_dec_to_input``), decodes
-``x_hat = z W_dec + b_dec``; ``act`` is ``relu`` (architecture ``standard``) or ``TopK_k`` then ``relu``
-(``topk``), which equals our ``TopK_k(relu(.))``; with ``rescale_acts_by_decoder_norm`` the decoder's row
-norms are folded into the encoder on loading (same outputs, unit decoder columns). So ``E = W_enc^T``,
-``D = W_dec^T``, and our normalising scale ``s`` folds into the weights (``W_enc = (E s)^T``,
-``W_dec = (D / s)^T``, ``b_dec / s``), which SAELens reads with ``normalize_activations="none"``. Only these two
+``x_hat = z W_dec + b_dec``; ``act`` is ``relu`` (architecture ``standard``), ``TopK_k`` then ``relu``
+(``topk``), which equals our ``TopK_k(relu(.))``, or ``relu(p) H(p - threshold)`` (``jumprelu``, with a
+``threshold`` tensor), which equals our ``p H(p - theta)`` for ``theta >= 0`` (a negative threshold is read as
+zero, the same function); with ``rescale_acts_by_decoder_norm`` the decoder's row norms are folded into the
+encoder on loading (same outputs, unit decoder columns). So ``E = W_enc^T``, ``D = W_dec^T``, and our
+normalising scale ``s`` folds into the weights (``W_enc = (E s)^T``, ``W_dec = (D / s)^T``, ``b_dec / s``; the
+threshold compares pre-activations, which the fold leaves alone), which SAELens reads with
+``normalize_activations="none"``; free decoder norms are folded into the encoder on saving. These three
 architectures cross; a ``batchtopk`` dictionary is saved as the ``topk`` it runs as once trained.
 
 >>> import tempfile
@@ -40,12 +43,12 @@ from compinterp.refinement.dictionary.sae import SAE
 
 CONFIG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 """The two files of a SAELens SAE directory."""
-ARCHITECTURES = {"topk": "topk", "batchtopk": "topk", "relu": "standard"}
+ARCHITECTURES = {"topk": "topk", "batchtopk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
 """Our encoder kinds and the SAELens architecture each is saved as."""
 
 
 def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadata: Any) -> Path:
-    """Write ``dictionary`` (an autoencoder: ``topk``, ``batchtopk`` or ``relu``) as a SAELens SAE directory;
+    """Write ``dictionary`` (an autoencoder: ``topk``, ``batchtopk``, ``relu`` or ``jumprelu``) as a SAELens SAE directory;
     ``metadata`` (``hook_name``, ``model_name`` ...) goes into the config's ``metadata``. Returns the path."""
     if dictionary.kind not in ARCHITECTURES:
         raise InputError(f"a {dictionary.kind} dictionary has no SAELens architecture; "
@@ -59,9 +62,11 @@ def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadat
                          "SAELens folds one scale")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {"W_enc": (dictionary.encoder.detach() * s_in).T.contiguous(), "b_enc": dictionary.b_enc.detach().clone(),
-               "W_dec": (dictionary.decoder.detach() / s_out).T.contiguous(),
-               "b_dec": (dictionary.b_dec.detach() / s_out).clone()}
+    encoder, bias, decoder = dictionary._unit()
+    weights = {"W_enc": (encoder * s_in).T.contiguous(), "b_enc": bias.clone(),
+               "W_dec": (decoder / s_out).T.contiguous(), "b_dec": (dictionary.b_dec.detach() / s_out).clone()}
+    if dictionary.kind == "jumprelu":
+        weights["threshold"] = dictionary.threshold.detach().clamp_min(0).clone()
     architecture = ARCHITECTURES[dictionary.kind]
     config: dict[str, Any] = {"architecture": architecture, "d_in": dictionary.decoder.shape[0],
                               "d_sae": dictionary.width, "dtype": str(dictionary.decoder.dtype).removeprefix("torch."),
@@ -76,35 +81,39 @@ def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadat
 
 
 def load_saelens(path: str | os.PathLike[str]) -> Dictionary:
-    """The dictionary of a SAELens SAE directory (architectures ``standard`` and ``topk``, no activation
-    normalisation at run time)."""
+    """The dictionary of a SAELens SAE directory (architectures ``standard``, ``topk`` and ``jumprelu``, no
+    activation normalisation at run time)."""
     folder = Path(path)
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).is_file():
             raise FormatError(f"{folder} is not a SAELens SAE directory: it has no {name}")
     config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
     architecture = config.get("architecture", "standard")
-    if architecture not in ("standard", "topk"):
+    if architecture not in ("standard", "topk", "jumprelu"):
         raise FormatError(f"{folder / CONFIG}: architecture {architecture!r} does not load as a dictionary; "
-                          "standard and topk do")
+                          "standard, topk and jumprelu do")
     if config.get("normalize_activations", "none") != "none":
         raise FormatError(f"{folder / CONFIG}: normalize_activations={config.get('normalize_activations')!r}: fold "
                           "the scaling into the weights first (SAELens: fold_activation_norm_scaling_factor)")
     w = load_file(str(folder / WEIGHTS))
-    missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - set(w)
+    needed = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if architecture == "jumprelu" else set())
+    missing = needed - set(w)
     if missing:
         raise FormatError(f"{folder / WEIGHTS} lacks {', '.join(sorted(missing))}")
     if config.get("rescale_acts_by_decoder_norm"):     # pre * |W_dec_f|, then acts / |W_dec_f|: fold the norms
         norms = w["W_dec"].norm(dim=1)
         w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norms, w["b_enc"] * norms, w["W_dec"] / norms[:, None]
     d_in, width = w["W_enc"].shape
-    kind, k = ("topk", int(config["k"])) if architecture == "topk" else ("relu", None)
-    dictionary = Dictionary(kind, d_in, d_in, width, k, centre=bool(config.get("apply_b_dec_to_input", True)))
+    kind, k = ("topk", int(config["k"])) if architecture == "topk" else (architecture.replace("standard", "relu"), None)
+    dictionary = Dictionary(kind, d_in, d_in, width, k, centre=bool(config.get("apply_b_dec_to_input", True)),
+                            decoder_norm="unit")        # the decoder as it is: TopK chooses on the file's p
     with torch.no_grad():
         dictionary.encoder.copy_(w["W_enc"].T)
         dictionary.b_enc.copy_(w["b_enc"])
         dictionary.decoder.copy_(w["W_dec"].T)
         dictionary.b_dec.copy_(w["b_dec"])
+        if kind == "jumprelu":
+            dictionary.threshold.copy_(w["threshold"].clamp_min(0))
     return dictionary.eval()
 
 
@@ -119,5 +128,6 @@ def from_saelens(model: Model, box: str, path: str | os.PathLike[str]) -> Interp
         raise InputError(f"the SAE at {path} reads {dictionary.decoder.shape[0]} dimensions but box '{box}' "
                          f"writes {target.cod}")
     p = SAE(None, [box], widths=[dictionary.width], ks=[dictionary.k or 1], kind=dictionary.kind, progress=False)
-    settings = {"width": dictionary.width} | ({"k": dictionary.k} if dictionary.k else {"l1": p.l1})
+    penalty = {"l0": p.l0} if dictionary.kind == "jumprelu" else {"l1": p.l1}
+    settings = {"width": dictionary.width} | ({"k": dictionary.k} if dictionary.k else penalty)
     return p.interpret(model, Rewrite(p.name, box, settings), dictionary)

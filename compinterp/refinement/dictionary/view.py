@@ -20,6 +20,7 @@ from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
 from compinterp.refinement.dictionary.base import DictionaryPass
 from compinterp.refinement.dictionary.core import Dictionary
+from compinterp.semantics import inputs as input_wires
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def features(model: Model, dictionary_pass: DictionaryPass, rewrite: Rewrite, di
     width, box, device = decoder.shape[1], model.boxes[rewrite.box], decoder.device
     values, inputs = torch.empty(width, 0, device=device), None
     effect, active = torch.zeros(width, refined.cod.dims[0], device=device), torch.zeros(width, device=device)
-    for batch in as_source(data).batches(dictionary_pass.batch_size, model.dom.dims):
+    for batch in as_source(data).batches(dictionary_pass.batch_size, input_wires(model.plan)):
         xs = placed(batch, len(model.dom), device, decoder.dtype)
         with torch.no_grad():
             z = torch.cat([dictionary.encode(a.reshape(-1, a.shape[-1]))

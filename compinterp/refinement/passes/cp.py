@@ -31,7 +31,9 @@ box's own factors (padded with zero units), which are exact. Deterministic for a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -50,11 +52,15 @@ from compinterp.refinement.passes._common import (
     replace,
     sym_gram,
 )
-from compinterp.refinement.passes.eigen import spectrum
+from compinterp.refinement.passes.eigen import Spectrum, spectrum
 from compinterp.syntax import Bilinear
 
 _CHUNK = 10
 """L-BFGS iterations per progress-bar step."""
+_MEMORY = 20
+"""The L-BFGS history: the last this many steps and gradient changes."""
+_LOW = 0.8
+"""The fraction of a fit's steps taken in float32 (half the time of float64 on a CPU), before the rest in float64."""
 _LONG = 2 ** 16
 """With ``progress=None``, a bar is shown (on a terminal) when ``hidden x padded inputs`` is at least this."""
 _EXACT = 1e-20
@@ -113,31 +119,39 @@ class Target:
             B = torch.einsum("ch,hi,hj->cij", factors.D, factors.L, factors.R)
             self.dense = (B + B.mT) / 2
         self.norm = frobenius_sq(factors)
+        self.corner = factors.D @ (factors.L[:, 0] * factors.R[:, 0]) if factors.biased else None
+        """``B_sym[c, 0, 0]``, the constant term of each output's form (biased boxes only)."""
 
     def loss(self, U: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, dloss/dU, dloss/dW, A)`` at the best outputs ``A`` for ``U, W``."""
+        rank = U.shape[0]
+        UW = torch.cat([U, W])
+        P = UW @ UW.T                                           # the Gram matrix of the rows of U and W
+        UU, UWt, WW = P[:rank, :rank], P[:rank, rank:], P[rank:, rank:]
+        K = (UU * WW + UWt * UWt.T) / 2                         # sym_gram(U, W, U, W)
         if self.dense is not None:
-            TW = torch.einsum("cij,rj->cri", self.dense, W)
-            TU = torch.einsum("cij,rj->cri", self.dense, U)
-            M = torch.einsum("cri,ri->cr", TW, U)
+            outputs, n = self.dense.shape[0], self.dense.shape[1]
+            TX = (self.dense.reshape(outputs * n, n) @ UW.T).reshape(outputs, n, 2 * rank)
+            TU, TW = TX[:, :, :rank], TX[:, :, rank:]
+            M = (TW * U.T).sum(1)
         else:
-            f, rank = self.factors, U.shape[0]
-            P = torch.cat([f.L, f.R]) @ torch.cat([U, W]).T
+            f = self.factors
             h = f.L.shape[0]
-            LU, LW, RU, RW = P[:h, :rank], P[:h, rank:], P[h:, :rank], P[h:, rank:]
+            Q = torch.cat([f.L, f.R]) @ UW.T
+            LU, LW, RU, RW = Q[:h, :rank], Q[:h, rank:], Q[h:, :rank], Q[h:, rank:]
             M = f.D @ ((LU * RW + LW * RU) / 2)
-        K = sym_gram(U, W, U, W)
         A = _solve(K, M)
         G = A.T @ A
         loss = self.norm - 2 * (A * M).sum() + (G * K).sum()
         if self.dense is not None:
-            SW, SU = torch.einsum("cr,cri->ri", A, TW), torch.einsum("cr,cri->ri", A, TU)
+            S = (TX * A.repeat(1, 2)[:, None, :]).sum(0).T      # rows: sum_c A[c, r] B_sym[c] U_r, then ... W_r
+            SU, SW = S[:rank], S[rank:]
         else:
             E = f.D.T @ A
             SW = ((E * RW).T @ f.L + (E * LW).T @ f.R) / 2
             SU = ((E * RU).T @ f.L + (E * LU).T @ f.R) / 2
-        gU = -2 * SW + (G * (W @ W.T)) @ U + (G * (W @ U.T)) @ W
-        gW = -2 * SU + (G * (U @ U.T)) @ W + (G * (U @ W.T)) @ U
+        gU = -2 * SW + (G * WW) @ U + (G * UWt.T) @ W
+        gW = -2 * SU + (G * UU) @ W + (G * UWt) @ U
         return loss, gU, gW, A
 
 
@@ -155,8 +169,10 @@ def _start(target: Factors, rank: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: bool | None = None,
-        desc: str = "cp") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The CP factors ``U, W, A`` of rank ``rank`` for a Bilinear box's factors (see the module docstring)."""
+        desc: str = "cp", give_up: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CP factors ``U, W, A`` of rank ``rank`` for a Bilinear box's factors (see the module docstring);
+    with ``give_up``, the fit may stop as soon as its error ``||B_sym - C_sym||_F^2`` (less the squared
+    constant terms, for a biased box) plainly cannot come under it (see :func:`_lbfgs`)."""
     h = target.L.shape[0]
     if rank >= h:
         zeros = target.L.new_zeros(rank - h, target.L.shape[1])
@@ -167,44 +183,149 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
     A0 = best_outputs(target, eig, eig)
     start = cp_loss(target, eig, eig, A0, aim.norm)
     if start <= _EXACT * aim.norm:              # every component fits: nothing to fit
-        return eig, eig, A0
-    U, W = U0.clone(), W0.clone()
-    optimizer = torch.optim.LBFGS([U, W], lr=1, max_iter=_CHUNK, history_size=20, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-14, tolerance_change=1e-16)
-
-    def closure() -> torch.Tensor:
-        loss, U.grad, W.grad, _ = aim.loss(U, W)
-        return loss
-
-    previous = None
+        return balance(eig, eig, A0)
     if progress is None:
         progress = None if target.L.numel() >= _LONG else False
     with tqdm(total=steps, desc=desc, disable=None if progress is None else not progress, leave=False) as bar:
-        for start in range(0, steps, _CHUNK):
-            chunk = min(_CHUNK, steps - start)
-            optimizer.param_groups[0].update(max_iter=chunk, max_eval=chunk * 5 // 4 + 1)
-            loss = optimizer.step(closure).item()
-            bar.update(chunk)
-            bar.set_postfix(loss=f"{loss:.3g}")
-            if previous is not None and previous - loss <= 1e-12 * max(abs(previous), 1e-300):
-                break
-            previous = loss
-    U.grad = W.grad = None
+        U, W, stopped = U0, W0, False
+        cheap = int(steps * _LOW) if U0.dtype == torch.float64 else 0
+        if cheap:                               # most steps in float32, then polished in float64
+            low = Target(Factors(*(None if t is None else t.float() for t in (target.L, target.R, target.D, target.d)),
+                                 target.biased))
+            U, W, stopped = _lbfgs(low, U.float(), W.float(), cheap, bar, give_up=give_up, later=steps - cheap)
+            U, W = U.double(), W.double()
+        if steps > cheap and not stopped:
+            U, W, _ = _lbfgs(aim, U, W, steps - cheap, bar, give_up=give_up)
     A = best_outputs(target, U, W)
     if start <= cp_loss(target, U, W, A, aim.norm):
-        return eig, eig, A0
-    return U, W, A
+        return balance(eig, eig, A0)
+    return balance(U, W, A)
 
 
-def cp(model: Model, box: str, rank: int, steps: int = 200, seed: int = 0, progress: bool | None = None) -> Model:
+def balance(U: torch.Tensor, W: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same CP terms ``A[:, r] sym(U_r W_r^T)`` with each unit's three factors of equal norm (the geometric
+    mean of the three): the tensor is unchanged, and a quantisation with one scale per tensor, which a unit
+    much larger in one factor than in the others would dominate, loses less."""
+    u, w, a = U.norm(dim=1), W.norm(dim=1), A.norm(dim=0)
+    ok = (u > 0) & (w > 0) & (a > 0)
+    mean = (u * w * a).pow(1 / 3)
+    su = torch.where(ok, mean / u.where(ok, torch.ones_like(u)), torch.ones_like(u))
+    sw = torch.where(ok, mean / w.where(ok, torch.ones_like(w)), torch.ones_like(w))
+    return U * su[:, None], W * sw[:, None], A / (su * sw)
+
+
+def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, precondition: bool = True,
+           give_up: float | None = None, later: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """At most ``steps`` L-BFGS iterations on ``aim.loss`` from ``U, W``: memory :data:`_MEMORY`, a backtracking
+    line search from the step 1, and (``precondition``) the initial inverse Hessian of each unit's rows
+    ``1 / (G_rr |W_r|^2)`` for ``U_r`` and ``1 / (G_rr |U_r|^2)`` for ``W_r`` (``G = A^T A``: the diagonal
+    blocks of the Hessian in ``U`` and ``W``), so that strong and weak units move alike. Stops early when
+    :data:`_CHUNK` iterations gain less than ``1e-12`` of the loss, or, with ``give_up``, when the loss (less
+    the squared corners of the error, for a biased box) cannot come under ``give_up`` even if it kept falling
+    at twice the pace of the last :data:`_CHUNK` iterations for the steps left (``later`` more after these);
+    returns ``U, W`` and whether it gave up.
+
+    The two loops of L-BFGS run on scalars: with the products ``s_i . y_j`` kept as the history grows,
+    each iteration costs four products of the history with a vector, and no loop over vectors."""
+    rank, n = U.shape
+    d = 2 * rank * n
+    x = torch.cat([U, W]).reshape(-1)
+    S, Y = x.new_zeros(_MEMORY, d), x.new_zeros(_MEMORY, d)
+    SY = [[0.0] * _MEMORY for _ in range(_MEMORY)]              # SY[i][j] = s_i . y_j, by slot
+    order: list[int] = []                                        # the slots, oldest first
+
+    last: list[torch.Tensor] = []
+
+    def evaluate(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+        U, W = x.view(2, rank, n)
+        loss, gU, gW, A = aim.loss(U, W)
+        last[:] = [A]
+        if not precondition:
+            return loss.item(), torch.cat([gU, gW]).reshape(-1), x.new_ones(())
+        g = A.square().sum(0)
+        rows = x.view(2 * rank, n).square().sum(1)
+        h = 1 / (torch.cat([g * rows[rank:], g * rows[:rank]]) + torch.finfo(x.dtype).tiny)
+        return loss.item(), torch.cat([gU, gW]).reshape(-1), h[:, None].expand(2 * rank, n).reshape(-1)
+
+    def hopeless(f: float, before: float, left: int) -> bool:
+        """Whether the loss, less the error's corners, stays over ``give_up`` at twice the last chunk's pace."""
+        if aim.corner is not None:
+            U, W = x.view(2, rank, n)
+            f -= (aim.corner - last[0] @ (U[:, 0] * W[:, 0])).square().sum().item()
+        return f - 2 * (before - f) * left / _CHUNK > give_up
+
+    f, g, h = evaluate(x)
+    previous, scale = f, 1.0
+    for step in range(steps):
+        k = len(order)
+        if k:                                   # the two-loop recursion, on scalars
+            sg = (S @ g).tolist()
+            alpha = [0.0] * _MEMORY
+            for i in range(k - 1, -1, -1):
+                si, row = order[i], SY[order[i]]
+                alpha[si] = (sg[si] - sum(alpha[o] * row[o] for o in order[i + 1:])) / row[si]
+            r = (g - x.new_tensor(alpha) @ Y) * h
+            yr = (Y @ r).tolist()
+            coef = [0.0] * _MEMORY
+            for i in range(k):
+                yi = order[i]
+                beta = (yr[yi] + sum(coef[o] * SY[o][yi] for o in order[:i])) / SY[yi][yi]
+                coef[yi] = alpha[yi] - beta
+            direction = -(r + x.new_tensor(coef) @ S)
+        else:
+            direction = -g * h * (1.0 if precondition else min(1.0, 1.0 / max(g.abs().sum().item(), 1e-300)))
+        slope = torch.dot(g, direction).item()
+        if slope >= 0:                          # not a descent direction: restart from the gradient
+            order, direction = [], -g * h
+            slope = torch.dot(g, direction).item()
+        t = 1.0
+        while True:
+            new = x.add(direction, alpha=t)
+            f_new, g_new, h_new = evaluate(new)
+            if f_new <= f + 1e-4 * t * slope:
+                break
+            t /= 2
+            if t < 1e-10:                       # no decrease along the direction: as good as it gets
+                return (*_split(x, rank), False)
+        s, y = new - x, g_new - g
+        sy = torch.dot(s, y).item()
+        if sy > 1e-10 * torch.dot(y, y).item():
+            slot = order.pop(0) if len(order) == _MEMORY else len(order)
+            S[slot], Y[slot] = s, y
+            order.append(slot)
+            sY, yS = (Y[order] @ s).tolist(), (S[order] @ y).tolist()
+            for j, other in enumerate(order):
+                SY[slot][other], SY[other][slot] = sY[j], yS[j]
+            scale = sy / torch.dot(y * h_new, y).item() if precondition else sy / torch.dot(y, y).item()
+        x, f, g, h = new, f_new, g_new, h_new * scale if precondition else h_new.new_full((), scale)
+        if (step + 1) % _CHUNK == 0 or step + 1 == steps:
+            bar.update(_CHUNK if (step + 1) % _CHUNK == 0 else (step + 1) % _CHUNK)
+            bar.set_postfix(loss=f"{f:.3g}")
+            if (step + 1) % _CHUNK == 0:
+                if previous - f <= 1e-12 * max(abs(previous), 1e-300):
+                    break
+                if give_up is not None and step + 1 > _CHUNK and hopeless(f, previous, steps - step - 1 + later):
+                    return (*_split(x, rank), True)
+                previous = f
+    return (*_split(x, rank), False)
+
+
+def _split(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``U, W`` from their concatenation, flattened."""
+    U, W = x.view(2, rank, -1)
+    return U.clone(), W.clone()
+
+
+def cp(model: Model, box: str, rank: int, steps: int = 200, seed: int = 0, progress: bool | None = None,
+       give_up: float | None = None) -> Model:
     """``model`` with Bilinear box ``box`` refit as a rank-``rank`` CP decomposition (``steps`` L-BFGS
     iterations at most, seeded by ``seed``; a progress bar if ``progress``, and by default for long fits
-    (``hidden x inputs >= 2^16``) when writing to a terminal)."""
+    (``hidden x inputs >= 2^16``) when writing to a terminal; ``give_up`` as in :func:`fit`)."""
     f = find_box(model, box, (Bilinear,), "cp")
     rank = in_range("cp", box, "rank", rank, 1, 1 << 30)
     steps = in_range("cp", box, "steps", steps, 1, 1 << 30)
     target = Factors.of(f, params64(model, box))
-    U, W, A = fit(target, rank, steps, seed, progress, desc=f"cp {box} rank {rank}")
+    U, W, A = fit(target, rank, steps, seed, progress, desc=f"cp {box} rank {rank}", give_up=give_up)
     new = Bilinear(fresh(set(model.boxes), f"{box}_cp"), f.dom, f.cod, hidden=rank, bias=target.biased)
     return replace(model, {box: new}, {new.name: target.params(U, W, A)})
 
@@ -216,11 +337,43 @@ class CP:
     name = "cp"
     costly = True
     """Each rewrite runs a fit, dearest at the mildest (largest) rank: a search checks that one last."""
+    gives_up = True
+    """``apply`` takes ``give_up``: a search may let a fit that cannot keep its bar stop early."""
 
     def __init__(self, ranks: Sequence[int] | None = None, steps: int = 200, seed: int = 0,
                  progress: bool | None = None) -> None:
         self.ranks = None if ranks is None else sorted(set(ranks), reverse=True)
         self.steps, self.seed, self.progress = steps, seed, progress
+        self._spectra: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], Spectrum]] = weakref.WeakKeyDictionary()
+
+    def starts(self, model: Model, rewrites: Sequence[Rewrite]) -> tuple[Spectrum, list[torch.Tensor]] | None:
+        """The spectrum (per output direction) of the box that ``rewrites`` all refit, and the mask of the
+        eigencomponents each fit starts from (the top ``rank`` by ``|lambda|``), when that box reads the model's
+        inputs and writes its outputs (so each start changes the model by exactly the components it drops, and
+        the search scores it in closed form); else ``None``. A fit is never worse than its start (in
+        ``||B_sym - C_sym||_F``): a start that keeps the bar vouches for its rank without a fit."""
+        if not rewrites:
+            return None
+        box = rewrites[0].box
+        if any(r.pass_name != self.name or r.box != box for r in rewrites) or box not in model.boxes:
+            return None
+        target = model.boxes[box]
+        if type(target) is not Bilinear or target.dom != model.dom or target.cod != model.cod:
+            return None
+        known = self._spectra.setdefault(model, {})
+        key = (box, tuple(p._version for p in model.parameters()))
+        if key not in known:
+            known[key] = spectrum(Factors.of(target, params64(model, box)), "per_direction")
+        spec = known[key]
+        if spec.vectors is None:
+            return None
+        order = spec.values.abs().flatten().argsort(descending=True, stable=True)
+        keeps = []
+        for rewrite in rewrites:
+            keep = torch.zeros(spec.values.numel(), dtype=torch.bool, device=spec.values.device)
+            keep[order[:rewrite.settings.get("rank", 0)]] = True
+            keeps.append(keep.reshape(spec.values.shape))
+        return spec, keeps
 
     def _settings(self, rank: int) -> dict[str, int]:
         return {"rank": rank, "steps": self.steps, "seed": self.seed}
@@ -231,13 +384,15 @@ class CP:
                 if type(box) is Bilinear for r in (self.ranks or grid(box.data["hidden"]))
                 if 1 <= r < box.data["hidden"]]
 
-    def apply(self, model: Model, rewrite: Rewrite) -> Model:
-        """The model with the box refit at the rewrite's rank."""
+    def apply(self, model: Model, rewrite: Rewrite, give_up: float | None = None) -> Model:
+        """The model with the box refit at the rewrite's rank; ``give_up``: the fit may stop once its error
+        ``||B_sym - C_sym||_F^2`` plainly cannot come under this (:func:`fit`): the search passes the error past
+        which the rewrite cannot keep its bar."""
         if rewrite.pass_name != self.name:
             raise BoxError(f"the cp pass cannot apply a {rewrite.pass_name!r} rewrite ({rewrite})")
         s = rewrite.settings
         return cp(model, rewrite.box, s.get("rank"), s.get("steps", self.steps), s.get("seed", self.seed),
-                  self.progress)
+                  self.progress, give_up)
 
     def lossless(self, model: Model) -> list[Rewrite]:
         """For each Bilinear box, ``rank = hidden``: the box's own factors, exact."""
