@@ -77,7 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"compinterp: error: {message}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as err:
+        if args.debug or not _out_of_memory(err):
+            raise
+        detail = " ".join(str(err).split())[:200]
+        print(f"compinterp: error: out of memory{': ' + detail if detail else ''} (a smaller --batch-size or "
+              "another --device may help)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says an allocation failed (Python's ``MemoryError``, or torch's allocators on any device)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def _silence_stdout() -> None:

@@ -249,6 +249,10 @@ class Gaussian(Source):
     chunk_numbers = 1 << 16
     """About how many numbers one chunk of samples holds."""
 
+    max_sample_numbers = 1 << 27
+    """The most numbers one generated sample may hold (512 MiB of float32): a wire declared wider is refused
+    before anything is allocated."""
+
     def __init__(self, n: int, *, seed: int = 0, mean: float = 0.0, std: float = 1.0,
                  seq: int | None = None, dtype: torch.dtype = torch.float32, start: int = 0) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -270,7 +274,12 @@ class Gaussian(Source):
                 raise InputError(f"wire {wire.name} takes images (the model has {wire.box}): generated data cannot "
                                  f"guess their channels and height; give data of shape {wire.shape()} (a FILE.pt)")
         seq = self.seq or next((w.seq for w in wires if w.seq is not None), None)
-        width = sum(w.dim if w.kind == "vectors" else 1 for w in wires)
+        width = sum(w.dim if w.kind in ("vectors", "mask") else 1 for w in wires)
+        if (seq or 1) * width > self.max_sample_numbers:
+            sizes = ", ".join(f"{w.name}: {w.dim:,}" for w in wires if w.kind in ("vectors", "mask"))
+            raise InputError(f"generated data: one sample of the model's input wires ({sizes}"
+                             f"{f', {seq:,} positions' if seq else ''}) would hold {(seq or 1) * width:,} numbers, "
+                             f"over the {self.max_sample_numbers:,} generated data may hold; give data from a file")
         rows = max(1, self.chunk_numbers // ((seq or 1) * max(1, width)))
         first = self.start + rank * self.n // world
         shard = range(first, self.start + (rank + 1) * self.n // world)

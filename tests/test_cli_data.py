@@ -412,3 +412,13 @@ def test_exact_says_it_has_no_logit_metrics() -> None:
     noted = check(one, two, "exact", logits="logits").note
     assert noted.endswith("; no logit metrics: the exact path compares the outputs as functions of the input, give "
                           "data for KL, top-1 agreement and accuracy")
+
+
+def test_a_wire_too_wide_to_generate_or_compare_is_refused_before_allocating(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    wide = Space("x", 2 ** 31 - 1)
+    with pytest.raises(InputError, match=r"x: 2,147,483,647\).*over the 134,217,728"):
+        next(gaussian(4).batches(2, [Input("x", wide.dim)]))
+    save(Model(Elementwise("relu", wide, name="r")), tmp_path / "wide")
+    code, _, err = run(capsys, "check", str(tmp_path / "wide"), str(tmp_path / "wide"))
+    assert code == 1 and "too wide to compare" in err and len(err.splitlines()) == 1

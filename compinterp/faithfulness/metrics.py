@@ -22,6 +22,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from compinterp.errors import InputError
 from compinterp.faithfulness.report import Metrics
 
 F64 = torch.float64
@@ -39,8 +40,14 @@ class Moments:
     errors and cosines are reduced per batch in the outputs' own dtype, then added in float64.
     """
 
+    max_numbers = 1 << 27
+    """The most numbers the sums may hold (1 GiB of float64): output wires wider than that are refused."""
+
     def __init__(self, dims: Sequence[int], device: torch.device) -> None:
         self.dims = tuple(dims)
+        if sum(2 + 2 * d for d in self.dims) > self.max_numbers:
+            raise InputError(f"output wires of dimensions {', '.join(f'{d:,}' for d in self.dims)} are too wide to "
+                             f"compare: their sums would hold over {self.max_numbers:,} numbers")
         self.buffer = torch.zeros(sum(2 + 2 * d for d in self.dims) + 2, dtype=F64, device=device)
 
     def _wires(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
