@@ -195,7 +195,8 @@ def one_box(box: dict[str, Any]) -> dict[str, Any]:
 
 def one_line(result: subprocess.CompletedProcess[str]) -> bool:
     """Whether a run ended as a user error should: status 1 and one short ``compinterp: error:`` line."""
-    lines = result.stderr.strip().splitlines()
+    lines = [line.rsplit("\r", 1)[-1] for line in result.stderr.split("\n")]   # a progress bar, cleared
+    lines = [line for line in lines if line.strip()]
     return (result.returncode == 1 and len(lines) == 1 and lines[0].startswith("compinterp: error: ")
             and len(lines[0]) <= 1000)
 
@@ -648,6 +649,210 @@ def model_stranded_between_two_renames(tmp: Path) -> Command:
     return Command(["info", str(path)], fails=False, check=check)
 
 
+# --- silently wrong numbers ------------------------------------------------------------------------------------
+
+SECTION_NUMBERS = "silently wrong numbers"
+
+
+def token_models(tmp: Path) -> tuple[Path, Path]:
+    """Two token models (tokens:11 -> logits:11) of different seeds."""
+    from compinterp.syntax import Embed
+    tokens, h, logits = Space("tokens", 11), Space("h", 8), Space("logits", 11)
+    return tuple(save(Model(Embed("embed", tokens, h) >> Linear("out", h, logits, bias=True), seed=seed),
+                      tmp / f"tokens{seed}") for seed in (0, 1))
+
+
+def hand_faithfulness(a: Model, b: Model, *xs: torch.Tensor) -> float:
+    """``1 - FVU`` of ``b`` against ``a`` on ``xs``, written out: squared errors over the variance about the mean."""
+    with torch.no_grad():
+        ya, yb = a(*xs).double(), b(*xs).double()
+    return float(1 - ((ya - yb) ** 2).sum() / ((ya - ya.mean(0)) ** 2).sum())
+
+
+def faithfulness_is(want: float) -> Callable[[subprocess.CompletedProcess[str]], str | None]:
+    """A check: the JSON report's end-to-end faithfulness equals ``want`` (to 1e-5)."""
+    def check(result: subprocess.CompletedProcess[str]) -> str | None:
+        got = json.loads(result.stdout)["end_to_end"]["faithfulness"]
+        return None if abs(got - want) < 1e-5 else "silent-wrong"
+    return check
+
+
+@case(SECTION_NUMBERS)
+def check_of_token_models_by_default(tmp: Path) -> Command:
+    a, b = token_models(tmp)
+    want = hand_faithfulness(load(a), load(b), torch.arange(11))      # every token, equally likely
+    return Command(["check", str(a), str(b), "--json"], fails=False, check=faithfulness_is(want))
+
+
+@case(SECTION_NUMBERS)
+def check_of_token_models_on_generated_data(tmp: Path) -> list[Outcome]:
+    from compinterp.data import gaussian
+    from compinterp.semantics import inputs
+    a, b = token_models(tmp)
+    wires = inputs(load(a).plan)
+    drawn = next(gaussian(5000).batches(5000, wires))[0]           # the samples the check draws, to score by hand
+    if drawn.dtype != torch.long or drawn.shape != (5000,):
+        return [Outcome(SECTION_NUMBERS, "check-of-token-models-on-gaussian", "silent-wrong",
+                        f"generated {drawn.dtype} {tuple(drawn.shape)} for a token wire")]
+    want = hand_faithfulness(load(a), load(b), drawn)
+    outcomes = []
+    for size in ("7", "256"):
+        def check(result: subprocess.CompletedProcess[str]) -> str | None:
+            report = json.loads(result.stdout)
+            return None if report["samples"] == 5000 and abs(report["end_to_end"]["faithfulness"] - want) < 1e-5 \
+                else "silent-wrong"
+        outcomes.append(run_command(SECTION_NUMBERS, f"check-of-token-models-on-gaussian-batch-{size}",
+                                    Command(["check", str(a), str(b), "--data", "gaussian:5000", "--batch-size",
+                                             size, "--json"], fails=False, check=check)))
+    return outcomes
+
+
+def sequence_models(tmp: Path) -> tuple[Path, Path]:
+    """Two small transformers on tokens:11 @ positions:6, of different seeds."""
+    from compinterp.models import transformer
+    diagram = transformer(11, 6, Space("logits", 11), width=8, heads=2, layers=1, hidden=8)
+    return tuple(save(Model(diagram, seed=seed), tmp / f"seq{seed}") for seed in (0, 1))
+
+
+@case(SECTION_NUMBERS)
+def check_of_an_attention_model_at_two_batch_sizes(tmp: Path) -> list[Outcome]:
+    a, b = sequence_models(tmp)
+    found: dict[str, float] = {}
+    outcomes = []
+    for size in ("7", "256"):
+        def check(result: subprocess.CompletedProcess[str], size: str = size) -> str | None:
+            found[size] = json.loads(result.stdout)["end_to_end"]["faithfulness"]
+            return None if len(found) < 2 or abs(found["7"] - found["256"]) < 1e-6 else "silent-wrong"
+        outcomes.append(run_command(SECTION_NUMBERS, f"attention-check-batch-{size}",
+                                    Command(["check", str(a), str(b), "--data", "gaussian:300", "--batch-size", size,
+                                             "--json"], fails=False, check=check)))
+    return outcomes
+
+
+@case(SECTION_NUMBERS)
+def refine_reports_a_held_out_figure(tmp: Path) -> Command:
+    from compinterp.syntax import Elementwise
+    path = save(Model(Linear("up", X, X, bias=True) >> Elementwise("relu", X) >> Linear("down", X, X)), tmp / "m")
+
+    def check(result: subprocess.CompletedProcess[str]) -> str | None:
+        found = json.loads(result.stdout)
+        return None if found.get("held_out_faithfulness") is not None and found.get("search_data") else "silent-wrong"
+
+    return Command(["refine", str(path), "--out", str(tmp / "out"), "--data", "gaussian:400", "--budget", "5",
+                    "--json"], fails=False, check=check)
+
+
+@case(SECTION_NUMBERS)
+def one_dimensional_data_tensor(tmp: Path) -> Command:
+    path = save(Model(Linear("f", Space("x", 64), Space("y", 2))), tmp / "m")
+    torch.save(torch.randn(64), tmp / "data.pt")
+    return Command(["check", str(path), str(path), "--data", str(tmp / "data.pt")])
+
+
+@case(SECTION_NUMBERS)
+def parameter_count_in_meta_json_is_not_trusted(tmp: Path) -> Command:
+    path = plain_model(tmp / "m")
+    edit_json(path / "meta.json", lambda meta: meta | {"num_params": 1})
+    return Command(["info", str(path)])
+
+
+@case(SECTION_NUMBERS)
+def box_name_with_a_newline(tmp: Path) -> Command:
+    return Command(["info", str(diagram_model(tmp / "m", one_box(linear_box(name="f\n"))))])
+
+
+@case(SECTION_NUMBERS)
+def negative_diagram_version(tmp: Path) -> Command:
+    return Command(["info", str(diagram_model(tmp / "m", one_box(linear_box()) | {"version": -5}))])
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+SECTION_CLI = "command-line friction"
+
+
+def vector_model(path: Path, seed: int = 0) -> Path:
+    """A model that is not polynomial, its output wire y:3 not named logits."""
+    from compinterp.syntax import Elementwise
+    return save(Model(Linear("up", X, X, bias=True) >> Elementwise("relu", X) >> Linear("down", X, Space("y", 3)),
+                      seed=seed), path)
+
+
+def holds(*texts: str, stream: str = "stdout") -> Callable[[subprocess.CompletedProcess[str]], str | None]:
+    """A check: the run's ``stream`` holds every one of ``texts``."""
+    return lambda result: None if all(t in getattr(result, stream) for t in texts) else "silent-wrong"
+
+
+@case(SECTION_CLI)
+def logits_on_an_output_not_named_logits(tmp: Path) -> list[Outcome]:
+    a, b = vector_model(tmp / "a"), vector_model(tmp / "b", seed=1)
+
+    def noted(result: subprocess.CompletedProcess[str]) -> str | None:
+        report = json.loads(result.stdout)
+        return None if report["end_to_end"]["top1"] is None and "--logits" in (report["note"] or "") \
+            else "silent-wrong"
+
+    def scored(result: subprocess.CompletedProcess[str]) -> str | None:
+        return None if json.loads(result.stdout)["end_to_end"]["top1"] is not None else "silent-wrong"
+
+    common = ["check", str(a), str(b), "--data", "gaussian:256", "--json"]
+    return [run_command(SECTION_CLI, "no-logits-says-why", Command(common, fails=False, check=noted)),
+            run_command(SECTION_CLI, "logits-named", Command([*common, "--logits", "y"], fails=False, check=scored))]
+
+
+@case(SECTION_CLI)
+def exact_data_on_a_model_that_is_not_polynomial(tmp: Path) -> Command:
+    path = vector_model(tmp / "m")
+    return Command(["check", str(path), str(path), "--data", "exact"], check=holds("gaussian", stream="stderr"))
+
+
+@case(SECTION_CLI)
+def refine_help_lists_its_default_passes(tmp: Path) -> Command:
+    from compinterp.refinement.passes import default_passes
+    names = ",".join(p if isinstance(p, str) else p.name for p in default_passes())
+    return Command(["refine", "--help"], fails=False, check=holds(names))
+
+
+@case(SECTION_CLI)
+def info_into_a_closed_pipe(tmp: Path) -> list[Outcome]:
+    path = plain_model(tmp / "m")
+    script = f"{sys.executable!s} -c {json.dumps(CLI)} info {path} | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=TIME_LIMIT)
+    quiet = result.stderr.strip() == "" and result.stdout.count("\n") == 1
+    return [Outcome(SECTION_CLI, "info-into-a-closed-pipe", "clean" if quiet else "traceback",
+                    result.stderr.strip()[-160:])]
+
+
+@case(SECTION_CLI)
+def unknown_devices(tmp: Path) -> list[Outcome]:
+    path = plain_model(tmp / "m")
+    runs = {"check": ["check", str(path), str(path)], "refine": ["refine", str(path), "--out", str(tmp / "out")],
+            "demo": ["demo", "--out", str(tmp / "demo")]}
+    return [run_command(SECTION_CLI, f"{name}-device-{device}", Command([*argv, "--device", device]))
+            for name, argv in runs.items() for device in ("bogus", "meta")]
+
+
+@case(SECTION_CLI)
+def refine_plot_with_a_wrong_suffix(tmp: Path) -> Command:
+    path = plain_model(tmp / "m")
+    out = tmp / "out"
+    return Command(["refine", str(path), "--out", str(out), "--plot", str(tmp / "x.txt")], within=20,
+                   check=lambda result: "silent-wrong" if out.exists() else None)
+
+
+@case(SECTION_CLI)
+def refine_out_that_cannot_be_written(tmp: Path) -> Command:
+    path = plain_model(tmp / "m")
+    (tmp / "file").write_text("not a directory")
+    return Command(["refine", str(path), "--out", str(tmp / "file" / "out")], within=20)
+
+
+@case(SECTION_CLI)
+def negative_faithfulness_is_explained(tmp: Path) -> Command:
+    a, b = token_models(tmp)
+    return Command(["check", str(a), str(b)], fails=False, check=holds("below 0"))
+
+
 # --- running ---------------------------------------------------------------------------------------------------
 
 CASES = tuple(value for value in dict(globals()).values() if isinstance(value, Case))
@@ -669,10 +874,11 @@ def run_command(section: str, name: str, command: Command) -> Outcome:
     env = os.environ | {"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
     start = time.perf_counter()
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=command.within, preexec_fn=limits,
-                                env=env, errors="replace")
+        raw = subprocess.run(argv, capture_output=True, timeout=command.within, preexec_fn=limits, env=env)
     except subprocess.TimeoutExpired:
         return Outcome(section, name, "hang", f"still running after {command.within:.0f} s")
+    result = subprocess.CompletedProcess(argv, raw.returncode, raw.stdout.decode(errors="replace"),
+                                         raw.stderr.decode(errors="replace"))   # "\r" kept: progress bars clear with it
     seconds = time.perf_counter() - start
     detail = f"{seconds:.1f} s, exit {result.returncode}: " + (result.stderr.strip().splitlines() or [""])[-1][:160]
     if "Traceback (most recent call last)" in result.stderr or result.returncode not in (0, 1):

@@ -1,6 +1,7 @@
 """The fast search: closed-form scores of eigen truncations equal the exact checks they replace, in every
-mode, with and without biases, on the original and on a parent already rewritten; CP's closed-form
-gradient equals autograd's; the search that skips what cannot beat its parent finds the same model."""
+mode, with and without biases, on the original and on a parent already rewritten, and so do those of CP's
+eigen starts; CP's closed-form gradient equals autograd's; the error at which a fit gives up bounds the
+checked error; the search that skips what cannot beat its parent, or lets fits give up, finds the same model."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import torch
 
 from compinterp.complexity import Reference
 from compinterp.model import Model
-from compinterp.refinement.passes import Eigen, LowRank, Prune
-from compinterp.refinement.passes._common import Factors
+from compinterp.faithfulness.exact.closed_form import form_inner
+from compinterp.refinement.passes import CP, Eigen, LowRank, Prune
+from compinterp.refinement.passes._common import Factors, sym_gram
 from compinterp.refinement.passes.cp import Target, best_outputs, cp_loss
+from compinterp.refinement.passes.eigen import layer
 from compinterp.refinement.search import _groups, refine
 from compinterp.syntax import Bilinear, Linear, Space, Unembed, chain, residual
 
@@ -82,14 +85,21 @@ def test_the_exact_reference_compares_one_stage_models_in_closed_form_like_the_e
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_cp_gradient_in_closed_form_equals_autograd(dense: bool) -> None:
+@pytest.mark.parametrize("ridge", [0.0, 0.05])
+def test_cp_gradient_in_closed_form_equals_autograd(dense: bool, ridge: float) -> None:
     gen = torch.Generator().manual_seed(0)
     f = Factors(*(torch.randn(*shape, generator=gen, dtype=F64) for shape in ((9, 5), (9, 5), (3, 9))), None, False)
     U = torch.randn(4, 5, generator=gen, dtype=F64, requires_grad=True)
     W = torch.randn(4, 5, generator=gen, dtype=F64, requires_grad=True)
-    loss = cp_loss(f, U, W, best_outputs(f, U, W))
+    aim = Target(f, dense=dense, ridge=ridge)
+    if ridge:                                   # the penalised loss, A solved with the ridge (autograd through it)
+        K, M = sym_gram(U, W, U, W), f.D @ sym_gram(f.L, f.R, U, W)
+        A = torch.linalg.solve(K + aim.ridge * torch.eye(4, dtype=F64), M.T).T
+        loss = cp_loss(f, U, W, A) + aim.ridge * (U.square().sum() + W.square().sum() + A.square().sum())
+    else:
+        loss = cp_loss(f, U, W, best_outputs(f, U, W))
     loss.backward()
-    closed, gU, gW, _ = Target(f, dense=dense).loss(U.detach(), W.detach())
+    closed, gU, gW, _ = aim.loss(U.detach(), W.detach())
     assert closed.item() == pytest.approx(loss.item(), rel=1e-10)
     assert torch.allclose(gU, U.grad, rtol=1e-7, atol=1e-8) and torch.allclose(gW, W.grad, rtol=1e-7, atol=1e-8)
 
@@ -112,3 +122,69 @@ def test_the_eigen_pass_recomputes_its_spectrum_when_weights_change_in_place() -
         model.box_params("mlp")["D"].mul_(2)
     after = p.apply(model, rewrite)(torch.eye(6, dtype=F64))
     assert torch.allclose(after, 2 * before)
+
+
+# ------------------------------------------------------------------------------------ cp in the search
+
+def test_cp_starts_in_closed_form_equal_the_checks_of_the_start_models() -> None:
+    """The closed-form score of each CP rank's eigen start (what vouches for a rank without a fit) equals the
+    exact check of the eigen-layer that keeps the same components."""
+    for bias in (False, True):
+        model = decaying(bias)
+        reference = Reference(model, "exact")
+        p = CP()
+        group = p.candidates(model)
+        spec, keeps = p.starts(model, group)
+        closed = reference.truncated(reference.forms(model), spec.values, spec.vectors, spec.directions, keeps)
+        assert len(group) >= 5
+        for rewrite, keep, metrics in zip(group, keeps, closed, strict=True):
+            assert int(keep.sum()) == min(rewrite.settings["rank"], keep.numel())
+            start = layer(model, "mlp", (), p.prepared(model, "mlp").spectrum, keep)
+            assert metrics.faithfulness == pytest.approx(reference.compare(start).faithfulness, abs=1e-10)
+
+
+def test_cp_starts_only_where_the_box_is_the_whole_map() -> None:
+    inner = Model(chain(Linear("embed", X, X), Bilinear("mlp", X, Y, hidden=4)), seed=0, dtype=F64)
+    assert CP().starts(inner, CP().candidates(inner)) is None
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_error_a_cp_fit_gives_up_at_bounds_the_checked_error(bias: bool) -> None:
+    """The search's ``give_up``: a fit's error ``||B_sym - C_sym||^2`` less its squared corners is at most half
+    the exact mean square error of the model (so a fit over the bound cannot keep the bar)."""
+    model = decaying(bias)
+    reference = Reference(model, "exact")
+    own = reference.own
+    variance = (form_inner(own, own) - own[0] ** 2).clamp_min(0).sum().item()
+    target = Factors.of(model.boxes["mlp"], {k: v.detach() for k, v in model.box_params("mlp").items()})
+    aim = Target(target)
+    for rank in (1, 2, 4, 6):
+        fitted = CP(steps=20).apply(model, CP(steps=20).candidates(model)[-rank])
+        f = Factors.of(fitted.boxes["mlp_cp"], {k: v.detach() for k, v in fitted.box_params("mlp_cp").items()})
+        error = cp_loss(target, f.L, f.R, f.D, aim.norm).item()
+        if bias:
+            corners = target.D @ (target.L[:, 0] * target.R[:, 0]) - f.D @ (f.L[:, 0] * f.R[:, 0])
+            error -= corners.square().sum().item()
+        mse = reference.compare(fitted).fvu * variance
+        assert 2 * error <= mse * (1 + 1e-9) + 1e-12
+
+
+def test_a_search_whose_fits_give_up_finds_the_same_model() -> None:
+    """Fits that give up (and the other shortcuts for costly passes) change what is checked, not what is found."""
+
+    class Patient(CP):
+        gives_up = False
+
+        def starts(self, model: Model, rewrites: list) -> None:                 # no start vouches either
+            return None
+
+    gen = torch.Generator().manual_seed(3)
+    model = Model(Bilinear("mlp", Space("x", 8), Space("y", 3), hidden=24), seed=0, dtype=F64)
+    p = {k: v.detach().clone() for k, v in model.box_params("mlp").items()}
+    p["D"] = p["D"] * 0.85 ** torch.arange(24.0, dtype=F64) * (1 + 0.1 * torch.rand(24, generator=gen, dtype=F64))
+    model = Model(model.diagram, {"mlp": p})
+    fast = refine(model, 0.99, data="exact", passes=[CP(steps=60)], progress=False)
+    slow = refine(model, 0.99, data="exact", passes=[Patient(steps=60)], progress=False)
+    assert [str(r) for r in fast.history] == [str(r) for r in slow.history]
+    assert fast.refined_bits == slow.refined_bits and fast.faithfulness == slow.faithfulness
+    assert any(r.pass_name == "cp" for r in fast.history)

@@ -192,6 +192,8 @@ class _Search:
         self.best: _Scored | None = None
         self.known: dict[int, tuple[Model, Bits]] = {}
         """The bits of every model measured, by identity (the model kept, so that its id is not reused)."""
+        self.variance: float | None = None
+        """The reference's variance under the exact measure (the denominator of FVU), once asked for."""
         self.width = WIDTHS[len(WIDTHS) // 2]
         """Where the next search for a quantisation width starts: the last width found."""
 
@@ -335,9 +337,10 @@ class _Search:
         if own is None or not getattr(p, "gives_up", False) or getattr(p, "starts", None) is None \
                 or p.starts(parent.own.model, group[:1]) is None:   # type: ignore[attr-defined]
             return None
-        var = (form_inner(own, own) - own[0] ** 2).clamp_min(0).sum().item()
+        if self.variance is None:               # the reference's variance, the denominator of every FVU
+            self.variance = (form_inner(own, own) - own[0] ** 2).clamp_min(0).sum().item()
         fvu = max(0.0, 1 - parent.own.faithfulness)
-        return var * (math.sqrt(max(0.0, 1 - self.bar)) + math.sqrt(fvu)) ** 2 / 2
+        return self.variance * (math.sqrt(max(0.0, 1 - self.bar)) + math.sqrt(fvu)) ** 2 / 2
 
     def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
         """The best rewrite of one group (one pass on one box in one mode, mildest first).
@@ -348,8 +351,14 @@ class _Search:
         would cost a fit). Bisection then finds the strongest rewrite that
         keeps the bar (assuming faithfulness falls along the group; when the mildest does not
         keep it, the group ends there: checked first, or last for a pass whose ``costly`` rewrites
-        are dearest at their mildest, such as a CP fit); then the search walks back towards milder
-        rewrites, 1, 2, 4 ... steps, while the score (bits once quantised) improves.
+        are dearest at their mildest, such as a CP fit, unless the pass refits the box it has just
+        made, whose mildest rewrite seldom keeps what the fit before it could not); then the search
+        walks back towards milder rewrites, 1, 2, 4 ... steps, while the score (bits once quantised)
+        improves.
+
+        A costly rewrite whose start keeps the bar in closed form (``starts``: a fit is never worse
+        than its start) counts as keeping it without a fit, unless it is the one chosen; fits are
+        given the error past which they cannot keep the bar (:meth:`give_up`) and may stop there.
         """
         nodes: dict[int, _Node] = {}
         applied: dict[int, Model] = {}
@@ -376,11 +385,10 @@ class _Search:
             return nodes[i]
 
         costly = getattr(p, "costly", False)
-        history = parent.own.history            # a costly pass refitting the box it made: its mildest first, as
-        refit = costly and bool(history) and history[-1].pass_name == p.name \
-            and group[0].box not in self.reference.model.boxes    # a refit seldom keeps what the fit could not
-
-        vouched: set[int] = set()             # costly rewrites whose start (no fit) already keeps the bar
+        made = parent.own.history               # a costly pass refitting the box it just made
+        refit = costly and bool(made) and made[-1].pass_name == p.name \
+            and group[0].box not in self.reference.model.boxes
+        vouched: set[int] = set()               # costly rewrites whose start (no fit) already keeps the bar
         if costly:
             starts = self.closed_form(parent, p, group, "starts")
             vouched = {i for i, f in enumerate(starts or ()) if f >= self.bar}

@@ -131,6 +131,7 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
     n = len(train_data[0])
     size = n if recipe.batch_size is None else recipe.batch_size
     generator = torch.Generator().manual_seed(seed)
+    total = recipe.epochs * math.ceil(n / size)
     steps, start = 0, time.perf_counter()
     bar = tqdm(range(recipe.epochs), desc=f"train {task.name}", unit="epoch", disable=not progress,
                dynamic_ncols=True)
@@ -141,6 +142,8 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
             rows = order[first:first + size] if order is not None else slice(None)
             *xs, labels = (t[rows] for t in train_data)
             loss = _loss(task.loss, net(*xs), labels)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr_at(steps, total)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -236,7 +236,10 @@ class Dictionary(nn.Module):
         """``p`` (times ``norms`` when given; ``relu(p)`` for ``relu``, whose sparsity step is the ReLU)."""
         if self.kind == "bilinear":
             return F.linear(x, self.left, self.b_left) * F.linear(x, self.right, self.b_right)
-        pre = F.linear(x - self.b_dec if self.centre else x, self.encoder, self.b_enc)
+        if self.centre:     # E (x - b_dec) + b_enc, with b_dec's gradient through E b_dec (a vector), not x
+            pre = F.linear(x, self.encoder, self.b_enc - self.encoder @ self.b_dec)
+        else:
+            pre = F.linear(x, self.encoder, self.b_enc)
         if norms is not None:
             pre = pre * norms
         return pre.relu() if self.kind == "relu" else pre
@@ -405,7 +408,8 @@ class Dictionary(nn.Module):
         into the encoder when ``rescale``."""
         s_in, s_out = self.in_scale.detach(), self.out_scale.detach()
         if self.kind == "bilinear":
-            return {f"{name}_dec": {"W": (self.decoder.detach() / s_out).clone(), "b": (self.b_dec.detach() / s_out).clone()},
+            return {f"{name}_dec": {"W": (self.decoder.detach() / s_out).clone(),
+                                    "b": (self.b_dec.detach() / s_out).clone()},
                     f"{name}_left": {"W": (self.left.detach() * s_in).clone(), "b": self.b_left.detach().clone()},
                     f"{name}_right": {"W": (self.right.detach() * s_in).clone(), "b": self.b_right.detach().clone()}}
         encoder, bias, decoder = self._unit()
@@ -446,9 +450,10 @@ def train(dictionary: Dictionary, stream: Callable[[], Iterator[tuple[torch.Tens
     (default 1, as SAELens's trainer; ``None``: off) rescales the gradients so that their joint norm is at most
     ``clip`` before each step; with ``normalise``, the scales
     ``s = sqrt(d) / mean ||x||`` are measured on the first batch. The learning rate follows
-    :func:`schedule` (``warmup`` steps, ``decay`` fraction, default a linear decay over the last tenth). Resampling is off when the dictionary has
-    an ``aux_k`` loss (which revives dead features itself); either way ``dictionary.dead`` counts
-    the features idle for the last ``dead_window`` steps.
+    :func:`schedule` (``warmup`` steps, ``decay`` fraction, default a linear decay over the last tenth).
+    Resampling is off when the dictionary has an ``aux_k`` loss (which revives dead features itself); either
+    way ``dictionary.dead`` counts the features idle for the last ``dead_window`` steps. Adam is torch's fused
+    one where the device has it.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
@@ -466,7 +471,11 @@ def train(dictionary: Dictionary, stream: Callable[[], Iterator[tuple[torch.Tens
     switch = round(rescale_from * steps) if chooses else steps + 1
     if chooses and dictionary.rescale:
         dictionary.fold()                                       # start choosing on plain p (same function)
-    optimiser = torch.optim.Adam(dictionary.parameters(), lr=lr)
+    try:                                                        # one fused kernel per step where torch has one
+        optimiser = torch.optim.Adam(dictionary.parameters(), lr=lr, fused=True)
+    except RuntimeError:
+        optimiser = torch.optim.Adam(dictionary.parameters(), lr=lr)
+    resampling = dictionary.aux_k is None
     dictionary.train()
     dictionary.idle.zero_()
     fired: torch.Tensor | None = None
@@ -497,11 +506,12 @@ def train(dictionary: Dictionary, stream: Callable[[], Iterator[tuple[torch.Tens
                 dictionary.project()
                 now = (z.detach() != 0).any(0)
                 dictionary.idle.add_(1).masked_fill_(now, 0)
-                fired = now if fired is None else fired | now
-                if (len(losses) + 1) % resample_every == 0:
-                    if len(losses) < steps // 2 and dictionary.aux_k is None:
-                        dictionary.resample(~fired, x, y, optimiser)
-                    fired = None
+                if resampling:
+                    fired = now if fired is None else fired | now
+                    if (len(losses) + 1) % resample_every == 0:
+                        if len(losses) < steps // 2:
+                            dictionary.resample(~fired, x, y, optimiser)
+                        fired = None
                 losses.append(loss.detach())
                 bar.update()
                 if len(losses) == steps:

@@ -48,8 +48,9 @@ ARCHITECTURES = {"topk": "topk", "batchtopk": "topk", "relu": "standard", "jumpr
 
 
 def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadata: Any) -> Path:
-    """Write ``dictionary`` (an autoencoder: ``topk``, ``batchtopk``, ``relu`` or ``jumprelu``) as a SAELens SAE directory;
-    ``metadata`` (``hook_name``, ``model_name`` ...) goes into the config's ``metadata``. Returns the path."""
+    """Write ``dictionary`` (an autoencoder: ``topk``, ``batchtopk``, ``relu`` or ``jumprelu``) as a SAELens SAE
+    directory; ``metadata`` (``hook_name``, ``model_name`` ...) goes into the config's ``metadata``. Returns the
+    path."""
     if dictionary.kind not in ARCHITECTURES:
         raise InputError(f"a {dictionary.kind} dictionary has no SAELens architecture; "
                          f"these do: {', '.join(ARCHITECTURES)}")

@@ -2,21 +2,26 @@
 
 The box's (padded, see :mod:`.eigen`) tensor ``B[c] = sum_h D[c, h] L^_h R^_h^T`` is approximated by
 
-    C[c] = sum_r A[c, r] U_r W_r^T,        minimising  ||B_sym - C_sym||_F^2,
+    C[c] = sum_r A[c, r] U_r W_r^T,   minimising  ||B_sym - C_sym||_F^2 + mu (||U||^2 + ||W||^2 + ||A||^2),
 
 which is a Bilinear box with ``hidden = R``, ``L^ = U``, ``R^ = W``, ``D = A`` (and the same
-output bias ``d``). The loss never builds ``B``: with the Gram matrices of the units'
-symmetrised rank-one terms (``K = sym_gram``, ``"hid hid'"``),
+output bias ``d``). The small penalty (``mu`` is :data:`_RIDGE` of ``||B_sym||_F^(4/3)``) keeps a fit from
+growing pairs of large units that cancel: they cost nothing in float but everything once each tensor
+is quantised with one scale (the search's last step); with it, the same ranks quantise to 1-2 bits
+fewer. The loss never builds ``B``: with the Gram matrices of the units' symmetrised rank-one terms
+(``K = sym_gram``, ``"hid hid'"``),
 
     ||B_sym - C_sym||^2 = sum (D^T D) * K(L, R; L, R) - 2 sum (D^T A) * K(L, R; U, W) + sum (A^T A) * K(U, W; U, W).
 
-For fixed ``U, W`` the best ``A`` solves a linear system, ``A = D K(L, R; U, W) K(U, W; U, W)^-1``;
-the fit eliminates it this way (variable projection) and runs L-BFGS on ``U, W`` in
-float64. It starts from the top-``R`` eigencomponents of the box (largest ``|lambda|`` over
-the output directions, as :mod:`.eigen` in ``threshold`` mode), nudged by seeded noise so
-that ``U`` and ``W`` can part (no fit at all when the start is exact: every eigencomponent fits in
-``R``), and keeps the eigen start if the fit does not improve on it:
-at equal hidden width cp is never worse than eigen. At ``R >= hidden`` it returns the
+For fixed ``U, W`` the best ``A`` solves a linear system, ``A = D K(L, R; U, W) (K(U, W; U, W) + mu)^-1``;
+the fit eliminates it this way (variable projection) and runs L-BFGS on ``U, W`` (:func:`_lbfgs`: the
+two loops on scalars, each unit's rows preconditioned by the diagonal block of the Hessian), its first
+:data:`_LOW` of the steps in float32 and the rest in float64. It starts from the top-``R``
+eigencomponents of the box (largest ``|lambda|`` over the output directions, as :mod:`.eigen` in
+``threshold`` mode), nudged by seeded noise so that ``U`` and ``W`` can part (no fit at all when the
+start is exact: every eigencomponent fits in ``R``), and keeps the eigen start if the fit does not
+improve on its error: at equal hidden width cp is never worse than eigen. Each unit's three factors
+are then scaled to equal norms (:func:`balance`; the same tensor). At ``R >= hidden`` it returns the
 box's own factors (padded with zero units), which are exact. Deterministic for a seed.
 
 >>> import torch
@@ -53,6 +58,7 @@ from compinterp.refinement.passes._common import (
     sym_gram,
 )
 from compinterp.refinement.passes.eigen import Spectrum, spectrum
+from compinterp.refinement.passes.graph import Net
 from compinterp.syntax import Bilinear
 
 _CHUNK = 10
@@ -61,6 +67,10 @@ _MEMORY = 20
 """The L-BFGS history: the last this many steps and gradient changes."""
 _LOW = 0.8
 """The fraction of a fit's steps taken in float32 (half the time of float64 on a CPU), before the rest in float64."""
+_RIDGE = 3e-4
+"""The fits' penalty on the factors' sizes, ``mu (||U||^2 + ||W||^2 + ||A||^2)`` with ``mu`` this fraction of
+``||B_sym||_F^(4/3)`` (the scale at which it weighs like the error): it keeps fits from growing pairs of large
+units that cancel, which a quantisation with one scale per tensor then spoils."""
 _LONG = 2 ** 16
 """With ``progress=None``, a bar is shown (on a terminal) when ``hidden x padded inputs`` is at least this."""
 _EXACT = 1e-20
@@ -84,9 +94,13 @@ def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor) -> torch.Ten
 
 
 def _solve(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """``A`` with ``(K + ridge) A^T = M^T``, the ridge ``1e-12`` of ``K``'s mean diagonal (``K`` may be singular)."""
+    """``A`` with ``(K + ridge) A^T = M^T``, the ridge ``1e-12`` of ``K``'s mean diagonal (``K`` may be singular;
+    when it is singular to working precision even so, the least-squares solution)."""
     ridge = 1e-12 * K.diagonal().mean().clamp_min(1e-300) * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
-    return torch.linalg.solve(K + ridge, M.T).T
+    A, info = torch.linalg.solve_ex(K + ridge, M.T)
+    if info.item():
+        A = torch.linalg.pinv(K + ridge, hermitian=True) @ M.T
+    return A.T
 
 
 class Target:
@@ -94,11 +108,13 @@ class Target:
     (``(4 in + out) hidden R`` multiply-adds per evaluation) or the dense ``B_sym`` (``out x in x in``,
     ``4 out in^2 R``), chosen once; the loss and its gradient in closed form (no autograd).
 
+    With ``ridge``, the loss is penalised by ``mu (||U||^2 + ||W||^2 + ||A||^2)``, ``mu = ridge ||B_sym||_F^(4/3)``.
     With ``A`` the best outputs for ``U, W`` (variable projection), the gradient of the loss in ``U, W``
     is its partial gradient at that fixed ``A`` (the envelope theorem): with ``S_r = sum_c A[c, r] B_sym[c]``
     and ``G = A^T A``,
 
-        d/dU = -2 S_r W_r + (G * W W^T) U + (G * W U^T) W,    d/dW = -2 S_r U_r + (G * U U^T) W + (G * U W^T) U.
+        d/dU = -2 S_r W_r + (G * W W^T) U + (G * W U^T) W + 2 mu U,
+        d/dW = -2 S_r U_r + (G * U U^T) W + (G * U W^T) U + 2 mu W.
 
     >>> f = Factors(torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64),
     ...             torch.randn(3, 7, dtype=torch.float64), None, False)
@@ -108,7 +124,7 @@ class Target:
     (True, True)
     """
 
-    def __init__(self, factors: Factors, dense: bool | None = None) -> None:
+    def __init__(self, factors: Factors, dense: bool | None = None, ridge: float = 0.0) -> None:
         hidden, n = factors.L.shape
         outputs = factors.D.shape[0]
         if dense is None:
@@ -121,6 +137,12 @@ class Target:
         self.norm = frobenius_sq(factors)
         self.corner = factors.D @ (factors.L[:, 0] * factors.R[:, 0]) if factors.biased else None
         """``B_sym[c, 0, 0]``, the constant term of each output's form (biased boxes only)."""
+        self.ridge = ridge * self.norm.item() ** (2 / 3)
+        """The weight ``mu`` of the penalty ``mu (||U||^2 + ||W||^2 + ||A||^2)``: ``ridge ||B_sym||_F^(4/3)``."""
+
+    def penalty(self, U: torch.Tensor, W: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """``mu (||U||^2 + ||W||^2 + ||A||^2)``, the part of :meth:`loss` that is not the error."""
+        return self.ridge * (U.square().sum() + W.square().sum() + A.square().sum())
 
     def loss(self, U: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, dloss/dU, dloss/dW, A)`` at the best outputs ``A`` for ``U, W``."""
@@ -132,17 +154,18 @@ class Target:
         if self.dense is not None:
             outputs, n = self.dense.shape[0], self.dense.shape[1]
             TX = (self.dense.reshape(outputs * n, n) @ UW.T).reshape(outputs, n, 2 * rank)
-            TU, TW = TX[:, :, :rank], TX[:, :, rank:]
-            M = (TW * U.T).sum(1)
+            M = (TX[:, :, rank:] * U.T).sum(1)         # U_r . B_sym[c] W_r
         else:
             f = self.factors
             h = f.L.shape[0]
             Q = torch.cat([f.L, f.R]) @ UW.T
             LU, LW, RU, RW = Q[:h, :rank], Q[:h, rank:], Q[h:, :rank], Q[h:, rank:]
             M = f.D @ ((LU * RW + LW * RU) / 2)
-        A = _solve(K, M)
+        A = _solve(K + self.ridge * torch.eye(rank, dtype=K.dtype, device=K.device) if self.ridge else K, M)
         G = A.T @ A
         loss = self.norm - 2 * (A * M).sum() + (G * K).sum()
+        if self.ridge:
+            loss = loss + self.penalty(U, W, A)
         if self.dense is not None:
             S = (TX * A.repeat(1, 2)[:, None, :]).sum(0).T      # rows: sum_c A[c, r] B_sym[c] U_r, then ... W_r
             SU, SW = S[:rank], S[rank:]
@@ -152,13 +175,40 @@ class Target:
             SU = ((E * RU).T @ f.L + (E * LU).T @ f.R) / 2
         gU = -2 * SW + (G * WW) @ U + (G * UWt.T) @ W
         gW = -2 * SU + (G * UU) @ W + (G * UWt) @ U
+        if self.ridge:
+            gU, gW = gU + 2 * self.ridge * U, gW + 2 * self.ridge * W
         return loss, gU, gW, A
 
 
-def _start(target: Factors, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The eigen start ``V`` (top-``rank`` eigencomponents by ``|lambda|``, zero rows past the last) and its
-    seeded noisy copies ``U, W``."""
-    spec = spectrum(target, "per_direction")
+class Prepared:
+    """What every fit of one box shares, whatever its rank, made once when first asked for: the box's
+    ``factors`` (float64), its spectrum per output direction (the fits' starts), and the targets of the fits
+    in float64 and float32."""
+
+    def __init__(self, factors: Factors) -> None:
+        self.factors = factors
+        self._spectrum: Spectrum | None = None
+        self._aims: dict[torch.dtype, Target] = {}
+
+    @property
+    def spectrum(self) -> Spectrum:
+        """The box's eigenvalues per output direction (see :func:`.eigen.spectrum`)."""
+        if self._spectrum is None:
+            self._spectrum = spectrum(self.factors, "per_direction")
+        return self._spectrum
+
+    def aim(self, dtype: torch.dtype = torch.float64) -> Target:
+        """The fit's target, its numbers in ``dtype``."""
+        if dtype not in self._aims:
+            f = self.factors
+            self._aims[dtype] = Target(f if dtype == f.L.dtype else Factors(
+                *(None if t is None else t.to(dtype) for t in (f.L, f.R, f.D, f.d)), f.biased), ridge=_RIDGE)
+        return self._aims[dtype]
+
+
+def _start(spec: Spectrum, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The eigen start ``V`` (top-``rank`` eigencomponents by ``|lambda|`` of ``spec``, zero rows past the last)
+    and its seeded noisy copies ``U, W``."""
     keep = torch.zeros(spec.values.numel(), dtype=torch.bool, device=spec.values.device)
     keep[spec.values.abs().flatten().argsort(descending=True, stable=True)[:rank]] = True
     V, _ = spec.select(keep.reshape(spec.values.shape))
@@ -169,17 +219,20 @@ def _start(target: Factors, rank: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: bool | None = None,
-        desc: str = "cp", give_up: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        desc: str = "cp", give_up: float | None = None, prepared: Prepared | None = None
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The CP factors ``U, W, A`` of rank ``rank`` for a Bilinear box's factors (see the module docstring);
     with ``give_up``, the fit may stop as soon as its error ``||B_sym - C_sym||_F^2`` (less the squared
-    constant terms, for a biased box) plainly cannot come under it (see :func:`_lbfgs`)."""
+    constant terms, for a biased box) plainly cannot come under it (see :func:`_lbfgs`); ``prepared``: the
+    box's :class:`Prepared` state, when fits of several ranks share it."""
     h = target.L.shape[0]
+    prepared = Prepared(target) if prepared is None else prepared
     if rank >= h:
         zeros = target.L.new_zeros(rank - h, target.L.shape[1])
         A = torch.cat([target.D, target.D.new_zeros(target.D.shape[0], rank - h)], 1)
         return torch.cat([target.L, zeros]), torch.cat([target.R, zeros]), A
-    U0, W0, eig = _start(target, rank, seed)
-    aim = Target(target)
+    U0, W0, eig = _start(prepared.spectrum, rank, seed)
+    aim = prepared.aim()
     A0 = best_outputs(target, eig, eig)
     start = cp_loss(target, eig, eig, A0, aim.norm)
     if start <= _EXACT * aim.norm:              # every component fits: nothing to fit
@@ -190,13 +243,12 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
         U, W, stopped = U0, W0, False
         cheap = int(steps * _LOW) if U0.dtype == torch.float64 else 0
         if cheap:                               # most steps in float32, then polished in float64
-            low = Target(Factors(*(None if t is None else t.float() for t in (target.L, target.R, target.D, target.d)),
-                                 target.biased))
+            low = prepared.aim(torch.float32)
             U, W, stopped = _lbfgs(low, U.float(), W.float(), cheap, bar, give_up=give_up, later=steps - cheap)
             U, W = U.double(), W.double()
         if steps > cheap and not stopped:
             U, W, _ = _lbfgs(aim, U, W, steps - cheap, bar, give_up=give_up)
-    A = best_outputs(target, U, W)
+    A = aim.loss(U, W)[3]                       # the outputs of the penalised fit
     if start <= cp_loss(target, U, W, A, aim.norm):
         return balance(eig, eig, A0)
     return balance(U, W, A)
@@ -214,12 +266,12 @@ def balance(U: torch.Tensor, W: torch.Tensor, A: torch.Tensor) -> tuple[torch.Te
     return U * su[:, None], W * sw[:, None], A / (su * sw)
 
 
-def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, precondition: bool = True,
-           give_up: float | None = None, later: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, give_up: float | None = None,
+           later: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """At most ``steps`` L-BFGS iterations on ``aim.loss`` from ``U, W``: memory :data:`_MEMORY`, a backtracking
-    line search from the step 1, and (``precondition``) the initial inverse Hessian of each unit's rows
-    ``1 / (G_rr |W_r|^2)`` for ``U_r`` and ``1 / (G_rr |U_r|^2)`` for ``W_r`` (``G = A^T A``: the diagonal
-    blocks of the Hessian in ``U`` and ``W``), so that strong and weak units move alike. Stops early when
+    line search from the step 1, and for the initial inverse Hessian, that of each unit's rows
+    ``1 / (G_rr |W_r|^2 + 2 mu)`` for ``U_r`` and ``1 / (G_rr |U_r|^2 + 2 mu)`` for ``W_r`` (``G = A^T A``: the
+    diagonal blocks of the Hessian in ``U`` and ``W``), so that strong and weak units move alike. Stops early when
     :data:`_CHUNK` iterations gain less than ``1e-12`` of the loss, or, with ``give_up``, when the loss (less
     the squared corners of the error, for a biased box) cannot come under ``give_up`` even if it kept falling
     at twice the pace of the last :data:`_CHUNK` iterations for the steps left (``later`` more after these);
@@ -240,19 +292,18 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
         U, W = x.view(2, rank, n)
         loss, gU, gW, A = aim.loss(U, W)
         last[:] = [A]
-        if not precondition:
-            return loss.item(), torch.cat([gU, gW]).reshape(-1), x.new_ones(())
         g = A.square().sum(0)
         rows = x.view(2 * rank, n).square().sum(1)
-        h = 1 / (torch.cat([g * rows[rank:], g * rows[:rank]]) + torch.finfo(x.dtype).tiny)
+        h = 1 / (torch.cat([g * rows[rank:], g * rows[:rank]]) + 2 * aim.ridge + torch.finfo(x.dtype).tiny)
         return loss.item(), torch.cat([gU, gW]).reshape(-1), h[:, None].expand(2 * rank, n).reshape(-1)
 
     def hopeless(f: float, before: float, left: int) -> bool:
         """Whether the loss, less the error's corners, stays over ``give_up`` at twice the last chunk's pace."""
+        U, W = x.view(2, rank, n)
+        error = f - aim.penalty(U, W, last[0]).item()
         if aim.corner is not None:
-            U, W = x.view(2, rank, n)
-            f -= (aim.corner - last[0] @ (U[:, 0] * W[:, 0])).square().sum().item()
-        return f - 2 * (before - f) * left / _CHUNK > give_up
+            error -= (aim.corner - last[0] @ (U[:, 0] * W[:, 0])).square().sum().item()
+        return error - 2 * (before - f) * left / _CHUNK > give_up
 
     f, g, h = evaluate(x)
     previous, scale = f, 1.0
@@ -273,7 +324,7 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
                 coef[yi] = alpha[yi] - beta
             direction = -(r + x.new_tensor(coef) @ S)
         else:
-            direction = -g * h * (1.0 if precondition else min(1.0, 1.0 / max(g.abs().sum().item(), 1e-300)))
+            direction = -g * h
         slope = torch.dot(g, direction).item()
         if slope >= 0:                          # not a descent direction: restart from the gradient
             order, direction = [], -g * h
@@ -293,11 +344,11 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
             slot = order.pop(0) if len(order) == _MEMORY else len(order)
             S[slot], Y[slot] = s, y
             order.append(slot)
-            sY, yS = (Y[order] @ s).tolist(), (S[order] @ y).tolist()
-            for j, other in enumerate(order):
-                SY[slot][other], SY[other][slot] = sY[j], yS[j]
-            scale = sy / torch.dot(y * h_new, y).item() if precondition else sy / torch.dot(y, y).item()
-        x, f, g, h = new, f_new, g_new, h_new * scale if precondition else h_new.new_full((), scale)
+            sY, yS = (Y @ s).tolist(), (S @ y).tolist()      # every slot (those not in use are not read)
+            for other in order:
+                SY[slot][other], SY[other][slot] = sY[other], yS[other]
+            scale = sy / torch.dot(y * h_new, y).item()         # the preconditioner scaled as L-BFGS scales I
+        x, f, g, h = new, f_new, g_new, h_new * scale
         if (step + 1) % _CHUNK == 0 or step + 1 == steps:
             bar.update(_CHUNK if (step + 1) % _CHUNK == 0 else (step + 1) % _CHUNK)
             bar.set_postfix(loss=f"{f:.3g}")
@@ -317,15 +368,17 @@ def _split(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def cp(model: Model, box: str, rank: int, steps: int = 200, seed: int = 0, progress: bool | None = None,
-       give_up: float | None = None) -> Model:
+       give_up: float | None = None, prepared: Prepared | None = None) -> Model:
     """``model`` with Bilinear box ``box`` refit as a rank-``rank`` CP decomposition (``steps`` L-BFGS
     iterations at most, seeded by ``seed``; a progress bar if ``progress``, and by default for long fits
-    (``hidden x inputs >= 2^16``) when writing to a terminal; ``give_up`` as in :func:`fit`)."""
+    (``hidden x inputs >= 2^16``) when writing to a terminal; ``give_up`` and ``prepared``, the box's, as in
+    :func:`fit`)."""
     f = find_box(model, box, (Bilinear,), "cp")
     rank = in_range("cp", box, "rank", rank, 1, 1 << 30)
     steps = in_range("cp", box, "steps", steps, 1, 1 << 30)
-    target = Factors.of(f, params64(model, box))
-    U, W, A = fit(target, rank, steps, seed, progress, desc=f"cp {box} rank {rank}", give_up=give_up)
+    target = Factors.of(f, params64(model, box)) if prepared is None else prepared.factors
+    U, W, A = fit(target, rank, steps, seed, progress, desc=f"cp {box} rank {rank}", give_up=give_up,
+                  prepared=prepared)
     new = Bilinear(fresh(set(model.boxes), f"{box}_cp"), f.dom, f.cod, hidden=rank, bias=target.biased)
     return replace(model, {box: new}, {new.name: target.params(U, W, A)})
 
@@ -344,7 +397,17 @@ class CP:
                  progress: bool | None = None) -> None:
         self.ranks = None if ranks is None else sorted(set(ranks), reverse=True)
         self.steps, self.seed, self.progress = steps, seed, progress
-        self._spectra: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], Spectrum]] = weakref.WeakKeyDictionary()
+        self._prepared: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], Prepared]] = \
+            weakref.WeakKeyDictionary()
+
+    def prepared(self, model: Model, box: str) -> Prepared:
+        """Box ``box`` of ``model`` made ready for fits (:class:`Prepared`), once per model and state of its
+        weights: every rank tried on the same model shares its spectrum and targets."""
+        known = self._prepared.setdefault(model, {})
+        key = (box, tuple(p._version for p in model.parameters()))
+        if key not in known:
+            known[key] = Prepared(Factors.of(find_box(model, box, (Bilinear,), "cp"), params64(model, box)))
+        return known[key]
 
     def starts(self, model: Model, rewrites: Sequence[Rewrite]) -> tuple[Spectrum, list[torch.Tensor]] | None:
         """The spectrum (per output direction) of the box that ``rewrites`` all refit, and the mask of the
@@ -360,11 +423,11 @@ class CP:
         target = model.boxes[box]
         if type(target) is not Bilinear or target.dom != model.dom or target.cod != model.cod:
             return None
-        known = self._spectra.setdefault(model, {})
-        key = (box, tuple(p._version for p in model.parameters()))
-        if key not in known:
-            known[key] = spectrum(Factors.of(target, params64(model, box)), "per_direction")
-        spec = known[key]
+        net = Net(model.diagram)
+        nodes = net.occurrences(box)
+        if len(nodes) != 1 or not net.direct(nodes[0]):
+            return None
+        spec = self.prepared(model, box).spectrum
         if spec.vectors is None:
             return None
         order = spec.values.abs().flatten().argsort(descending=True, stable=True)
@@ -391,8 +454,10 @@ class CP:
         if rewrite.pass_name != self.name:
             raise BoxError(f"the cp pass cannot apply a {rewrite.pass_name!r} rewrite ({rewrite})")
         s = rewrite.settings
+        prepared = self.prepared(model, rewrite.box) if rewrite.box in model.boxes \
+            and type(model.boxes[rewrite.box]) is Bilinear else None
         return cp(model, rewrite.box, s.get("rank"), s.get("steps", self.steps), s.get("seed", self.seed),
-                  self.progress, give_up)
+                  self.progress, give_up, prepared)
 
     def lossless(self, model: Model) -> list[Rewrite]:
         """For each Bilinear box, ``rank = hidden``: the box's own factors, exact."""

@@ -52,6 +52,7 @@ from compinterp.refinement.base import Rewrite
 from compinterp.refinement.passes._common import (Factors, find_box, fresh, grid, in_range, output_gram, params64,
                                                   replace)
 from compinterp.refinement.passes.fuse import Work, fold, foldable
+from compinterp.refinement.passes.graph import Net
 from compinterp.syntax import Bilinear, Box
 
 MODES = ("per_output", "per_direction", "threshold")
@@ -259,18 +260,25 @@ class Eigen:
         self.mode = _check_mode(mode)
         self.counts = None if counts is None else sorted(set(counts), reverse=True)
         self.fold = fold
-        self._spectra: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], tuple[Box, Spectrum]]] \
+        self._spectra: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], tuple[Box, Spectrum, bool]]] \
             = weakref.WeakKeyDictionary()
 
     def spectrum(self, model: Model, box: str, fold: Sequence[str] = ()) -> tuple[Box, Spectrum]:
         """The (folded) box and its spectrum in this pass's basis, computed once per model and state of its
         weights (the candidates and every rewrite applied to the same model share it; kept while the model
         lives, recomputed when a weight changes in place)."""
+        return self._known(model, box, fold)[:2]
+
+    def _known(self, model: Model, box: str, fold: Sequence[str]) -> tuple[Box, Spectrum, bool]:
+        """The (folded) box, its spectrum, and whether it reads the model's input and writes its output
+        (:meth:`~.graph.Net.direct`, once folded), computed once per model and state of its weights."""
         known = self._spectra.setdefault(model, {})
         key = (box, tuple(fold), tuple(p._version for p in model.parameters()))
         if key not in known:
-            _, target, p = _folded(model, box, tuple(fold))
-            known[key] = (target, spectrum(Factors.of(target, p), _basis(self.mode)))
+            work, target, p = _folded(model, box, tuple(fold))
+            net = work.net if work is not None else Net(model.diagram)
+            direct = net.direct(next(n for n in net.nodes if n.box.name == target.name))
+            known[key] = (target, spectrum(Factors.of(target, p), _basis(self.mode)), direct)
         return known[key]
 
     def _boxes(self, model: Model) -> list[tuple[str, tuple[str, ...]]]:
@@ -324,8 +332,8 @@ class Eigen:
         if any(r.pass_name != self.name or r.box != box or tuple(r.settings.get("fold", ())) != fold
                or r.settings.get("mode", "per_output") != self.mode for r in rewrites):
             return None
-        target, spec = self.spectrum(model, box, fold)
-        if target.dom != model.dom or target.cod != model.cod or spec.vectors is None:
+        target, spec, direct = self._known(model, box, fold)
+        if not direct or target.dom != model.dom or target.cod != model.cod or spec.vectors is None:
             return None
         return spec, [_keep(spec, self.mode, r.settings, box) for r in rewrites]
 

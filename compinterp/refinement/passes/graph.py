@@ -90,6 +90,29 @@ class Net:
         """The node reading edge ``e`` (``None``: an output of the diagram)."""
         return next((n for n in self.nodes if e in n.ins), None)
 
+    def direct(self, node: Node) -> bool:
+        """Whether ``node`` reads the diagram's one input and writes its one output, each directly or across
+        the copy and the add of a residual stream: then the box's output only adds to the diagram's, and a
+        change of the box changes the diagram by exactly the change of the box.
+
+        >>> from compinterp.syntax import Space, Linear, Bilinear, residual, chain
+        >>> x = Space("x", 3)
+        >>> net = Net(residual(Bilinear("mlp", x, x, hidden=2)))
+        >>> net.direct(net.occurrences("mlp")[0])
+        True
+        >>> net = Net(chain(Linear("embed", x, x), Bilinear("mlp", x, x, hidden=2)))
+        >>> net.direct(net.occurrences("mlp")[0])
+        False
+        """
+        if len(self.inputs) != 1 or len(self.outputs) != 1 or len(node.ins) != 1 or len(node.outs) != 1:
+            return False
+        source, sink = self.producer(node.ins[0]), self.consumer(node.outs[0])
+        reads = source is None if node.ins[0] in self.inputs else False
+        reads = reads or (source is not None and isinstance(source.box, Copy) and source.ins == self.inputs)
+        writes = sink is None and node.outs[0] in self.outputs
+        writes = writes or (sink is not None and isinstance(sink.box, Add) and sink.outs == self.outputs)
+        return reads and writes
+
     def occurrences(self, name: str) -> list[Node]:
         """The nodes of box ``name``."""
         return [n for n in self.nodes if n.box.name == name]
