@@ -26,6 +26,9 @@ DEFAULT_PASSES = ("fuse", "eigen", "lowrank", "prune", "odt", "cp")
 """The passes ``compinterp refine`` runs by default (``compinterp.refinement.passes.default_passes()``, named
 here so start-up imports no torch)."""
 
+ENCODER = ("kind", "l0")
+"""The dictionary options that set an SAE's or a transcoder's encoder (a bilinear autoencoder has its own)."""
+
 SIGPIPE_STATUS = 141
 """The exit status when stdout's reader has gone (``compinterp info | head``): 128 + SIGPIPE, as a shell reports
 a program killed by a closed pipe."""
@@ -173,6 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("--ks", metavar="K,...", help="dictionary passes: active features per example to try "
                                                        "(default: 8,4,2)")
     refine.add_argument("--steps", type=int, help="dictionary passes: training steps (default: 1000)")
+    refine.add_argument("--kind", choices=("topk", "batchtopk", "relu", "jumprelu"),
+                        help="sae and transcoder passes: the encoder (default: topk; relu trains with an L1 penalty, "
+                             "jumprelu with an L0 penalty, neither takes --ks)")
+    refine.add_argument("--l0", type=float, metavar="C", help="jumprelu: the L0 penalty's coefficient (default: 1)")
     refine.add_argument("--beam", type=int, default=1, help="sequences kept at each step; 1 is greedy (default: 1)")
     refine.add_argument("--budget", type=int, default=500, help="the most models evaluated (default: 500)")
     refine.add_argument("--seed", type=int, default=0, help="seed of the passes' random numbers (default: 0)")
@@ -334,13 +341,20 @@ def _refine(args: argparse.Namespace) -> None:
     if args.dictionary is not None:
         names = [*(names or []), args.dictionary]
     options = {"widths": _ints(args.widths, "--widths"), "ks": _ints(args.ks, "--ks"),
-               "steps": None if args.steps is None else _ints(str(args.steps), "--steps")[0]}
+               "steps": None if args.steps is None else _ints(str(args.steps), "--steps")[0],
+               "kind": args.kind, "l0": args.l0}
+    if args.l0 is not None and (args.kind != "jumprelu" or not args.l0 > 0):
+        raise InputError(f"--l0 is the positive L0 coefficient of --kind jumprelu, got --l0 {args.l0:g}"
+                         + ("" if args.kind == "jumprelu" else f" with --kind {args.kind or 'topk (the default)'}"))
+    if args.kind is not None and args.dictionary == "bilinear_ae" and args.passes is None:
+        raise InputError("--kind sets the encoder of the sae and transcoder passes; bilinear_ae has its own")
     if not any(name in NAMES for name in names or []) and (args.wire is not None or any(options.values())):
-        raise InputError("--wire, --widths, --ks and --steps set the dictionary passes "
+        raise InputError("--wire, --widths, --ks, --steps, --kind and --l0 set the dictionary passes "
                          f"({', '.join(NAMES)}): name one with --pass or --passes")
     passes = None if names is None else [
         make_pass(name, search, None if args.wire is None else [args.wire], batch_size=args.batch_size,
-                  device=device, progress=not args.json, **{k: v for k, v in options.items() if v is not None})
+                  device=device, progress=not args.json,
+                  **{k: v for k, v in options.items() if v is not None and not (name == "bilinear_ae" and k in ENCODER)})
         if name in NAMES else name for name in names]
     result = refine(model, args.min_faithfulness, search, passes, budget=args.budget, beam=args.beam, seed=args.seed,
                     progress=not args.json, quantise=not args.no_quantise, batch_size=args.batch_size,

@@ -103,3 +103,27 @@ def test_refine_usage(capsys: pytest.CaptureFixture[str], model_dir: Path) -> No
     assert code == 2 and "the following arguments are required: --out" in err
     code, out, _ = run(capsys, "refine", "--help")
     assert code == 0 and "example:\n  compinterp refine runs/digits --min-faithfulness 0.99" in out
+
+
+def test_refine_passes_the_encoder_options_to_the_dictionary_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import compinterp.refinement.dictionary as dictionary
+    made: dict[str, dict] = {}
+    real = dictionary.make_pass
+
+    def spy(name: str, *args: object, **kwargs: object) -> object:
+        made[name] = kwargs
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(dictionary, "make_pass", spy)
+    x, h = Space("x", 6), Space("h", 12)
+    save(Model(Linear("up", x, h, bias=True) >> Elementwise("relu", h) >> Linear("down", h, x), seed=0), tmp_path / "m")
+    code = main(["refine", str(tmp_path / "m"), "--out", str(tmp_path / "out"), "--data", "gaussian:512",
+                 "--passes", "sae,bilinear_ae", "--kind", "jumprelu", "--l0", "0.5", "--widths", "8", "--steps", "5",
+                 "--no-quantise", "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert made["sae"]["kind"] == "jumprelu" and made["sae"]["l0"] == 0.5
+    assert "kind" not in made["bilinear_ae"] and "l0" not in made["bilinear_ae"]
+    assert main(["refine", str(tmp_path / "m"), "--out", str(tmp_path / "o2"), "--data", "gaussian:64",
+                 "--passes", "sae", "--l0", "0.5"]) == 1
+    assert "--l0 is the positive L0 coefficient of --kind jumprelu" in capsys.readouterr().err
