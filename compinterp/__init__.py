@@ -24,7 +24,7 @@ _EXPORTS = {
         "patching", "attribution_patching", "grid", "every_head", "attention_patterns")},
     **{name: "compinterp.syntax" for name in (
         "Space", "Wire", "Diagram", "Box", "Id", "Swap", "Embed", "PosEmbed", "Linear", "Unembed", "Bilinear", "Gated",
-        "Norm", "Elementwise", "TopK", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
+        "Norm", "Elementwise", "TopK", "JumpReLU", "Copy", "Add", "Mul", "Attention", "Opaque", "residual", "chain")},
     **{name: "compinterp.errors" for name in (
         "CompinterpError", "CompositionError", "BoxError", "ParameterError", "InputError", "FormatError",
         "ImportTraceError")},

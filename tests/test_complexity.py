@@ -23,7 +23,7 @@ from compinterp.model import Model
 from compinterp.syntax import Bilinear, Linear, Opaque, Space, Unembed, chain, residual
 
 X, H, Y = Space("x", 3), Space("h", 4), Space("y", 2)
-L_KINDS = math.log2(19)          # 18 compinterp kinds and Swap
+L_KINDS = math.log2(20)          # 19 compinterp kinds and Swap
 
 
 def gamma(n: int) -> int:

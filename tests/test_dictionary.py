@@ -198,7 +198,7 @@ def test_cli_refine_with_a_dictionary_pass(tmp_path, capsys) -> None:
     assert both["evaluated"] == alone["evaluated"] + 1 and both["faithfulness"] >= 0.99    # one SAE setting tried
     assert main(["refine", str(tmp_path / "m"), "--out", str(tmp_path / "r3"), "--data", "gaussian:64",
                  "--passes", "lowrank", "--widths", "8"]) == 1
-    assert "--wire, --widths, --ks and --steps set the dictionary passes (sae, transcoder, bilinear_ae)" in \
+    assert "--wire, --widths, --ks, --steps, --kind and --l0 set the dictionary passes (sae, transcoder, bilinear_ae)" in \
         capsys.readouterr().err
 
 

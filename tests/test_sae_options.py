@@ -202,9 +202,57 @@ def test_jumprelu_thresholds_stay_non_negative_and_fold_with_the_decoder() -> No
     d.fold()
     assert torch.allclose(d.threshold, theta * norms) and torch.allclose(d(x)[0], before, atol=1e-6)
     a = Space("a", 2)
-    refined = Model(d.diagram("f", a, a), d.params("f"))                # the Opaque JumpReLU box
-    assert [b.kind for b in refined.diagram.boxes] == ["Linear", "Opaque", "Linear"]
+    refined = Model(d.diagram("f", a, a), d.params("f"))                # the core JumpReLU box
+    assert [b.kind for b in refined.diagram.boxes] == ["Linear", "JumpReLU", "Linear"]
+    assert torch.equal(refined.params["f_jumprelu"]["theta"], d.threshold.detach())
     assert torch.allclose(refined(x), d(x)[0], atol=1e-6)
+
+
+def test_the_jumprelu_box_keeps_each_feature_above_its_threshold_by_hand() -> None:
+    from compinterp.semantics.kernels import RULES
+    from compinterp.syntax import JumpReLU as JumpReLUBox
+    box = JumpReLUBox("jump", Space("features", 4))
+    theta = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    x = torch.tensor([[1.0, -0.5, 2.0, 0.0], [0.4, -2.0, 3.0, -0.1], [0.5, 0.0, -3.0, 1e-3]])
+    y = RULES["JumpReLU"](box)({"theta": theta}, x)[0]
+    hand = torch.tensor([[1.0, -0.5, 0.0, 0.0],                          # 2 = theta: not above it, zero
+                         [0.0, 0.0, 3.0, 0.0],
+                         [0.0, 0.0, 0.0, 1e-3]])
+    assert torch.equal(y, hand)
+    model = Model(box, {"jump": {"theta": theta}})
+    assert torch.equal(model(x), hand)
+    assert torch.equal(Model(box, seed=0).params["jump"]["theta"], torch.zeros(4))    # zeros: a ReLU to start
+
+
+def test_the_jumprelu_box_round_trips_through_json() -> None:
+    from compinterp.syntax import JumpReLU as JumpReLUBox
+    from compinterp.syntax import box_from_json, box_to_json
+    box = JumpReLUBox("f_jumprelu", Space("features", 12))
+    entry = box_to_json(box)
+    assert entry == {"kind": "JumpReLU", "name": "f_jumprelu", "dom": box.dom.to_json(), "cod": box.cod.to_json(),
+                     "data": {}}
+    again = box_from_json(entry)
+    assert again == box and type(again) is JumpReLUBox and again.param_shapes() == {"theta": (12,)}
+
+
+def test_a_jumprelu_refined_model_saves_and_loads_without_trust_code(tmp_path) -> None:
+    from compinterp.files import save
+    from compinterp.model import load
+    d, x = jumprelu_example()
+    d.eval()
+    a = Space("a", 2)
+    model = Model(Linear("f", a, a), seed=0)
+    weights = {"f": {"W": model.params["f"]["W"].detach().clone()}} | d.params("f")
+    refined = Model(Linear("f", a, a) >> d.diagram("f", a, a), weights)
+    folder = save(refined, tmp_path / "m")
+    assert not (folder / "opaque.pt").exists()
+    again = load(folder)                                                # no trust_code
+    assert again.diagram == refined.diagram
+    assert [b.kind for b in again.diagram.boxes] == ["Linear", "Linear", "JumpReLU", "Linear"]
+    with torch.no_grad():
+        assert torch.equal(again(x), refined(x))
+        assert torch.allclose(refined(x), d(model(x))[0], atol=1e-6)
+        assert 0 < int((d.encode(model(x)) != 0).sum()) < 3 * len(x)    # the thresholds cut somewhere
 
 
 def test_jumprelu_matches_saelens_loss_and_gradients() -> None:
@@ -237,7 +285,9 @@ def test_jumprelu_matches_saelens_loss_and_gradients() -> None:
         assert torch.allclose(mine, their, atol=1e-5)
 
 
-def test_the_jumprelu_pass_refines_a_box() -> None:
+def test_the_jumprelu_pass_refines_a_box(tmp_path) -> None:
+    from compinterp.files import save
+    from compinterp.model import load
     a = Space("a", 6)
     model = Model(Linear("f", a, a), seed=0)
     x = torch.cat(batches())
@@ -247,6 +297,9 @@ def test_the_jumprelu_pass_refines_a_box() -> None:
     refined = p.interpret(model, p.candidates(model)[0], d).explanation
     assert [b.name for b in refined.diagram.boxes] == ["f", "f_enc", "f_jumprelu", "f_dec"]
     assert torch.allclose(refined(x), d(model(x))[0], atol=1e-5)
+    again = load(save(refined, tmp_path / "m"))                         # a core box: no opaque.pt, no trust_code
+    with torch.no_grad():
+        assert torch.equal(again(x), refined(x))
     assert bool((d.threshold >= 0).all()) and 0 < (d.encode(model(x)) != 0).float().sum(-1).mean() < 8
 
 
@@ -435,6 +488,8 @@ def test_jumprelu_crosses_to_saelens_and_back(tmp_path) -> None:
         model = Model(Linear("f", a, a), seed=0)
         refined = from_saelens(model, "f", tmp_path / "theirs").explanation
         assert torch.allclose(refined(x), theirs(model(x)), atol=1e-5)
+        assert refined.boxes["f_jumprelu"].kind == "JumpReLU"
+        assert torch.equal(refined.params["f_jumprelu"]["theta"], theirs.threshold.detach().clamp_min(0))
 
 
 def test_saelens_files_that_do_not_cross_say_why(tmp_path) -> None:

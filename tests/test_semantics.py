@@ -26,6 +26,7 @@ from compinterp.syntax import (
     Embed,
     Gated,
     Id,
+    JumpReLU,
     Kind,
     Linear,
     Mul,
@@ -164,6 +165,8 @@ def box_by_hand(box: Box, p: Any, xs: Sequence[torch.Tensor]) -> list[torch.Tens
         return [by_hand(data["fn"], x) for x in xs]
     if kind == "TopK":
         return [topk_by_hand(xs[0], data["k"], data["absolute"])]
+    if kind == "JumpReLU":
+        return [torch.where(xs[0] > p["theta"], xs[0], torch.zeros_like(xs[0]))]
     if kind == "Copy":
         return [xs[0]] * data["n"]
     if kind == "Add":
@@ -418,11 +421,13 @@ POOL: tuple[Box, ...] = (
     Elementwise("tanh", X),
     Elementwise("square", Y @ Z, name="sq_yz"),
     TopK("top_z", Z, 2),
+    JumpReLU("jump_y", Y),
     Attention("attn_z", Z, heads=2),
     Opaque("mix", X @ Y, Z),
 )
 PARAMS: dict[str, Any] = {box.name: init_params(box, torch.Generator().manual_seed(i), F64)
                           for i, box in enumerate(POOL) if box.param_shapes()} | {"mix": Mix()}
+PARAMS["jump_y"] = {"theta": torch.tensor([0.3, -0.2], dtype=F64)}     # thresholds of either sign, not the zeros
 """One parameter store shared by every random diagram: box name -> parameters (or module)."""
 MAX_WIRES = 5
 

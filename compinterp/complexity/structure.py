@@ -8,7 +8,7 @@ Every term is written out in ``docs/description_length.md``.
 >>> x, y = Space("x", 4), Space("y", 2)
 >>> rows = structure_rows(Linear("f", x, y))
 >>> [(name, round(bits, 3)) for name, _, bits in rows]
-[('(diagram)', 14.0), ('f', 19.248)]
+[('(diagram)', 14.0), ('f', 19.322)]
 """
 
 from __future__ import annotations

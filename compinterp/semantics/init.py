@@ -6,19 +6,22 @@ import math
 
 import torch
 
-from compinterp.syntax import Attention, ChannelAffine, Conv, Embed, Kind, Norm, PosEmbed
+from compinterp.syntax import Attention, ChannelAffine, Conv, Embed, JumpReLU, Kind, Norm, PosEmbed
 
 
 def init_params(box: Kind, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Fresh parameters for ``box``: uniform in ``±1/sqrt(fan_in)`` for maps, N(0, 1) for
     embeddings (of tokens and of positions), ones and zeros for norms and per-channel affine maps,
-    zeros for attention biases (ones for its query and key norms); a convolution's fan-in is a patch."""
+    zeros for attention biases (ones for its query and key norms) and for JumpReLU thresholds (a ReLU to
+    start); a convolution's fan-in is a patch."""
     out: dict[str, torch.Tensor] = {}
     for role, shape in box.param_shapes().items():
         if isinstance(box, (Embed, PosEmbed)):
             out[role] = torch.randn(shape, generator=generator, dtype=dtype)
         elif isinstance(box, Norm):
             out[role] = torch.full(shape, 1.0 - box.data.get("offset", 0.0) if role == "weight" else 0.0, dtype=dtype)
+        elif isinstance(box, JumpReLU):
+            out[role] = torch.zeros(shape, dtype=dtype)
         elif isinstance(box, ChannelAffine):
             out[role] = (torch.ones if role == "weight" else torch.zeros)(shape, dtype=dtype)
         elif isinstance(box, Attention) and len(shape) == 1:

@@ -121,6 +121,15 @@ def topk(k: int, absolute: bool, p: Any, x: torch.Tensor) -> tuple[torch.Tensor]
     return (torch.zeros_like(x).scatter(-1, index, values if absolute else values.relu()),)
 
 
+def jumprelu(p: Params, x: torch.Tensor) -> tuple[torch.Tensor]:
+    """``x H(x - theta)``: each feature kept where it exceeds its threshold ``theta``, zero elsewhere.
+
+    >>> jumprelu({"theta": torch.tensor([0.5, 0.5, 2.0])}, torch.tensor([[1.0, 0.5, 1.5]]))[0]
+    tensor([[1., 0., 0.]])
+    """
+    return (x * (x > p["theta"]),)
+
+
 def add(p: Any, *xs: torch.Tensor) -> tuple[torch.Tensor]:
     """The sum of the wires."""
     out = xs[0] + xs[1]
@@ -405,6 +414,7 @@ RULES: dict[str, Callable[[Box], Kernel]] = {
     "Norm": _norm,
     "Elementwise": lambda box: partial(pointwise1 if len(box.dom) == 1 else pointwise, POINTWISE[box.data["fn"]]),
     "TopK": lambda box: partial(topk, box.data["k"], box.data["absolute"]),
+    "JumpReLU": lambda box: jumprelu,
     "Add": lambda box: add,
     "Mul": lambda box: mul,
     "Attention": partial(_attention, attention),

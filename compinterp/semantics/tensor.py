@@ -38,7 +38,8 @@ import torch
 
 from compinterp.errors import CompinterpError, InputError, ParameterError
 from compinterp.syntax import (Add, Attention, Bilinear, Box, ChannelAffine, Conv, Copy, Diagram, Elementwise, Embed,
-                               Flatten, Gated, Linear, Mul, Norm, Opaque, Pool, Space, Swap, TopK, describe)
+                               Flatten, Gated, JumpReLU, Linear, Mul, Norm, Opaque, Pool, Space, Swap, TopK,
+                               describe)
 
 _MAX_DENSE = 50_000_000
 """Largest dense coefficient tensor :meth:`PolyNet.tensor` will build (entries)."""
@@ -48,6 +49,7 @@ _REASONS: dict[type[Box], str] = {
     Attention: "softmax attention is not a polynomial",
     Opaque: "an opaque torch module has no known polynomial form",
     TopK: "keeping the k largest features is not a polynomial",
+    JumpReLU: "a threshold step is not a polynomial",
     Conv: "a convolution mixes channels and positions, axes the tensor semantics keeps apart (a wire is the last axis)",
     ChannelAffine: "its scale varies along the channel axis, which the tensor semantics treats as a batch axis",
     Pool: "pooling takes maxima or means across positions, axes the tensor semantics keeps apart",

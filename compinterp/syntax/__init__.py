@@ -10,6 +10,7 @@ from compinterp.syntax.boxes import (
     Elementwise,
     Embed,
     Gated,
+    JumpReLU,
     Linear,
     Mul,
     Norm,
@@ -30,8 +31,8 @@ from compinterp.syntax.vision import ChannelAffine, Conv, Flatten, Pool
 
 __all__ = [
     "ELEMENTWISE", "KEEP", "KINDS", "PATTERNS", "Add", "Attention", "Bilinear", "Box", "ChannelAffine", "Conv",
-    "Copy", "Diagram", "Elementwise", "Embed", "Flatten", "Gated", "Id", "Kind", "Linear", "Mul", "Norm", "Opaque",
-    "Pool", "PosEmbed", "Space", "Swap", "TopK", "Unembed",
+    "Copy", "Diagram", "Elementwise", "Embed", "Flatten", "Gated", "Id", "JumpReLU", "Kind", "Linear", "Mul", "Norm",
+    "Opaque", "Pool", "PosEmbed", "Space", "Swap", "TopK", "Unembed",
     "Wire", "box_from_json", "box_to_json", "chain", "describe", "residual",
     "diagram_from_json", "diagram_to_json",
 ]

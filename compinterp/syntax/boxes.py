@@ -238,6 +238,33 @@ class TopK(Kind):
         return cls(name, dom, **data)
 
 
+class JumpReLU(Kind):
+    """A learnt threshold per feature (JumpReLU sparse autoencoders): ``y_f = x_f H(x_f - theta_f)``, ``H``
+    the Heaviside step (``H(0) = 0``), so a feature passes unchanged where it exceeds its threshold
+    ``theta_f`` and is zero elsewhere; ``theta`` (shape ``(dim,)``) is its one parameter.
+
+    >>> box = JumpReLU("jump", Space("features", 4))
+    >>> box.param_shapes(), box.data
+    ({'theta': (4,)}, {})
+    >>> box_from_json(box_to_json(box)) == box
+    True
+    """
+
+    kind = "JumpReLU"
+
+    def __init__(self, name: str, space: Space) -> None:
+        check_name(self.kind, name)
+        one_wire(self.kind, name, "space", space)
+        super().__init__(name, space, space, {})
+
+    @classmethod
+    def from_json(cls, name: str, dom: Space, cod: Space, data: dict[str, Any]) -> Kind:
+        return cls(name, dom, **data)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"theta": (self.dom.dim,)}
+
+
 class Spider(Kind):
     """Base of the spiders (Frobenius structure on one space): copy, add, multiply; no parameters."""
 
@@ -315,8 +342,8 @@ class Opaque(Kind):
 
 
 KINDS: dict[str, type[Kind]] = {cls.kind: cls for cls in (
-    Embed, PosEmbed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, Copy, Add, Mul, Attention,
-    Conv, ChannelAffine, Pool, Flatten, Opaque)}
+    Embed, PosEmbed, Linear, Unembed, Bilinear, Gated, Norm, Elementwise, TopK, JumpReLU, Copy, Add, Mul,
+    Attention, Conv, ChannelAffine, Pool, Flatten, Opaque)}
 """Every box kind by name, as written in files."""
 
 READERS: dict[str, type[Box]] = {"Swap": Swap, **KINDS}

@@ -21,9 +21,9 @@ from compinterp.interpretation import Interpretation
 from compinterp.model import Model
 from compinterp.refinement.base import Rewrite
 from compinterp.refinement.dictionary.core import Dictionary, box_activations, train
-from compinterp.syntax import Add, Box, Copy, Diagram, Elementwise, Mul, Opaque, TopK
+from compinterp.syntax import Add, Box, Copy, Diagram, Elementwise, JumpReLU, Mul, Opaque, TopK
 
-SKIP = (Copy, Add, Mul, Elementwise, TopK, Opaque)
+SKIP = (Copy, Add, Mul, Elementwise, TopK, JumpReLU, Opaque)
 """Box kinds a dictionary pass does not offer to rewrite by default (no wire of their own worth a dictionary)."""
 
 

@@ -67,7 +67,8 @@ from compinterp.model import Model
 from compinterp.interventions import run_edited
 from compinterp.semantics import Plan, inputs
 from compinterp.semantics.kernels import topk
-from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Opaque, Space, TopK, chain
+from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, TopK, chain
+from compinterp.syntax import JumpReLU as JumpReLUBox
 
 KINDS = ("topk", "batchtopk", "relu", "jumprelu", "bilinear")
 """The encoders a dictionary may have."""
@@ -147,8 +148,10 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLU(nn.Module):
-    """``z_f = p_f H(p_f - theta_f)``: a JumpReLU dictionary's sparsity step, as the ``Opaque`` box of its diagram
-    (the core vocabulary has no threshold box); ``threshold`` is its only tensor."""
+    """``z_f = p_f H(p_f - theta_f)`` as a torch module, ``threshold`` its only tensor. A JumpReLU dictionary's
+    diagram now holds a core ``JumpReLU`` box (:class:`compinterp.syntax.JumpReLU`, its ``theta`` in the
+    parameter store); this module is kept so that models saved before, with it in an ``Opaque`` box, still
+    load (with ``trust_code=True``)."""
 
     def __init__(self, threshold: torch.Tensor) -> None:
         super().__init__()
@@ -387,7 +390,7 @@ class Dictionary(nn.Module):
 
     def diagram(self, name: str, dom: Space, cod: Space) -> Diagram:
         """The dictionary as boxes ``dom -> features:F -> cod``, named ``{name}_enc``, ``{name}_dec`` ...; a
-        JumpReLU's step is an ``Opaque`` box ``{name}_jumprelu`` holding a :class:`JumpReLU` module."""
+        JumpReLU's step is a ``JumpReLU`` box ``{name}_jumprelu`` (its thresholds ``theta`` in :meth:`params`)."""
         feat = Space(FEATURES, self.width)
         sparse = [] if self.k is None or self.k >= self.width else [TopK(f"{name}_topk", feat, self.k,
                                                                           absolute=self.kind == "bilinear")]
@@ -396,8 +399,7 @@ class Dictionary(nn.Module):
                            Linear(f"{name}_left", dom, feat, bias=True) @ Linear(f"{name}_right", dom, feat, bias=True),
                            Mul(feat, name=f"{name}_mul"))
         elif self.kind == "jumprelu":
-            step = Opaque(f"{name}_jumprelu", feat, feat, JumpReLU(self.threshold), "JumpReLU")
-            encode = chain(Linear(f"{name}_enc", dom, feat, bias=True), step)
+            encode = chain(Linear(f"{name}_enc", dom, feat, bias=True), JumpReLUBox(f"{name}_jumprelu", feat))
         else:
             encode = chain(Linear(f"{name}_enc", dom, feat, bias=True), Elementwise("relu", feat, f"{name}_relu"))
         return chain(encode, *sparse, Linear(f"{name}_dec", feat, cod, bias=True))
@@ -405,7 +407,8 @@ class Dictionary(nn.Module):
     def params(self, name: str) -> dict[str, dict[str, torch.Tensor]]:
         """The parameters of :meth:`diagram`'s boxes, in the wire's own units: the ``b_dec`` shift folded into
         the encoder's bias, the normalising scales into the encoder's and decoder's weights, the decoder's norms
-        into the encoder when ``rescale``."""
+        into the encoder when ``rescale``, and a JumpReLU's thresholds as ``theta`` of ``{name}_jumprelu`` (compared
+        with that ``p``: they count the norms already when ``rescale``)."""
         s_in, s_out = self.in_scale.detach(), self.out_scale.detach()
         if self.kind == "bilinear":
             return {f"{name}_dec": {"W": (self.decoder.detach() / s_out).clone(),
@@ -415,8 +418,12 @@ class Dictionary(nn.Module):
         encoder, bias, decoder = self._unit()
         if self.centre:
             bias = bias - encoder @ self.b_dec.detach()
-        return {f"{name}_dec": {"W": (decoder / s_out).clone(), "b": (self.b_dec.detach() / s_out).clone()},
-                f"{name}_enc": {"W": (encoder * s_in).clone(), "b": bias.clone()}}
+        # contiguous weights (the encoder may start as the decoder's transpose): loaded, a model computes the same bits
+        params = {f"{name}_dec": {"W": (decoder / s_out).clone(), "b": (self.b_dec.detach() / s_out).clone()},
+                  f"{name}_enc": {"W": (encoder * s_in).contiguous(), "b": bias.clone()}}
+        if self.kind == "jumprelu":
+            params[f"{name}_jumprelu"] = {"theta": self.threshold.detach().clone()}
+        return params
 
 
 def schedule(step: int, steps: int, warmup: int = 0, decay: float = 0.0) -> float:
