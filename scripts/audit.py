@@ -160,9 +160,13 @@ def ran(marker: Path, should: bool) -> Callable[[subprocess.CompletedProcess[str
     return lambda result: None if marker.exists() == should else "silent-wrong"
 
 
-def diagram_model(path: Path, diagram: dict[str, Any]) -> Path:
-    """A saved model whose diagram.json is replaced by ``diagram`` (checksums redone)."""
-    plain_model(path)
+def diagram_model(path: Path, diagram: dict[str, Any], weights: bool = True) -> Path:
+    """A saved model whose diagram.json is replaced by ``diagram`` (checksums redone); its weights are
+    those of :func:`plain_model`, or none."""
+    if weights:
+        plain_model(path)
+    else:
+        save(Model(Copy(X)), path)
     (path / "diagram.json").write_text(json.dumps(diagram))
     rehash(path)
     return path
@@ -329,20 +333,12 @@ def wire_of_a_trillion_dimensions(tmp: Path) -> Command:
 
 @case(SECTION_HOSTILE)
 def two_thousand_growing_layers_load_fast(tmp: Path) -> Command:
-    path = tmp / "m"
-    save(Model(Copy(X)), path)
-    (path / "diagram.json").write_text(json.dumps(growing(2000)))
-    rehash(path)
-    return Command(["info", str(path), "--json"], fails=False, within=30)
+    return Command(["info", str(diagram_model(tmp / "m", growing(2000), weights=False)), "--json"], fails=False, within=30)
 
 
 @case(SECTION_HOSTILE)
 def layers_past_the_width_cap(tmp: Path) -> Command:
-    path = tmp / "m"
-    save(Model(Copy(X)), path)
-    (path / "diagram.json").write_text(json.dumps(growing(5000)))
-    rehash(path)
-    return Command(["info", str(path)], within=20)
+    return Command(["info", str(diagram_model(tmp / "m", growing(5000), weights=False))], within=20)
 
 
 @case(SECTION_HOSTILE)

@@ -23,6 +23,7 @@ from compinterp.syntax import (
     Space, Swap, Unembed, chain, residual,
 )
 from compinterp.syntax.serialize import diagram_from_json, diagram_to_json
+from support import rehash
 
 TOK, R, H, LG = Space("tokens", 11), Space("resid", 8), Space("hidden", 6), Space("logits", 5)
 
@@ -83,15 +84,6 @@ def by_hand(model: Model, x: torch.Tensor) -> torch.Tensor:
     u = F.linear(h, p["up"]["W"], p["up"]["b"])
     y = model.params["op"](u) * F.relu(u)
     return F.linear(3 * y, p["unembed"]["W"], p["unembed"]["b"])
-
-
-def rehash(folder: Path) -> None:
-    """Rewrite meta.json's sizes and checksums after a test edited the files (to reach deeper checks)."""
-    meta = json.loads((folder / "meta.json").read_text())
-    for name in meta["files"]:
-        data = (folder / name).read_bytes()
-        meta["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from compinterp.interpretation import Interpretation, maps
 from compinterp.model import Model, load
 from compinterp.syntax import Elementwise, Linear, Opaque, Space, diagram_from_json
 from compinterp.syntax.serialize import MAX_LAYERS, MAX_WIDTH
+from support import rehash
 
 X = Space("x", 4)
 
@@ -38,15 +39,6 @@ class Planted:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return eval, (f"(open({str(self.marker)!r}, 'w').write('ran'), __import__('torch').nn.Identity())[1]",)
-
-
-def rehash(folder: Path) -> None:
-    """Rewrite meta.json's sizes and checksums, as the author of a hostile directory would."""
-    meta = json.loads((folder / "meta.json").read_text())
-    for name in meta["files"]:
-        data = (folder / name).read_bytes()
-        meta["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def edit(file: Path, change: Callable[[Any], Any]) -> None:
