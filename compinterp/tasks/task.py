@@ -30,19 +30,20 @@ target in ``{0, 1}`` (binary cross-entropy)."""
 
 
 SCHEDULES = ("constant", "cosine")
-"""Learning-rate schedules after the warm-up: ``constant`` keeps ``lr``; ``cosine`` decays it along half a
-cosine to ``final_lr * lr`` at the last step."""
+"""Learning-rate schedules after the warm-up: ``constant`` keeps ``lr``; ``cosine`` keeps it, then over the
+last ``cooldown`` fraction of the steps decays it along half a cosine to ``final_lr * lr``."""
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How to train: AdamW with ``lr``, ``weight_decay`` and ``betas`` for ``epochs`` passes over the
     training split, in shuffled batches of ``batch_size`` (``None``: the whole split at once); the
-    learning rate rises linearly over the first ``warmup`` steps, then follows ``schedule``.
+    learning rate rises linearly over the first ``warmup`` steps, then follows ``schedule``
+    (:data:`SCHEDULES`).
 
-    >>> r = Recipe(epochs=1, lr=1.0, warmup=2, schedule="cosine", final_lr=0.0)
-    >>> [round(r.lr_at(step, 6), 3) for step in range(6)]
-    [0.5, 1.0, 1.0, 0.854, 0.5, 0.146]
+    >>> r = Recipe(epochs=1, lr=1.0, warmup=2, schedule="cosine", final_lr=0.0, cooldown=0.5)
+    >>> [round(r.lr_at(step, 10), 3) for step in range(10)]
+    [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.905, 0.655, 0.345, 0.095]
     >>> Recipe(epochs=1, lr=1e-3).to_json()
     {'epochs': 1, 'lr': 0.001, 'weight_decay': 0.0, 'batch_size': None, 'betas': [0.9, 0.999]}
     """
@@ -55,6 +56,7 @@ class Recipe:
     warmup: int = 0
     schedule: str = "constant"
     final_lr: float = 0.1
+    cooldown: float = 1.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -62,24 +64,27 @@ class Recipe:
                              f"{', '.join(SCHEDULES)}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise InputError(f"warmup must be a non-negative number of steps, got {self.warmup!r}")
+        if not 0 < self.cooldown <= 1:
+            raise InputError(f"cooldown must be a fraction of the steps in (0, 1], got {self.cooldown!r}")
 
     def lr_at(self, step: int, steps: int) -> float:
         """The learning rate of optimizer step ``step`` (from 0) of a run of ``steps`` steps."""
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
-        if self.schedule == "constant":
+        start = max(self.warmup, steps - round(self.cooldown * steps))
+        if self.schedule == "constant" or step < start:
             return self.lr
-        done = (step - self.warmup) / max(1, steps - self.warmup)
-        return self.lr * (self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, done))))
+        done = min(1.0, (step - start) / max(1, steps - start))
+        return self.lr * (self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * done)))
 
     def to_json(self) -> dict[str, Any]:
-        """The recipe as JSON (the schedule only when there is one, so older runs' recipes read the same)."""
+        """The recipe as JSON (a schedule only when there is one, so that recipes without one read as before)."""
         out = {"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
                "batch_size": self.batch_size, "betas": list(self.betas)}
         if self.warmup:
             out["warmup"] = self.warmup
         if self.schedule != "constant":
-            out |= {"schedule": self.schedule, "final_lr": self.final_lr}
+            out |= {"schedule": self.schedule, "final_lr": self.final_lr, "cooldown": self.cooldown}
         return out
 
 
