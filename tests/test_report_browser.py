@@ -1,4 +1,4 @@
-"""The demo's report in a real browser: headless Chromium loads it offline, without errors, and shows every section.
+"""The demos' reports in a real browser: headless Chromium loads each offline, without errors, and shows every section.
 
 CI installs Debian's ``chromium`` (``.ci/run``); elsewhere the test is skipped when it is absent.
 """
@@ -9,12 +9,17 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from matplotlib.image import imread
 
+from compinterp import demo_lm
 from compinterp.report import SECTIONS
+from compinterp.report.lm import SECTIONS as LM_SECTIONS
+from compinterp.tasks import text
 from test_demo import BUDGET, run_demo
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,22 +57,38 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "report.html"
 
 
-def test_report_loads_offline_without_errors_and_shows_each_section(report: Path, tmp_path: Path) -> None:
+def probed(report: Path, sections: Sequence[str], tmp_path: Path) -> tuple[dict[str, Any], str]:
+    """What headless Chromium found on ``report`` loaded offline (errors, images, broken images,
+    the ``sections`` shown, fetched URLs), and the DOM it rendered."""
     page = report.read_text()
     probe = page.replace("<head>", "<head>" + PROBE_HEAD, 1).replace(
-        "</body>", PROBE_BODY.replace("SECTIONS", json.dumps(list(SECTIONS))) + "</body>", 1)
-    probed = tmp_path / "probed.html"
-    probed.write_text(probe)
-    done = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+        "</body>", PROBE_BODY.replace("SECTIONS", json.dumps(list(sections))) + "</body>", 1)
+    path = tmp_path / "probed.html"
+    path.write_text(probe)
+    done = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", path.as_uri())
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
     assert found, f"the page did not finish loading: {done.stdout[-500:]}"
     result = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert result["errors"] == [] and result["broken"] == [] and result["fetched"] == []
-    assert result["sections"] == list(SECTIONS)
+    assert result["sections"] == list(sections)
     assert result["images"] == page.count("<img ")
+    return result, done.stdout
+
+
+def test_report_loads_offline_without_errors_and_shows_each_section(report: Path, tmp_path: Path) -> None:
+    _, dom = probed(report, SECTIONS, tmp_path)
     for title in ("At a glance", "Eigenvectors per digit", "Dictionary features", "Description length"):
-        assert title in done.stdout
+        assert title in dom
+
+
+def test_lm_report_loads_offline_without_errors_and_shows_each_section(tmp_path: Path, one_thread: None) -> None:
+    task = text.task(context=32, width=32, heads=4, layers=2, hidden=32, train_bytes=65536, test_bytes=16384)
+    demo_lm.run(tmp_path / "lm", task=task, progress=False)
+    result, dom = probed(tmp_path / "lm" / "report.html", LM_SECTIONS, tmp_path)
+    assert result["images"] >= 3
+    for title in ("induction", "transcoder", "Refinement"):
+        assert title.lower() in dom.lower()
 
 
 def test_screenshot_shows_the_page(report: Path, tmp_path: Path) -> None:

@@ -161,16 +161,19 @@ class Runs:
                  ) -> tuple[torch.Tensor, ...]:
         """The base run on ``xs`` with the interventions in place, ``sources`` (one batch per key
         of :attr:`keys`) run first."""
+        initial, targets = self._initial, self.targets
         for j, run, found, heads in self._sources:
             values = run(sources[j] if j >= 0 else _shuffled(xs, -1 - j), None)
             for store, slot, i in found:
                 store[slot] = values[i] if i is not None else heads[self._registers[slot]]
-            heads.clear()
-        out = self._base(xs, self._initial or None)
+            if heads:
+                heads.clear()
+        out = self._base(xs, initial or None)
         # Hold no batch's values past its run: the next batch's then reuse their memory.
-        self._initial.clear()
+        if initial:
+            initial.clear()
         for k in self._filled:
-            self.targets[k] = None
+            targets[k] = None
         return out
 
 
