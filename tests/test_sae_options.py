@@ -7,7 +7,9 @@ SAELens itself when it is installed."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from torch.nn import functional as F
 
 from compinterp.errors import InputError
 from compinterp.model import Model
-from compinterp.refinement.dictionary import SAE, Dictionary, train
+from compinterp.refinement.dictionary import SAE, Dictionary, load_saelens, save_saelens, train
 from compinterp.refinement.dictionary.core import schedule
 from compinterp.syntax import Linear, Space
 
@@ -106,11 +108,13 @@ def test_a_plain_topk_keeps_its_norms_and_runs_in_the_diagram_as_it_trains() -> 
 @pytest.mark.parametrize(("kind", "rescale_from", "expected"), [
     ("topk", 0.25, [False, False, True, True, True, True, True, True]),   # round(0.25 * 8) = 2
     ("batchtopk", 0.0, [True] * 8),
+    ("topk", None, [False, False, True, True, True, True, True, True]),   # the defaults: a quarter for topk,
+    ("batchtopk", None, [True] * 8),                                      # from the start for batchtopk
     ("topk", 1.0, [False] * 8),
     ("relu", 0.25, [False] * 8),                                          # relu and jumprelu: always plain
     ("jumprelu", 0.25, [False] * 8),
 ])
-def test_topk_switches_to_rescaled_preactivations_after_rescale_from(kind: str, rescale_from: float,
+def test_topk_switches_to_rescaled_preactivations_after_rescale_from(kind: str, rescale_from: float | None,
                                                                       expected: list[bool]) -> None:
     d = Dictionary(kind, 6, 6, width=8, k=None if kind in ("relu", "jumprelu") else 2, seed=0)
     seen: list[bool] = []
@@ -123,7 +127,7 @@ def test_topk_switches_to_rescaled_preactivations_after_rescale_from(kind: str, 
     d.loss = spy                                                        # type: ignore[method-assign]
     train(d, lambda: ((x, x) for x in batches(n=8)), steps=8, lr=1e-2, rescale_from=rescale_from, progress=False)
     assert seen == expected
-    folded = kind != "topk" or rescale_from < 1                         # the end: folded unless a plain topk
+    folded = kind != "topk" or (rescale_from or 0) < 1        # the end: folded unless a plain topk
     assert torch.allclose(d.decoder.norm(dim=0), torch.ones(8), atol=1e-5) == folded
 
 
@@ -359,8 +363,40 @@ def test_batch_topk_keeps_k_per_example_on_average_in_training_and_k_each_after(
     keep = pre.flatten().topk(2 * 16).indices                          # by hand: the 32 largest of the batch
     hand = torch.zeros(16 * 10).scatter(0, keep, pre.flatten()[keep]).reshape(16, 10)
     assert torch.equal(z, hand) and int((z != 0).sum()) == 32
-    d.eval()
+    d.eval()                                                            # no threshold yet: TopK per example
     assert int((d.encode(x) != 0).sum(-1).max()) <= 2
+
+
+def test_batch_topk_runs_as_a_jumprelu_at_the_running_mean_of_the_smallest_kept_value(tmp_path: Path) -> None:
+    data = batches(12, rows=16)
+    d = Dictionary("batchtopk", 6, 6, width=10, k=2, seed=0, aux_k=None)
+    smallest: list[float] = []
+    loss = d.loss
+
+    def spy(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = loss(x, y)
+        smallest.append(out[1][out[1] > 0].min().item())
+        return out
+
+    d.loss = spy                                                        # type: ignore[method-assign]
+    train(d, lambda: ((x, x) for x in data), steps=12, lr=1e-2, rescale_from=0.5, progress=False)
+    tau = smallest[6]                                                   # restarted where the choice switches
+    for m in smallest[7:]:
+        tau = 0.99 * tau + 0.01 * m
+    assert d.batch_threshold.item() == pytest.approx(tau, rel=1e-5)
+    x = data[0]
+    pre = F.linear(x - d.b_dec, d.encoder, d.b_enc)                     # folded: unit columns, plain p
+    hand = pre * (pre > tau)
+    assert torch.allclose(d.encode(x), hand, atol=1e-6)
+    a = Space("a", 6)
+    model = Model(d.diagram("f", a, a), d.params("f"))
+    assert "f_jumprelu" in model.boxes and "f_topk" not in model.boxes
+    assert torch.allclose(model(x), F.linear(hand, d.decoder, d.b_dec), atol=1e-5)
+    save_saelens(d, tmp_path / "sae")
+    config = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert config["architecture"] == "jumprelu"
+    back = load_saelens(tmp_path / "sae")
+    assert torch.allclose(back(x)[0], d(x)[0], atol=1e-5)
 
 
 def test_dead_features_are_counted_and_aux_k_trains_them() -> None:
@@ -400,7 +436,7 @@ def test_the_pass_takes_the_options_and_bad_ones_name_themselves() -> None:
     d = p.fit(model, p.candidates(model)[0])
     assert d.kind == "batchtopk" and d.aux_k == 4 and d.normalised and d.in_scale.item() != 1.0
     refined = p.apply(model, p.candidates(model)[0])
-    assert [b.name for b in refined.diagram.boxes] == ["f", "f_enc", "f_relu", "f_topk", "f_dec"]
+    assert [b.name for b in refined.diagram.boxes] == ["f", "f_enc", "f_jumprelu", "f_dec"]   # runs at its threshold
     with pytest.raises(InputError, match="aux_k must be an integer from 1 to the width 8, 'auto' or None, got 9"):
         Dictionary("topk", 6, 6, width=8, k=2, aux_k=9)
     with pytest.raises(InputError, match="decoder_norm must be 'free' or 'unit', got 'fixed'"):

@@ -10,7 +10,8 @@ encoder on loading (same outputs, unit decoder columns). So ``E = W_enc^T``, ``D
 normalising scale ``s`` folds into the weights (``W_enc = (E s)^T``, ``W_dec = (D / s)^T``, ``b_dec / s``; the
 threshold compares pre-activations, which the fold leaves alone), which SAELens reads with
 ``normalize_activations="none"``; free decoder norms are folded into the encoder on saving. These three
-architectures cross; a ``batchtopk`` dictionary is saved as the ``topk`` it runs as once trained.
+architectures cross; a trained ``batchtopk`` dictionary is saved as the ``jumprelu`` it runs as (its one
+threshold repeated for every feature, as SAELens saves a BatchTopK SAE).
 
 >>> import tempfile
 >>> import torch
@@ -43,8 +44,9 @@ from compinterp.refinement.dictionary.sae import SAE
 
 CONFIG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 """The two files of a SAELens SAE directory."""
-ARCHITECTURES = {"topk": "topk", "batchtopk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
-"""Our encoder kinds and the SAELens architecture each is saved as."""
+ARCHITECTURES = {"topk": "topk", "batchtopk": "jumprelu", "relu": "standard", "jumprelu": "jumprelu"}
+"""Our encoder kinds and the SAELens architecture each is saved as (a trained ``batchtopk`` runs as a JumpReLU
+with one threshold for every feature, as SAELens saves its BatchTopK SAEs; untrained, as the ``topk`` it is)."""
 
 
 def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadata: Any) -> Path:
@@ -66,9 +68,13 @@ def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadat
     encoder, bias, decoder = dictionary._unit()
     weights = {"W_enc": (encoder * s_in).T.contiguous(), "b_enc": bias.clone(),
                "W_dec": (decoder / s_out).T.contiguous(), "b_dec": (dictionary.b_dec.detach() / s_out).clone()}
+    architecture = ARCHITECTURES[dictionary.kind]
     if dictionary.kind == "jumprelu":
         weights["threshold"] = dictionary.threshold.detach().clamp_min(0).clone()
-    architecture = ARCHITECTURES[dictionary.kind]
+    elif dictionary.kind == "batchtopk" and dictionary.batch_threshold.isnan():
+        architecture = "topk"
+    elif dictionary.kind == "batchtopk":
+        weights["threshold"] = dictionary.batch_threshold.detach().expand(dictionary.width).clone()
     config: dict[str, Any] = {"architecture": architecture, "d_in": dictionary.decoder.shape[0],
                               "d_sae": dictionary.width, "dtype": str(dictionary.decoder.dtype).removeprefix("torch."),
                               "device": "cpu", "apply_b_dec_to_input": dictionary.centre,
