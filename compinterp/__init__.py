@@ -53,8 +53,10 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
+    """An export, imported on first use and then bound in this module (later lookups skip this hook)."""
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+        value = globals()[name] = getattr(import_module(_EXPORTS[name]), name)
+        return value
     raise AttributeError(f"module 'compinterp' has no attribute {name!r}")
 
 

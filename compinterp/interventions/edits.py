@@ -17,7 +17,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,14 +85,15 @@ def intervene(model: Any, base: torch.Tensor | Sequence[torch.Tensor], intervent
     With ``batch_size``, ``base`` and the sources (which have as many examples as ``base``) are
     streamed in batches of that size, the interventions prepared once; outputs are concatenated.
     """
-    where = placement(model)
+    params = model.plan_params()
+    where = _placement(params)
     xs = model_inputs(model, base, where)
     plan = model.plan
     registers = [i.site.check(plan) for i in interventions]
     sources = {id(i.source): model_inputs(model, i.source, where) for i in interventions if i.source is not None}
     for inputs in (xs, *sources.values()):
         plan.check_inputs(inputs)
-    runs = Runs(plan, model.plan_params(), interventions, registers)
+    runs = Runs(plan, params, interventions, registers)
     n = xs[0].shape[0] if xs[0].dim() else 1
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -215,6 +216,16 @@ def model_inputs(model: Any, data: Any, where: tuple[torch.device, torch.dtype] 
         raise InputError(f"the model takes {n} input(s) ({model.dom}), got {len(batch)}")
     device, dtype = where or placement(model)
     return placed(batch[:n], n, device, dtype)
+
+
+def _placement(params: Mapping[str, Any]) -> tuple[torch.device, torch.dtype]:
+    """:func:`~compinterp.data.placement` of a model from its :meth:`~compinterp.Model.plan_params` (the device
+    and dtype of its first floating parameter; the CPU and float32 without any), without walking its modules."""
+    for tensors in params.values():
+        for t in (tensors.values() if isinstance(tensors, Mapping) else tensors.parameters()):
+            if t.is_floating_point():
+                return t.device, t.dtype
+    return torch.device("cpu"), torch.float32
 
 
 def _shuffled(xs: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, ...]:
