@@ -47,6 +47,7 @@ from compinterp.complexity import description_length
 from compinterp.data import resolve_device
 from compinterp.disk import write_atomically
 from compinterp.drawing import save_figure
+from compinterp.drawing.images import eigenvector_figure
 from compinterp.errors import BoxError, FormatError, InputError
 from compinterp.faithfulness import check
 from compinterp.faithfulness.exact import exact_compare, fit_gaussian
@@ -56,7 +57,7 @@ from compinterp.model import Model, load
 from compinterp.refinement.dictionary import SAE, features, score
 from compinterp.refinement.search import refine
 from compinterp.report import demo_report
-from compinterp.report.figures import bits_figure, eigenvector_figure, feature_figure, sweep_figure
+from compinterp.report.figures import bits_figure, feature_figure, sweep_figure
 from compinterp.syntax import Bilinear, Id, Linear, Unembed
 from compinterp.tasks import digits
 from compinterp.tasks.train import evaluate, read_run, train

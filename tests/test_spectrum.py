@@ -94,3 +94,24 @@ def test_bad_requests_name_the_box() -> None:
         spec.select(1, by="size")
     with pytest.raises(BoxError, match="spectrum: the model has no box named 'nope'"):
         ci.spectrum(diagonal(), "nope")
+
+
+def test_top_components_follow_each_order_and_draw_as_images(tmp_path) -> None:
+    model = ci.Model(ci.Bilinear("mlp", ci.Space("x", 16), ci.Space("y", 3), hidden=12), seed=0, dtype=F64)
+    spec = ci.spectrum(model, "mlp")
+    data = torch.randn(64, 16, dtype=F64, generator=torch.Generator().manual_seed(1))
+    for by in ("magnitude", "activation"):
+        values, vectors = spec.top(3, by, data)
+        score = spec.values.abs() if by == "magnitude" else spec.activations(data).mean(0).abs()
+        for c in range(3):                                  # the chosen ones, by hand: best score first
+            order = sorted(range(spec.values.shape[1]), key=lambda m: -score[c, m].item())[:3]
+            assert values[c].tolist() == spec.values[c, order].tolist()
+            assert torch.equal(vectors[c], spec.vectors[c, order])
+            assert set(order) == set(spec.select(3, by, data)[c].nonzero().flatten().tolist())
+    values, _ = spec.top(2, "paired")
+    assert (values[:, :2] >= values[:, 2:].max(1, keepdim=True).values).all()   # positives first, then negatives
+    path = spec.draw(tmp_path / "eig.png", k=2, names=["a", "b", "c"])
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(InputError, match="spectrum of box 'mlp': its eigenvectors have 16 coordinates, which are not 3x3"):
+        spec.draw(tmp_path / "bad.png", side=3)
+    assert not (tmp_path / "bad.png").exists()

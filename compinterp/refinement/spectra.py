@@ -11,7 +11,8 @@ into the box, so the eigenvectors live in the model's input space and the output
 Components can be chosen per output by ``|lambda|`` (the Frobenius-optimal truncation), by their mean
 activation ``|lambda| E(v . x^)^2`` on data (what they contribute on the inputs that occur), or in
 pairs, the ``k`` most positive and the ``k`` most negative eigenvalues; :meth:`Spectrum.truncate`
-turns a choice into a model (an eigen-layer, as the ``eigen`` pass builds).
+turns a choice into a model (an eigen-layer, as the ``eigen`` pass builds), and :meth:`Spectrum.draw`
+draws the chosen eigenvectors as images.
 
 >>> import torch
 >>> import compinterp as ci
@@ -27,11 +28,15 @@ turns a choice into a model (an eigen-layer, as the ``eigen`` pass builds).
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from compinterp.drawing.images import draw_eigenvectors
 from compinterp.errors import BoxError, InputError
 from compinterp.model import Model
 from compinterp.refinement.passes._common import Factors, find_box
@@ -94,6 +99,31 @@ class Spectrum:
         score = self.values.abs() if by == "magnitude" else self.activations(data).mean(0).abs()
         keep.scatter_(1, score.argsort(dim=1, descending=True, stable=True)[:, :k], True)
         return keep
+
+    def top(self, k: int, by: str = "magnitude", data: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``k`` components of each output in the order ``by`` ranks them (``"paired"``: the ``k`` most
+        positive eigenvalues, then the ``k`` most negative): their eigenvalues ``(outputs, k)`` (``2 k`` paired) and
+        eigenvectors ``(outputs, k, inputs)``."""
+        self.select(k, by, data)                                        # the same checks, naming the box
+        if by == "paired":
+            order = torch.cat([self.values.argsort(dim=1, descending=True, stable=True)[:, :k],
+                               self.values.argsort(dim=1, stable=True)[:, :k]], 1)
+        else:
+            score = self.values.abs() if by == "magnitude" else self.activations(data).mean(0).abs()
+            order = score.argsort(dim=1, descending=True, stable=True)[:, :k]
+        return self.values.gather(1, order), self.vectors.gather(1, order[..., None].expand(-1, -1, self.vectors.shape[2]))
+
+    def draw(self, path: str | os.PathLike[str], k: int = 4, by: str = "magnitude", data: torch.Tensor | None = None, *,
+             side: int | None = None, names: Sequence[str] | None = None) -> Path:
+        """The :meth:`top` ``k`` eigenvectors of each output as ``side x side`` images (default: the square root of
+        the input dimension, e.g. 8 for the digits' pixels once folded), one row per output, to PNG or SVG."""
+        d = self.vectors.shape[2]
+        side = side if side is not None else math.isqrt(d)
+        if isinstance(side, bool) or not isinstance(side, int) or side * side != d:
+            raise InputError(f"spectrum of box '{self.box}': its eigenvectors have {d} coordinates, which are not "
+                             f"{side}x{side} images; give side= (or fold the embedding: fold=('embed', ...))")
+        values, vectors = self.top(k, by, data)
+        return draw_eigenvectors(values, vectors, path, side=side, names=names)
 
     def truncate(self, keep: torch.Tensor) -> Model:
         """The model with the box rewritten into the eigen-layer of the components ``keep[c, m]``."""
