@@ -43,6 +43,10 @@ from compinterp.refinement.frontier import Frontier, Point, RefineResult
 
 QUANTISE = "quantise"
 """The name of the last step of a refinement: every parameter quantised to one width."""
+GUESS = 15
+"""A costly group is first tried at its harshest rewrite whose start (scored in closed form) has at most this many
+times the FVU the bar allows: CP fits cut their eigen start's FVU by about 10-20x at the rank a search chooses
+(digits bilinear MLPs, hidden 64-4096). Only the order of the fits depends on it, not what is found."""
 
 
 def refine(model: Model, min_faithfulness: float = 0.99, data: Any = None,
@@ -196,6 +200,8 @@ class _Search:
         """The reference's variance under the exact measure (the denominator of FVU), once asked for."""
         self.width = WIDTHS[len(WIDTHS) // 2]
         """Where the next search for a quantisation width starts: the last width found."""
+        self.scores: dict[tuple[str, ...], float] = {}
+        """The faithfulness of every history measured (its rewrites in order, as JSON)."""
 
     def bits(self, model: Model) -> Bits:
         """The description length of ``model`` at the search's precision, with the code of its sparse
@@ -217,6 +223,7 @@ class _Search:
             faithfulness = self.reference.compare(model).faithfulness
         scored = _Scored(model, history, self.bits(model).model, faithfulness)
         self.points.append(Point(scored.bits, faithfulness, history))
+        self.scores[_key(history)] = faithfulness
         if faithfulness >= self.bar and (self.best is None or scored.bits < self.best.bits):
             self.best = scored
         return scored
@@ -248,24 +255,28 @@ class _Search:
             found[width] = self.measure(model(width), (*history, rewrite))
             return found[width].faithfulness >= self.bar
 
-        found: dict[int, _Scored] = {}
-        if not under(WIDTHS[0]):
-            return node
-        high = WIDTHS[-1]
-        if not under(high):                     # the widest width under the bound
-            cheap = WIDTHS[0]
+        def widest(cheap: int, high: int) -> int:
+            """The widest width in ``cheap..high`` whose bits stay under the bound (``cheap``'s do), by bisection."""
+            if under(high):
+                return high
             while high - cheap > 1:
                 middle = (cheap + high) // 2
                 cheap, high = (middle, high) if under(middle) else (cheap, middle)
-            high = cheap
-        low = WIDTHS[0] - 1
-        guess = min(max(self.width, WIDTHS[0]), high)
+            return cheap
+
+        found: dict[int, _Scored] = {}
+        if not under(WIDTHS[0]):
+            return node
+        low, guess, top = WIDTHS[0] - 1, max(self.width, WIDTHS[0]), None
+        if not under(guess):                    # the widest width under the bound, found only when needed
+            guess = top = widest(WIDTHS[0], guess)
         if keeps(guess):                        # the last width found first: widths seldom move far
             high = guess
-        elif guess == high or not keeps(high):
-            return node
         else:
-            low = guess
+            top = widest(guess, WIDTHS[-1]) if top is None else top
+            if guess == top or not keeps(top):
+                return node
+            low, high = guess, top
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (low, middle) if keeps(middle) else (middle, high)
@@ -342,23 +353,40 @@ class _Search:
         fvu = max(0.0, 1 - parent.own.faithfulness)
         return self.variance * (math.sqrt(max(0.0, 1 - self.bar)) + math.sqrt(fvu)) ** 2 / 2
 
+    def may_pay(self, parent: _Node, p: Pass, rewrite: Rewrite, bound: float) -> bool:
+        """Whether a costly rewrite, not yet made, may score under ``bound`` bits once quantised: judged from the
+        pass's ``sketch`` (the rewritten model unfitted, of the same shapes and so about the same bits) quantised at
+        the width its parent needed, on the rule that a rewrite does not keep the bar at a width narrower than its
+        parent needed (its own error leaves less room for the quantisation's); ``True`` when the pass has no sketch
+        or the parent was not quantised."""
+        sketch = getattr(p, "sketch", None)
+        if sketch is None or not self.quantise or parent.quantised is None:
+            return True
+        width = parent.quantised.history[-1].settings["bits"]
+        return self.bits(quantised(sketch(parent.own.model, rewrite), width)).model < bound
+
     def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
         """The best rewrite of one group (one pass on one box in one mode, mildest first).
 
         With quantisation on, only rewrites whose :meth:`floor` is under the parent's score can
         make a child, so the group starts at the first of them (the mildest first, then galloping
         and bisection on floors, which fall along the group; not for ``costly`` passes, whose floor
-        would cost a fit). Bisection then finds the strongest rewrite that
-        keeps the bar (assuming faithfulness falls along the group; when the mildest does not
-        keep it, the group ends there: checked first, or last for a pass whose ``costly`` rewrites
-        are dearest at their mildest, such as a CP fit, unless the pass refits the box it has just
-        made, whose mildest rewrite seldom keeps what the fit before it could not); then the search
-        walks back towards milder rewrites, 1, 2, 4 ... steps, while the score (bits once quantised)
-        improves.
+        would cost a fit). Bisection then finds the strongest rewrite that keeps the bar (assuming
+        faithfulness falls along the group; when the mildest does not keep it, the group ends there:
+        checked first, or last for a pass whose ``costly`` rewrites are dearest at their mildest, such
+        as a CP fit, unless the pass refits the box it has just made, whose mildest rewrite seldom
+        keeps what the fit before it could not: not tried at all when the same rewrite of the box it
+        was made from failed); then the search walks back towards milder rewrites, 1, 2, 4 ... steps,
+        while the score (bits once quantised) improves (to a costly one only when it :meth:`may_pay`).
 
         A costly rewrite whose start keeps the bar in closed form (``starts``: a fit is never worse
-        than its start) counts as keeping it without a fit, unless it is the one chosen; fits are
-        given the error past which they cannot keep the bar (:meth:`give_up`) and may stop there.
+        than its start) counts as keeping it without a fit, unless it is the one chosen, and the
+        bisection starts from the harshest of them; one whose least possible error (the pass's
+        ``least_errors``) is past the error at which it cannot keep the bar (:meth:`give_up`) fails
+        without a fit, and the others' fits are given that error and may stop there. The first fit is
+        the harshest whose start is within :data:`GUESS` times the FVU the bar allows; from a fit that
+        keeps the bar, the next 1, 2, 4 ... harsher rewrites are tried (from the first, if it fails, the
+        milder ones) before bisecting on: a fit that fails gives up early, one that keeps runs to the end.
         """
         nodes: dict[int, _Node] = {}
         applied: dict[int, Model] = {}
@@ -388,13 +416,22 @@ class _Search:
         made = parent.own.history               # a costly pass refitting the box it just made
         refit = costly and bool(made) and made[-1].pass_name == p.name \
             and group[0].box not in self.reference.model.boxes
+        if refit:                               # the same rewrite of the box it was made from failed: so will this
+            source = Rewrite(p.name, made[-1].box, group[0].settings)
+            if self.scores.get(_key((*made[:-1], source)), self.bar) < self.bar:
+                return None
         vouched: set[int] = set()               # costly rewrites whose start (no fit) already keeps the bar
+        doomed = len(group)                     # the first rewrite that provably cannot keep it, nor any after it
+        starts: list[float] | None = None
         if costly:
             starts = self.closed_form(parent, p, group, "starts")
             vouched = {i for i, f in enumerate(starts or ()) if f >= self.bar}
+            least = getattr(p, "least_errors", None)
+            errors = None if give_up is None or least is None else least(parent.own.model, group)
+            doomed = next((i for i, e in enumerate(errors or ()) if e > give_up), doomed)
 
         def keeps(i: int) -> bool:
-            return i in vouched or at(i).own.faithfulness >= self.bar
+            return i < doomed and (i in vouched or at(i).own.faithfulness >= self.bar)
 
         def needed(i: int) -> bool:
             if not self.quantise or costly:     # unquantised, every point is measured; a costly floor is a fit
@@ -413,20 +450,27 @@ class _Search:
                     middle = (low + first) // 2
                     low, first = (low, middle) if needed(middle) else (middle, first)
                 break
-        if (refit or not costly) and not keeps(first):
+        if first >= doomed or ((refit or not costly) and not keeps(first)):
             return None
-        low, high = first, len(group)
+        low, high = max(first, max((i for i in vouched if i < doomed), default=first)), doomed
+        guess = max((i for i, f in enumerate(starts or ()) if low < i < high and 1 - f <= GUESS * (1 - self.bar)),
+                    default=(low + high) // 2)
+        step, middle = 0, guess                 # galloping from a fit: harsher after a keep, milder after a miss
         while high - low > 1:
-            middle = (low + high) // 2
             if keeps(middle):
-                low = middle
+                low, step = middle, (2 * step if step > 0 else int(costly and step == 0 and middle not in vouched))
             else:
-                high = middle
+                high, step = middle, (2 * step if step < 0 else -int(costly and middle == guess))
+            half = (low + high) // 2
+            middle = min(low + step, half) if step > 0 else max(high + step, half) if step < 0 else half
         if costly and at(low).own.faithfulness < self.bar:
             return None
         best = self.finish(at(low), parent.score)
         step = 1
         while low - step >= first:
+            if costly and low - step not in nodes \
+                    and not self.may_pay(parent, p, group[low - step], min(parent.score, best.score)):
+                break
             node = at(low - step)
             if node.own.faithfulness >= self.bar:
                 node = self.finish(node, min(parent.score, best.score))
@@ -435,6 +479,11 @@ class _Search:
                 best = node
             step *= 2
         return best
+
+
+def _key(history: Sequence[Rewrite]) -> tuple[str, ...]:
+    """A history's rewrites, in order, as JSON: the key of :attr:`_Search.scores`."""
+    return tuple(json.dumps(r.to_json(), sort_keys=True) for r in history)
 
 
 def _groups(rewrites: Sequence[Rewrite]) -> list[list[Rewrite]]:

@@ -57,7 +57,7 @@ from compinterp.refinement.passes._common import (
     replace,
     sym_gram,
 )
-from compinterp.refinement.passes.eigen import Spectrum, spectrum
+from compinterp.refinement.passes.eigen import Spectrum, _step, spectrum
 from compinterp.refinement.passes.graph import Net
 from compinterp.syntax import Bilinear
 
@@ -93,13 +93,17 @@ def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor) -> torch.Ten
     return _solve(sym_gram(U, W, U, W), target.D @ sym_gram(target.L, target.R, U, W))
 
 
-def _solve(K: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """``A`` with ``(K + ridge) A^T = M^T``, the ridge ``1e-12`` of ``K``'s mean diagonal (``K`` may be singular;
-    when it is singular to working precision even so, the least-squares solution)."""
-    ridge = 1e-12 * K.diagonal().mean().clamp_min(1e-300) * torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
-    A, info = torch.linalg.solve_ex(K + ridge, M.T)
+def _solve(K: torch.Tensor, M: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """``A`` with ``(K + ridge I + eps I) A^T = M^T``, ``eps`` ``1e-12`` of the mean diagonal of ``K + ridge I``
+    (``K`` may be singular; when it is singular to working precision even so, the least-squares solution)."""
+    K = K.clone()
+    diagonal = K.diagonal()
+    if ridge:
+        diagonal.add_(ridge)
+    diagonal.add_(1e-12 * diagonal.mean().clamp_min(1e-300))
+    A, info = torch.linalg.solve_ex(K, M.T)
     if info.item():
-        A = torch.linalg.pinv(K + ridge, hermitian=True) @ M.T
+        A = torch.linalg.pinv(K, hermitian=True) @ M.T
     return A.T
 
 
@@ -119,7 +123,7 @@ class Target:
     >>> f = Factors(torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64),
     ...             torch.randn(3, 7, dtype=torch.float64), None, False)
     >>> U, W = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
-    >>> a, b = Target(f, dense=False).loss(U, W)[0], Target(f, dense=True).loss(U, W)[0]
+    >>> a, b = Target(f, dense=False).loss(torch.cat([U, W]))[0], Target(f, dense=True).loss(torch.cat([U, W]))[0]
     >>> bool(torch.isclose(a, b)), bool(torch.isclose(a, cp_loss(f, U, W, best_outputs(f, U, W))))
     (True, True)
     """
@@ -131,9 +135,13 @@ class Target:
             dense = 4 * outputs * n * n < (4 * n + outputs) * hidden
         self.factors = factors
         self.dense: torch.Tensor | None = None
+        self.stacked: torch.Tensor | None = None
+        """``[L^; R^]`` (``2 hidden x in^``), for the factored form."""
         if dense:
             B = torch.einsum("ch,hi,hj->cij", factors.D, factors.L, factors.R)
             self.dense = (B + B.mT) / 2
+        else:
+            self.stacked = torch.cat([factors.L, factors.R])
         self.norm = frobenius_sq(factors)
         self.corner = factors.D @ (factors.L[:, 0] * factors.R[:, 0]) if factors.biased else None
         """``B_sym[c, 0, 0]``, the constant term of each output's form (biased boxes only)."""
@@ -144,25 +152,24 @@ class Target:
         """``mu (||U||^2 + ||W||^2 + ||A||^2)``, the part of :meth:`loss` that is not the error."""
         return self.ridge * (U.square().sum() + W.square().sum() + A.square().sum())
 
-    def loss(self, U: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, dloss/dU, dloss/dW, A)`` at the best outputs ``A`` for ``U, W``."""
-        rank = U.shape[0]
-        UW = torch.cat([U, W])
+    def loss(self, UW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, dloss/d[U; W], A)`` at the best outputs ``A`` for ``UW = [U; W]`` (``2 R x in^``)."""
+        rank = UW.shape[0] // 2
         P = UW @ UW.T                                           # the Gram matrix of the rows of U and W
         UU, UWt, WW = P[:rank, :rank], P[:rank, rank:], P[rank:, rank:]
         K = (UU * WW + UWt * UWt.T) / 2                         # sym_gram(U, W, U, W)
         if self.dense is not None:
             outputs, n = self.dense.shape[0], self.dense.shape[1]
             TX = (self.dense.reshape(outputs * n, n) @ UW.T).reshape(outputs, n, 2 * rank)
-            M = (TX[:, :, rank:] * U.T).sum(1)         # U_r . B_sym[c] W_r
+            M = (TX[:, :, rank:] * UW[:rank].T).sum(1)         # U_r . B_sym[c] W_r
         else:
-            f = self.factors
-            h = f.L.shape[0]
-            Q = torch.cat([f.L, f.R]) @ UW.T
+            h = self.factors.L.shape[0]
+            Q = self.stacked @ UW.T                             # [[L U^T, L W^T], [R U^T, R W^T]]
             LU, LW, RU, RW = Q[:h, :rank], Q[:h, rank:], Q[h:, :rank], Q[h:, rank:]
-            M = f.D @ ((LU * RW + LW * RU) / 2)
-        A = _solve(K + self.ridge * torch.eye(rank, dtype=K.dtype, device=K.device) if self.ridge else K, M)
+            M = self.factors.D @ ((LU * RW + LW * RU) / 2)
+        A = _solve(K, M, self.ridge)
         G = A.T @ A
+        U, W = UW[:rank], UW[rank:]
         loss = self.norm - 2 * (A * M).sum() + (G * K).sum()
         if self.ridge:
             loss = loss + self.penalty(U, W, A)
@@ -170,14 +177,14 @@ class Target:
             S = (TX * A.repeat(1, 2)[:, None, :]).sum(0).T      # rows: sum_c A[c, r] B_sym[c] U_r, then ... W_r
             SU, SW = S[:rank], S[rank:]
         else:
-            E = f.D.T @ A
+            f, E = self.factors, self.factors.D.T @ A
             SW = ((E * RW).T @ f.L + (E * LW).T @ f.R) / 2
             SU = ((E * RU).T @ f.L + (E * LU).T @ f.R) / 2
         gU = -2 * SW + (G * WW) @ U + (G * UWt.T) @ W
         gW = -2 * SU + (G * UU) @ W + (G * UWt) @ U
         if self.ridge:
             gU, gW = gU + 2 * self.ridge * U, gW + 2 * self.ridge * W
-        return loss, gU, gW, A
+        return loss, torch.cat([gU, gW]), A
 
 
 class Prepared:
@@ -189,6 +196,7 @@ class Prepared:
         self.factors = factors
         self._spectrum: Spectrum | None = None
         self._aims: dict[torch.dtype, Target] = {}
+        self._tails: torch.Tensor | None = None
 
     @property
     def spectrum(self) -> Spectrum:
@@ -196,6 +204,22 @@ class Prepared:
         if self._spectrum is None:
             self._spectrum = spectrum(self.factors, "per_direction")
         return self._spectrum
+
+    @property
+    def tails(self) -> torch.Tensor:
+        """``tails[k]``: the sum of the squared singular values of ``B_sym``'s matrix ``B[i, (c, j)]`` (inputs
+        against outputs and inputs) past the first ``k``, for ``k = 0 .. in^``: the eigenvalues of
+        ``sum_c B_sym[c]^2 = sum_g Q_g^2``, each ``Q_g^2 = V_g diag(lambda_g^2) V_g^T`` from :attr:`spectrum`."""
+        if self._tails is None:
+            spec = self.spectrum
+            n = self.factors.L.shape[1]
+            square = spec.values.new_zeros(n, n)
+            for chunk in torch.arange(spec.values.shape[0], device=spec.values.device).split(_step(self.factors)):
+                lam, V = spec.eigh(chunk)
+                square += torch.einsum("gim,gm,gjm->ij", V, lam.square(), V)
+            values = torch.linalg.eigvalsh(square).clamp_min(0)         # ascending
+            self._tails = torch.cat([values.cumsum(0).flip(0), values.new_zeros(1)])
+        return self._tails
 
     def aim(self, dtype: torch.dtype = torch.float64) -> Target:
         """The fit's target, its numbers in ``dtype``."""
@@ -248,7 +272,7 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
             U, W = U.double(), W.double()
         if steps > cheap and not stopped:
             U, W, _ = _lbfgs(aim, U, W, steps - cheap, bar, give_up=give_up)
-    A = aim.loss(U, W)[3]                       # the outputs of the penalised fit
+    A = aim.loss(torch.cat([U, W]))[2]          # the outputs of the penalised fit
     if start <= cp_loss(target, U, W, A, aim.norm):
         return balance(eig, eig, A0)
     return balance(U, W, A)
@@ -289,20 +313,19 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
     last: list[torch.Tensor] = []
 
     def evaluate(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        U, W = x.view(2, rank, n)
-        loss, gU, gW, A = aim.loss(U, W)
+        UW = x.view(2 * rank, n)
+        loss, grad, A = aim.loss(UW)
         last[:] = [A]
-        g = A.square().sum(0)
-        rows = x.view(2 * rank, n).square().sum(1)
-        h = 1 / (torch.cat([g * rows[rank:], g * rows[:rank]]) + 2 * aim.ridge + torch.finfo(x.dtype).tiny)
-        return loss.item(), torch.cat([gU, gW]).reshape(-1), h[:, None].expand(2 * rank, n).reshape(-1)
+        h = 1 / (A.square().sum(0).repeat(2) * UW.square().sum(1).roll(rank) + 2 * aim.ridge
+                 + torch.finfo(x.dtype).tiny)
+        return loss.item(), grad.reshape(-1), h[:, None].expand(2 * rank, n).reshape(-1)
 
     def hopeless(f: float, before: float, left: int) -> bool:
         """Whether the loss, less the error's corners, stays over ``give_up`` at twice the last chunk's pace."""
-        U, W = x.view(2, rank, n)
-        error = f - aim.penalty(U, W, last[0]).item()
+        UW = x.view(2 * rank, n)
+        error = f - aim.penalty(UW[:rank], UW[rank:], last[0]).item()
         if aim.corner is not None:
-            error -= (aim.corner - last[0] @ (U[:, 0] * W[:, 0])).square().sum().item()
+            error -= (aim.corner - last[0] @ (UW[:rank, 0] * UW[rank:, 0])).square().sum().item()
         return error - 2 * (before - f) * left / _CHUNK > give_up
 
     f, g, h = evaluate(x)
@@ -379,7 +402,13 @@ def cp(model: Model, box: str, rank: int, steps: int = 200, seed: int = 0, progr
     target = Factors.of(f, params64(model, box)) if prepared is None else prepared.factors
     U, W, A = fit(target, rank, steps, seed, progress, desc=f"cp {box} rank {rank}", give_up=give_up,
                   prepared=prepared)
-    new = Bilinear(fresh(set(model.boxes), f"{box}_cp"), f.dom, f.cod, hidden=rank, bias=target.biased)
+    return _refit(model, box, target, U, W, A)
+
+
+def _refit(model: Model, box: str, target: Factors, U: torch.Tensor, W: torch.Tensor, A: torch.Tensor) -> Model:
+    """``model`` with Bilinear box ``box`` (of padded factors ``target``) replaced by the CP terms ``U, W, A``."""
+    f = model.boxes[box]
+    new = Bilinear(fresh(set(model.boxes), f"{box}_cp"), f.dom, f.cod, hidden=U.shape[0], bias=target.biased)
     return replace(model, {box: new}, {new.name: target.params(U, W, A)})
 
 
@@ -437,6 +466,30 @@ class CP:
             keep[order[:rewrite.settings.get("rank", 0)]] = True
             keeps.append(keep.reshape(spec.values.shape))
         return spec, keeps
+
+    def least_errors(self, model: Model, rewrites: Sequence[Rewrite]) -> list[float] | None:
+        """For rewrites that :meth:`starts` answers for: the least error ``||B_sym - C_sym||_F^2`` (less the squared
+        corners ``[c, 0, 0]``, for a biased box) that any rank-``R`` fit can reach, whatever its factors; else ``None``.
+
+        A CP tensor's matrix ``C[i, (c, j)]`` has rank at most ``2 R`` (each column is in the span of the ``U_r, W_r``),
+        ``2 R + 1`` once its corners are changed (``e_0`` joins the span), so by Eckart-Young the error is at least
+        :attr:`Prepared.tails` at ``2 R`` (``2 R + 1`` when biased), less ``1e-12 ||B_sym||_F^2`` for round-off."""
+        if self.starts(model, rewrites) is None:
+            return None
+        prepared = self.prepared(model, rewrites[0].box)
+        tails, f = prepared.tails, prepared.factors
+        slack = 1e-12 * tails[0].item()
+        last = tails.numel() - 1
+        return [max(0.0, tails[min(2 * r.settings.get("rank", 0) + f.biased, last)].item() - slack) for r in rewrites]
+
+    def sketch(self, model: Model, rewrite: Rewrite) -> Model:
+        """The model :meth:`apply` would make, unfitted: the box replaced by the fit's seeded start (``U, W`` the
+        noisy eigen start, ``A`` their best outputs, balanced): the same shapes, so about the same bits, at no fit's
+        cost."""
+        prepared = self.prepared(model, rewrite.box)
+        target = prepared.factors
+        U, W, _ = _start(prepared.spectrum, rewrite.settings["rank"], rewrite.settings.get("seed", self.seed))
+        return _refit(model, rewrite.box, target, *balance(U, W, best_outputs(target, U, W)))
 
     def _settings(self, rank: int) -> dict[str, int]:
         return {"rank": rank, "steps": self.steps, "seed": self.seed}
