@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a saved interpretation of the model, or a second model with the same input and "
                             "output spaces (compared end to end)")
     check.add_argument("--data", metavar="SPEC", help=_DATA_HELP)
+    check.add_argument("--fit", metavar="SPEC",
+                       help="with --data exact (implied): compare under the Gaussian with the mean and covariance of "
+                            "these input vectors (digits, gaussian:N[:SEED] or FILE.pt) instead of N(0, I)")
     check.add_argument("--logits", metavar="WIRE",
                        help="the output wire that holds logits, for KL, top-1 agreement, loss recovered and label "
                             "accuracy (default: an output labelled logits or made by an Unembed box)")
@@ -205,6 +208,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
     train.add_argument("--epochs", type=int, help="passes over the training split (default: the task's recipe)")
     train.add_argument("--device", default="cpu", help="torch device to train on, e.g. cpu or cuda (default: cpu)")
+    train.add_argument("--input-noise", type=float, metavar="SIGMA",
+                       help="add Gaussian noise of std SIGMA to the float inputs of every training step (token ids "
+                            "untouched; refused for a model that reads only token ids; default: none)")
+    train.add_argument("--weight-decay", type=float, metavar="W",
+                       help="AdamW weight decay (default: the task's recipe)")
     train.add_argument("--json", action="store_true", help="print the run's numbers as JSON")
 
     imp = _command(commands, "import", _import,
@@ -293,7 +301,7 @@ def _import(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     """``compinterp check``: the faithfulness report of an explanation or a second model."""
     from compinterp.data import resolve_device
-    from compinterp.faithfulness import check, default_data
+    from compinterp.faithfulness import check
     from compinterp.interpretation import Interpretation
     from compinterp.interpretation.files import is_interpretation
     from compinterp.model import load
@@ -301,9 +309,9 @@ def _check(args: argparse.Namespace) -> None:
     model = load(args.model, trust_code=args.trust_code)
     other = Interpretation.load(args.explanation, model, trust_code=args.trust_code) \
         if is_interpretation(args.explanation) else load(args.explanation, trust_code=args.trust_code)
-    data = default_data(model, other) if args.data is None else _data(args.data, model)
+    data, fit = (None if spec is None else _data(spec, model) for spec in (args.data, args.fit))
     report = check(model, other, data, batch_size=args.batch_size, device=device, logits=args.logits,
-                   progress=not args.json)
+                   progress=not args.json, fit=fit)
     print(json.dumps(report.to_json(), indent=1) if args.json else report)
 
 
@@ -388,11 +396,14 @@ def _train(args: argparse.Namespace) -> None:
     """``compinterp train``: train a task's model, save it and its numbers, print them."""
     from compinterp.data import resolve_device
     from compinterp.files import check_target
-    from compinterp.tasks.train import train
+    from compinterp.tasks.train import get_task, train
     device = resolve_device(args.device)
     check_target(args.out)
-    result = train(args.task, model=args.model, seed=args.seed, epochs=args.epochs, device=device,
-                   progress=not args.json)
+    task = get_task(args.task)
+    changes = {name: value for name, value in (("input_noise", args.input_noise), ("weight_decay", args.weight_decay))
+               if value is not None}
+    result = train(task, model=args.model, seed=args.seed, epochs=args.epochs, device=device, progress=not args.json,
+                   recipe=replace(task.recipe(args.model), **changes))
     path = result.save(args.out)
     print(json.dumps(result.to_json() | {"out": str(path)}, indent=1) if args.json else f"{result}\nwrote {path}")
 

@@ -38,9 +38,11 @@ def setup() -> tuple[Model, Interpretation, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def reports() -> dict[str, Any]:
-    """The reports computed in each process: a labelled check, and an interchange on generated data."""
+    """The reports computed in each process: a labelled check, an interchange on generated data, and the exact
+    check under a Gaussian fitted to the data (each rank sums its shard)."""
     model, interp, data = setup()
     return {"check": check(model, interp, data, batch_size=4, progress=False).to_json(),
+            "fitted": check(model, interp, "exact", fit=data, batch_size=4).to_json(),
             "interchange": interchange(model, interp, gaussian(N, seed=1), gaussian(N, seed=2), "mlp0",
                                        batch_size=3, progress=False).to_json()}
 
@@ -94,5 +96,6 @@ def test_two_gloo_processes_equal_one(tmp_path: Path) -> None:
                 process.kill()
     single = reports()
     assert single["check"]["samples"] == N and single["check"]["worst_box"] == "mlp1"
+    assert single["fitted"]["data"] == f"N(mean, cov) fitted to {N} samples"
     for rank in (0, 1):
         assert_close(json.loads((tmp_path / f"{rank}.json").read_text()), single)

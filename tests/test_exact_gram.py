@@ -10,10 +10,11 @@ import torch
 
 from compinterp.faithfulness.exact import frobenius_inner
 from compinterp.faithfulness.exact.chain import squares, wick
-from compinterp.faithfulness.exact.closed_form import gram_frobenius
+from compinterp.errors import InputError
+from compinterp.faithfulness.exact.closed_form import bilinear_units, gram_frobenius
 from compinterp.model import Model
 from compinterp.semantics.tensor import tensor_semantics
-from compinterp.syntax import Bilinear, Linear, Space, chain, residual
+from compinterp.syntax import Bilinear, Gated, Linear, Space, chain, residual
 
 X, Y = Space("x", 5), Space("y", 3)
 
@@ -47,3 +48,20 @@ def test_linear_and_deeper_networks_go_to_the_engine() -> None:
     deep = Model(chain(Bilinear("p", X, X, hidden=3), Bilinear("q", X, Y, hidden=3)), seed=0)
     D = tensor_semantics(deep, torch.float64)
     assert gram_frobenius(D, D) is None
+
+
+def test_single_bilinear_layers_skip_the_tensor_semantics() -> None:
+    """Two bias-free Bilinear models read straight from their weights (no constant unit, no padding)
+    give the padded networks' Gram form and the engine's value; anything else takes the general path."""
+    f = Model(Bilinear("f", X, Y, hidden=4), seed=0)
+    g = Model(Bilinear("g", X, Y, hidden=7), seed=1)
+    for a, b in ((f, g), (f, f), (g, f)):
+        assert bilinear_units(a) is not None and bilinear_units(b) is not None
+        F, G = tensor_semantics(a, torch.float64), tensor_semantics(b, torch.float64)
+        assert torch.allclose(frobenius_inner(a, b), gram_frobenius(F, G), rtol=1e-13, atol=0)
+        assert torch.allclose(frobenius_inner(a, b), engine(a, b), rtol=1e-10, atol=1e-12)
+    others = (Model(Bilinear("b", X, Y, hidden=4, bias=True), seed=0), Model(Gated("s", X, Y, hidden=4), seed=0),
+              Model(residual(Bilinear("r", X, X, hidden=4)), seed=0), tensor_semantics(f))
+    assert all(bilinear_units(m) is None for m in others)
+    with pytest.raises(InputError, match="same input and output spaces"):
+        frobenius_inner(f, Model(Bilinear("h", Space("x", 4), Y, hidden=4), seed=0))

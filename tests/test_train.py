@@ -13,7 +13,7 @@ from compinterp.cli import TASK_NAMES, main
 from compinterp.errors import InputError
 from compinterp.tasks import digits, gates, modular
 from compinterp.tasks.task import Recipe
-from compinterp.tasks.train import TASKS, evaluate, read_run, train
+from compinterp.tasks.train import TASKS, evaluate, noised, read_run, train
 
 
 def test_cli_trains_digits_and_saves_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -86,3 +86,57 @@ def test_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         train("gates", epochs=-1, progress=False)
     code = main(["train", "--help"])
     assert code == 0 and "example:\n  compinterp train digits --out runs/digits" in capsys.readouterr().out
+
+
+def hand_step(recipe: Recipe, seed: int, sigma: float) -> dict[str, torch.Tensor]:
+    """One full-batch AdamW step on the gates, written out: the noise ``sigma eps``, ``eps`` from a generator
+    seeded with ``seed``, added to the inputs before the forward pass."""
+    model = ci.Model(gates.task().build(), seed=seed)
+    x, y = gates.load("train")
+    if sigma:
+        x = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                  betas=recipe.betas)
+    torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
+    optimizer.step()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.3])
+def test_one_step_with_input_noise_is_a_step_on_the_noised_inputs(sigma: float) -> None:
+    recipe = Recipe(epochs=1, lr=1e-2, weight_decay=0.5, input_noise=sigma)
+    run = train("gates", seed=3, progress=False, recipe=recipe)
+    want = hand_step(recipe, 3, sigma)
+    assert run.steps == 1 and all(torch.equal(v, want[k]) for k, v in run.model.state_dict().items())
+    assert run.recipe.to_json().get("input_noise") == (sigma or None) and run.recipe.to_json()["weight_decay"] == 0.5
+    if sigma:
+        clean = hand_step(recipe, 3, 0.0)
+        assert not all(torch.equal(v, clean[k]) for k, v in run.model.state_dict().items())
+
+
+def test_noise_leaves_token_ids_alone_and_is_refused_for_token_only_models() -> None:
+    ids, x = torch.tensor([[1, 2]]), torch.zeros(2, 3)
+    kept, moved = noised([ids, x], 0.5, torch.Generator().manual_seed(0))
+    assert kept is ids and moved.std() > 0
+    task = modular.task(p=7, train_fraction=0.6, width=8, hidden=8)
+    with pytest.raises(InputError, match="input noise 0.1: task 'modular' \\(mlp\\) reads token ids only"):
+        train(task, progress=False, recipe=Recipe(epochs=1, lr=1e-2, input_noise=0.1))
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="input_noise must be a finite number >= 0"):
+            Recipe(epochs=1, lr=1e-2, input_noise=bad)
+    with pytest.raises(InputError, match="weight_decay must be a finite number >= 0, got -1"):
+        Recipe(epochs=1, lr=1e-2, weight_decay=-1)
+
+
+def test_cli_input_noise_and_weight_decay_go_into_the_recipe(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "gates", "--out", str(tmp_path / "n"), "--epochs", "1", "--input-noise", "0.2",
+                 "--weight-decay", "0.5", "--json"]) == 0
+    recipe = json.loads(capsys.readouterr().out)["recipe"]
+    assert recipe["input_noise"] == 0.2 and recipe["weight_decay"] == 0.5
+    assert main(["train", "gates", "--out", str(tmp_path / "p"), "--epochs", "1", "--json"]) == 0
+    recipe = json.loads(capsys.readouterr().out)["recipe"]
+    assert "input_noise" not in recipe and recipe == gates.task().recipe().to_json() | {"epochs": 1}
+    assert main(["train", "modular", "--out", str(tmp_path / "m"), "--input-noise", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "reads token ids only" in err and err.count("\n") == 1 and not (tmp_path / "m").exists()

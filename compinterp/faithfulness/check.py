@@ -32,6 +32,7 @@ from compinterp.data import Batch, Input, Source, as_source, fit, gaussian, plac
 from compinterp.errors import BoxError, CompositionError, InputError
 from compinterp.faithfulness.distributed import all_reduce, world
 from compinterp.faithfulness.exact import exact_report
+from compinterp.faithfulness.exact.measures import GaussianFit, fit_source
 from compinterp.faithfulness.metrics import IGNORE, LogitMoments, Moments
 from compinterp.faithfulness.report import BoxRow, FaithfulnessReport
 from compinterp.interpretation import Interpretation
@@ -54,7 +55,7 @@ GIVE_DATA = ("give data instead: gaussian:N (generated to fit the model's input 
 
 def check(model: Model, explanation: Interpretation | Model, data: Any = None, *, batch_size: int = 256,
           device: str | torch.device | None = None, logits: bool | str | None = None,
-          progress: bool = True) -> FaithfulnessReport:
+          progress: bool = True, fit: Any = None) -> FaithfulnessReport:
     """How far each square of ``explanation`` is from commuting with ``model``, on ``data``.
 
     Args:
@@ -77,22 +78,47 @@ def check(model: Model, explanation: Interpretation | Model, data: Any = None, *
             with labels, accuracy), or the name of the output wire that holds them; default:
             one output wire labelled ``logits...`` or made by an ``Unembed`` box.
         progress: show a progress bar (on rank 0).
+        fit: with ``data="exact"`` (implied when ``data`` is not given): data (the forms ``data`` takes)
+            whose mean and covariance replace ``N(0, I)`` as the input measure of the exact check, or a
+            :class:`~compinterp.faithfulness.exact.measures.GaussianFit`; the report names the Gaussian.
 
     Under ``torch.distributed``, each rank checks its shard of ``data`` and the
     sums are all-reduced, so every rank returns the report of the whole data.
     """
     if data is None:
-        data = default_data(model, explanation)
-    if isinstance(data, str) and data == "exact":
+        data = default_data(model, explanation) if fit is None else "exact"
+    exact = isinstance(data, str) and data == "exact"
+    if fit is not None and not exact:
+        raise InputError("fit= sets the Gaussian of the exact check: give it with data='exact' (--data exact); "
+                         "a check on data measures those samples themselves")
+    if exact:
         reason = why_not_exact(model, explanation)
         if reason is not None:
             raise NotPolynomialError(f"no exact check: {reason}; {GIVE_DATA}")
-        report = exact_report(model, explanation)
+        gauss = None if fit is None else _fitted(model, fit, batch_size)
+        report = exact_report(model, explanation) if gauss is None else \
+            exact_report(model, explanation, mean=gauss.mean, cov=gauss.cov, measure=gauss.describe())
         if logits:
             return replace(report, note=f"{report.note}; no logit metrics: the exact path compares the outputs as "
                                         "functions of the input, give data for KL, top-1 agreement and accuracy")
         return report
     return _Squares(model, explanation).evaluate(as_source(data), None, batch_size, device, logits, progress)
+
+
+def _fitted(model: Model, fit: Any, batch_size: int) -> GaussianFit:
+    """The Gaussian ``fit`` names for the exact check of ``model``: fitted to data, or given fitted (checked
+    to cover the model's input wires)."""
+    wires = inputs(model.plan)
+    if isinstance(fit, str) and fit == "exact":
+        raise InputError("fit= takes the data to fit the exact check's Gaussian to (a tensor, FILE.pt, a task's "
+                         "name), not 'exact'")
+    if not isinstance(fit, GaussianFit):
+        return fit_source(fit, wires, batch_size)
+    width = sum(wire.dim for wire in wires)
+    if tuple(fit.mean.shape) != (width,) or tuple(fit.cov.shape) != (width, width):
+        raise InputError(f"fit: the Gaussian has mean {tuple(fit.mean.shape)} and cov {tuple(fit.cov.shape)}; the "
+                         f"inputs {' @ '.join(w.name for w in wires)} need ({width},) and ({width}, {width})")
+    return fit
 
 
 def why_not_exact(model: Model, explanation: Interpretation | Model | None = None) -> str | None:

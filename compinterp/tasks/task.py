@@ -39,7 +39,9 @@ class Recipe:
     """How to train: AdamW with ``lr``, ``weight_decay`` and ``betas`` for ``epochs`` passes over the
     training split, in shuffled batches of ``batch_size`` (``None``: the whole split at once); the
     learning rate rises linearly over the first ``warmup`` steps, then follows ``schedule``
-    (:data:`SCHEDULES`).
+    (:data:`SCHEDULES`). ``input_noise = sigma > 0`` trains on ``x + sigma eps``, ``eps ~ N(0, I)`` drawn
+    afresh every step for every float input (token ids are left as they are), the bilinear-MLP paper's
+    regulariser.
 
     >>> r = Recipe(epochs=1, lr=1.0, warmup=2, schedule="cosine", final_lr=0.0, cooldown=0.5)
     >>> [round(r.lr_at(step, 10), 3) for step in range(10)]
@@ -57,6 +59,7 @@ class Recipe:
     schedule: str = "constant"
     final_lr: float = 0.1
     cooldown: float = 1.0
+    input_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -66,6 +69,10 @@ class Recipe:
             raise InputError(f"warmup must be a non-negative number of steps, got {self.warmup!r}")
         if not 0 < self.cooldown <= 1:
             raise InputError(f"cooldown must be a fraction of the steps in (0, 1], got {self.cooldown!r}")
+        for name in ("weight_decay", "input_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
 
     def lr_at(self, step: int, steps: int) -> float:
         """The learning rate of optimizer step ``step`` (from 0) of a run of ``steps`` steps."""
@@ -78,13 +85,16 @@ class Recipe:
         return self.lr * (self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * done)))
 
     def to_json(self) -> dict[str, Any]:
-        """The recipe as JSON (a schedule only when there is one, so that recipes without one read as before)."""
+        """The recipe as JSON (a schedule and input noise only when there are, so that recipes without them read
+        as before)."""
         out = {"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
                "batch_size": self.batch_size, "betas": list(self.betas)}
         if self.warmup:
             out["warmup"] = self.warmup
         if self.schedule != "constant":
             out |= {"schedule": self.schedule, "final_lr": self.final_lr, "cooldown": self.cooldown}
+        if self.input_noise:
+            out["input_noise"] = self.input_noise
         return out
 
 

@@ -112,8 +112,9 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
     """Train ``model`` (default: the task's default) on ``task``'s training split and score it on both splits.
 
     The model's parameters start from ``seed`` and the batches are shuffled by a generator
-    seeded with ``seed``, so a run is a function of its arguments (on a given device).
-    ``epochs`` overrides the recipe's epochs; ``recipe`` replaces the recipe.
+    seeded with ``seed``, so a run is a function of its arguments (on a given device); the recipe's input
+    noise comes from a second generator on ``device``, seeded with ``seed``, so it leaves the batch order
+    alone. ``epochs`` overrides the recipe's epochs; ``recipe`` replaces the recipe.
     """
     task = get_task(task)
     name = task.model_name(model)
@@ -125,6 +126,10 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
     device = resolve_device(device)
     train_data = [t.to(device) for t in task.data("train", name)]
     test_data = [t.to(device) for t in task.data("test", name)]
+    if recipe.input_noise and not any(t.is_floating_point() for t in train_data[:-1]):
+        raise InputError(f"input noise {recipe.input_noise}: task '{task.name}' ({name}) reads token ids only, "
+                         "with no float input to add Gaussian noise to")
+    noise = torch.Generator(device=device).manual_seed(seed) if recipe.input_noise else None
     net = Model(task.build(name), seed=seed).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   betas=recipe.betas)
@@ -141,6 +146,8 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
         for first in range(0, n, size):
             rows = order[first:first + size] if order is not None else slice(None)
             *xs, labels = (t[rows] for t in train_data)
+            if noise is not None:
+                xs = noised(xs, recipe.input_noise, noise)
             loss = _loss(task.loss, net(*xs), labels)
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr_at(steps, total)
@@ -157,6 +164,13 @@ def train(task: str | Task, *, model: str | None = None, seed: int = 0, epochs: 
     measured = task.measure(net) if task.measure is not None else {}
     return TrainResult(net, task.name, name, seed, recipe.epochs, steps, recipe, dict(task.options), train_loss,
                        train_accuracy, test_loss, test_accuracy, seconds, str(device), measured)
+
+
+def noised(xs: Sequence[torch.Tensor], sigma: float, generator: torch.Generator) -> list[torch.Tensor]:
+    """``x + sigma eps`` with ``eps ~ N(0, I)`` drawn from ``generator`` for each float input ``x`` in turn;
+    integer inputs (token ids) as they are."""
+    return [x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            if x.is_floating_point() else x for x in xs]
 
 
 def evaluate(model: Model, loss: str, data: Sequence[torch.Tensor]) -> tuple[float, float]:

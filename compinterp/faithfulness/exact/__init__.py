@@ -10,7 +10,10 @@ their tensor semantics (:mod:`compinterp.semantics.tensor`), never by sampling:
   closed form on each output's quadratic form where that is cheaper);
 * from these, relative L2 error, FVU and faithfulness (:func:`exact_compare`); for
   diagrams whose inputs are token ids (``Embed`` first), the measure is the uniform
-  one over all tokens, averaged exactly.
+  one over all tokens, averaged exactly; ``mean`` and ``cov`` fitted to data by
+  :func:`fit_gaussian` or, streamed, :func:`fit_source` (what ``check(..., "exact", fit=data)`` uses);
+* past two stages, a Monte-Carlo estimate, or with ``closure=True`` the Gaussian closure
+  (:mod:`~compinterp.faithfulness.exact.closure`), both marked ``exact=False``.
 
 The maths, with every formula a reader needs to check it, is in ``docs/exact.md``.
 
@@ -33,9 +36,11 @@ from __future__ import annotations
 
 from compinterp.faithfulness.exact.closed_form import MAX_QUADRATIC
 from compinterp.faithfulness.exact.compare import MAX_TOKEN_TUPLES, MC_SAMPLES, ExactResult, exact_compare, exact_report
-from compinterp.faithfulness.exact.measures import (MAX_DEPTH, ExactError, fit_gaussian, frobenius_cosine,
-                                                    frobenius_inner, frobenius_norm, gaussian_inner, gaussian_mean)
+from compinterp.faithfulness.exact.measures import (MAX_DEPTH, ExactError, GaussianFit, fit_gaussian, fit_source,
+                                                    frobenius_cosine, frobenius_inner, frobenius_norm, gaussian_inner,
+                                                    gaussian_mean)
 from compinterp.semantics.tensor import NotPolynomialError, why_not_polynomial
 
-__all__ = ["ExactError", "ExactResult", "NotPolynomialError", "exact_compare", "fit_gaussian", "frobenius_cosine",
-           "frobenius_inner", "frobenius_norm", "gaussian_inner", "gaussian_mean", "why_not_polynomial"]
+__all__ = ["ExactError", "ExactResult", "GaussianFit", "NotPolynomialError", "exact_compare", "fit_gaussian",
+           "fit_source", "frobenius_cosine", "frobenius_inner", "frobenius_norm", "gaussian_inner", "gaussian_mean",
+           "why_not_polynomial"]

@@ -4,10 +4,12 @@ that is cheaper than the Wick engine."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from compinterp.semantics.tensor import PolyNet
+from compinterp.syntax import Bilinear
 
 MAX_QUADRATIC = 2 ** 24
 """Most numbers in the ``outputs x (N + 1) x (N + 1)`` matrices of the closed form for one-stage networks."""
@@ -146,15 +148,43 @@ def truncation_mse(delta: Quadratic, values: torch.Tensor, vectors: torch.Tensor
     return out
 
 
+Units = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""One stage ``y = O ((L x) * (R x))`` as ``(L, R, O)``: ``L``, ``R`` ``(units, inputs)``, ``O``
+``(outputs, units)``."""
+
+
+def bilinear_units(model: Any) -> Units | None:
+    """``(L, R, D)`` in float64 of a model that is a single bias-free ``Bilinear`` box, read straight from its
+    parameters (no tensor semantics, no constant unit); ``None`` for any other model or network."""
+    box = getattr(model, "diagram", None)
+    if not isinstance(box, Bilinear) or not box.polynomial or box.data["bias"]:
+        return None
+    p = model.box_params(box.name)
+    return tuple(p[role].detach().to(torch.float64) for role in "LRD")
+
+
+def units_frobenius(f: Units, g: Units) -> torch.Tensor | None:
+    """``<sym F_c, sym G_c>_F = sum_{u, v} O_f[c, u] O_g[c, v] K[u, v]`` for each output of two stages
+    ``(L, R, O)`` on the same inputs, with ``K = 1/2 [(L_f L_g^T) * (R_f R_g^T) + (L_f R_g^T) * (R_f L_g^T)]``
+    (products elementwise), the Frobenius products of the units' symmetrised rank-one matrices: one Gram
+    product ``[L_f; R_f] [L_g; R_g]^T``, the ``1/2`` applied to the ``outputs`` sums (exact, a power of two).
+    ``None`` when ``K`` would hold more than :data:`MAX_QUADRATIC` numbers (the engine's turn)."""
+    (Lf, Rf, Of), (Lg, Rg, Og) = f, g
+    h, k = Lf.shape[0], Lg.shape[0]
+    if h * k > MAX_QUADRATIC:
+        return None
+    P = torch.cat([Lf, Rf]) @ torch.cat([Lg, Rg]).T
+    K = P[:h, :k] * P[h:, k:] + P[:h, k:] * P[h:, :k]
+    return ((Of @ K) * Og).sum(1) / 2
+
+
 def gram_frobenius(f: PolyNet, g: PolyNet) -> torch.Tensor | None:
     """``<sym F_c, sym G_c>_F`` for each output of two networks of one stage (a linear one lifted), from the
-    units' Gram matrices without building any tensor: ``sum_{u, v} O_f[c, u] O_g[c, v] K[u, v]`` with
-    ``K = 1/2 [(L_f L_g^T) * (R_f R_g^T) + (L_f R_g^T) * (R_f L_g^T)]`` (products elementwise), the
-    Frobenius products of the units' symmetrised rank-one matrices. ``None`` unless the deeper network has
-    exactly one stage, or when ``K`` would hold more than :data:`MAX_QUADRATIC` numbers (the engine's turn).
+    units' Gram matrices without building any tensor (:func:`units_frobenius` on the padded stages). ``None``
+    unless the deeper network has exactly one stage, or when ``K`` is too large (the engine's turn).
 
     >>> from compinterp.model import Model
-    >>> from compinterp.syntax import Space, Bilinear
+    >>> from compinterp.syntax import Space
     >>> from compinterp.semantics.tensor import tensor_semantics
     >>> net = tensor_semantics(Model(Bilinear("b", Space("x", 3), Space("y", 2), hidden=4), seed=0), torch.float64)
     >>> A = quadratic(net)[2]                                 # no biases: the whole form is M
@@ -164,10 +194,4 @@ def gram_frobenius(f: PolyNet, g: PolyNet) -> torch.Tensor | None:
     if max(f.depth, g.depth) != 1:
         return None
     f, g = f.lift(1), g.lift(1)
-    (Lf, Rf), (Lg, Rg) = f.stages[0], g.stages[0]
-    if Lf.shape[0] * Lg.shape[0] > MAX_QUADRATIC:
-        return None
-    h = Lf.shape[0]
-    P = torch.cat([Lf, Rf]) @ torch.cat([Lg, Rg]).T
-    K = (P[:h, :Lg.shape[0]] * P[h:, Lg.shape[0]:] + P[:h, Lg.shape[0]:] * P[h:, :Lg.shape[0]]) / 2
-    return torch.einsum("cu,uv,cv->c", f.out, K, g.out)
+    return units_frobenius((*f.stages[0], f.out), (*g.stages[0], g.out))

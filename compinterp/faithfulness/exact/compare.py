@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from compinterp.errors import InputError
-from compinterp.faithfulness.exact.measures import (F64, MAX_DEPTH, ExactError, as_net, cosine,
-                                                    gaussian_moments, same_spaces, whitening)
+from compinterp.faithfulness.exact.closure import closure_moments, closure_note
+from compinterp.faithfulness.exact.measures import (F64, MAX_DEPTH, ExactError, as_net, cosine, gaussian_moments,
+                                                    gaussian_nets, same_spaces, whitening)
 from compinterp.faithfulness.report import FaithfulnessReport, Metrics
 from compinterp.semantics.tensor import NotPolynomialError, PolyNet, why_not_polynomial
 
@@ -62,15 +63,19 @@ class ExactResult:
                 + (f"\n{self.note}" if self.note else ""))
 
 
-def exact_compare(model: Any, other: Any, *, mean: Any = None, cov: Any = None,
-                  samples: int = MC_SAMPLES) -> ExactResult:
+def exact_compare(model: Any, other: Any, *, mean: Any = None, cov: Any = None, samples: int = MC_SAMPLES,
+                  measure: str | None = None, closure: bool = False) -> ExactResult:
     """Compare two polynomial models (or PolyNets) with the same spaces, exactly, without data.
 
     Inputs are ``N(mean, cov)`` (standard normal by default; estimate both from data with
     :func:`fit_gaussian` for a data-aware check), or, when the inputs are token ids feeding
     ``Embed`` boxes, uniform over all tokens (and token tuples). Past the exact limits
     (more than :data:`MAX_DEPTH` stages, more than :data:`MAX_TOKEN_TUPLES` token tuples)
-    a Monte-Carlo estimate from ``samples`` inputs stands in, with ``exact=False`` and a note.
+    a Monte-Carlo estimate from ``samples`` inputs stands in, with ``exact=False`` and a note; past
+    :data:`MAX_DEPTH` stages, ``closure=True`` takes the Gaussian closure instead
+    (:mod:`~compinterp.faithfulness.exact.closure`: faster, but biased and without an error bar; see
+    ``docs/exact.md`` for its measured error and why the checker keeps Monte Carlo).
+    ``measure`` names the Gaussian in the result (default ``N(0, I)``, or ``N(mean, cov)``).
     Raises :class:`NotPolynomialError` naming the first non-polynomial box.
     """
     for m in (model, other):
@@ -91,7 +96,7 @@ def exact_compare(model: Any, other: Any, *, mean: Any = None, cov: Any = None,
         moments, exact, note = _token_moments(f, g, samples)
         measure = "uniform tokens"
     else:
-        measure = "N(0, I)" if mean is None and cov is None else "N(mean, cov)"
+        measure = measure or ("N(0, I)" if mean is None and cov is None else "N(mean, cov)")
         if max(f.depth, g.depth) <= MAX_DEPTH:
             if model is other:
                 (ff,), mf = gaussian_moments([f], [(0, 0)], mean, cov)
@@ -100,6 +105,8 @@ def exact_compare(model: Any, other: Any, *, mean: Any = None, cov: Any = None,
                 (ff, fg, gg), mf = gaussian_moments([f, g], [(0, 0), (0, 1), (1, 1)], mean, cov)
                 moments = (ff, fg, gg, mf)
             exact, note = True, "nothing approximated (Isserlis/Wick moments in float64)"
+        elif closure:
+            moments, exact, note = closure_moments(*gaussian_nets([f, g], mean, cov)), False, closure_note(f, g)
         else:
             C = whitening(f.in_dim, mean, cov, f.dom, torch.device("cpu"))
 
@@ -193,13 +200,15 @@ def _result(moments: PairMoments, outputs: tuple[str, ...], measure: str, exact:
         measure=measure, exact=exact, note=note)
 
 
-def exact_report(model: Any, explanation: Any, *, mean: Any = None, cov: Any = None) -> FaithfulnessReport:
+def exact_report(model: Any, explanation: Any, *, mean: Any = None, cov: Any = None,
+                 measure: str | None = None) -> FaithfulnessReport:
     """:func:`exact_compare` of ``model`` with a second model, or with an interpretation's
     explanation when its maps on the input and output wires are identities, as a
     :class:`~compinterp.faithfulness.FaithfulnessReport` marked ``exact`` (end to end only).
 
     Its ``cosine`` is the cosine of the two functions in ``L2`` of the input measure, and
-    ``note`` names the measure and anything approximated.
+    ``note`` (and ``data``) name the measure (``measure``, as :func:`exact_compare` takes it); ``note`` also
+    says what was approximated.
     """
     from compinterp.interpretation import Interpretation
     from compinterp.interpretation.maps import Identity
@@ -212,7 +221,7 @@ def exact_report(model: Any, explanation: Any, *, mean: Any = None, cov: Any = N
                                  "and the exact path compares end to end, so it needs identity maps on "
                                  "the model's input and output wires; check on data instead")
         other = explanation.explanation
-    result = exact_compare(model, other, mean=mean, cov=cov)
+    result = exact_compare(model, other, mean=mean, cov=cov, measure=measure)
     metrics = Metrics(fvu=result.fvu, rel_l2=result.rel_l2, cosine=result.cosine, n=0)
     return FaithfulnessReport(metrics, (), samples=0, exact=result.exact,
-                              note=f"{result.measure}; {result.note}")
+                              note=f"{result.measure}; {result.note}", data=result.measure)

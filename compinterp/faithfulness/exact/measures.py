@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from compinterp.data import Input, as_source, fit
 from compinterp.errors import CompinterpError, InputError
+from compinterp.faithfulness.distributed import all_reduce, world
 from compinterp.faithfulness.exact.chain import Paths, squares, wick
-from compinterp.faithfulness.exact.closed_form import closed_form_pays, gram_frobenius, quadratic, quadratic_products
+from compinterp.faithfulness.exact.closed_form import (bilinear_units, closed_form_pays, gram_frobenius, quadratic,
+                                                      quadratic_products, units_frobenius)
 from compinterp.semantics.tensor import PolyNet, tensor_semantics
 
 F64 = torch.float64
@@ -72,7 +76,7 @@ def whitening(n: int, mean: Any, cov: Any, dom: Any, device: torch.device) -> to
     return C.to(device)
 
 
-def _gaussian_nets(nets: Sequence[PolyNet], mean: Any, cov: Any) -> list[PolyNet]:
+def gaussian_nets(nets: Sequence[PolyNet], mean: Any, cov: Any) -> list[PolyNet]:
     """The networks ``z^ -> f(C z^)``, reading standard normal ``z``."""
     for net in nets:
         _no_tokens(net)
@@ -89,7 +93,7 @@ def gaussian_moments(nets: Sequence[PolyNet], pairs: Sequence[tuple[int, int]], 
     Networks of at most one stage use the closed form for quadratic forms where it is cheaper
     (``closed=None``; ``True`` or ``False`` forces a path), the rest the Wick engine.
     """
-    nets = _gaussian_nets(nets, mean, cov)
+    nets = gaussian_nets(nets, mean, cov)
     if closed is None:
         closed = closed_form_pays(nets, pairs)
     if closed:
@@ -128,13 +132,19 @@ def gaussian_mean(f: Any, *, mean: Any = None, cov: Any = None) -> torch.Tensor:
     """``E_x[f_c(x)]`` for each output ``c``, exactly, for ``x ~ N(mean, cov)``."""
     F = as_net(f)
     _check_depth(F)
-    return wick([squares(_gaussian_nets([F], mean, cov)[0])], "gaussian")
+    return wick([squares(gaussian_nets([F], mean, cov)[0])], "gaussian")
 
 
 def frobenius_inner(f: Any, g: Any) -> torch.Tensor:
     """``<sym F_c, sym G_c>_F`` for each output ``c``: the Frobenius inner product of the symmetrised
     coefficient tensors over padded inputs ``(1, x)`` (the shallower network lifted to the common degree);
-    networks of one stage in closed form from Gram matrices (:func:`~.closed_form.gram_frobenius`)."""
+    networks of one stage in closed form from Gram matrices (:func:`~.closed_form.gram_frobenius`), two
+    single bias-free ``Bilinear`` models straight from their weights (:func:`~.closed_form.bilinear_units`)."""
+    units = bilinear_units(f), bilinear_units(g)
+    if units[0] is not None and units[1] is not None and f.dom == g.dom and f.cod == g.cod:
+        closed = units_frobenius(*units)
+        if closed is not None:
+            return closed
     F, G = as_net(f), as_net(g)
     same_spaces(F, G)
     _check_depth(F, G)
@@ -167,6 +177,64 @@ def fit_gaussian(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not torch.isfinite(x).all():
         raise InputError("fit_gaussian: the samples hold NaN or infinite values")
     return x.mean(0), torch.cov(x.T).reshape(x.shape[1], x.shape[1])
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """``N(mean, cov)`` fitted to ``samples`` input vectors (all input wires side by side) from ``origin``:
+    the measure of a data-aware exact check (``check(..., data="exact", fit=data)``)."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    samples: int
+    origin: str = ""
+
+    def describe(self) -> str:
+        """The measure in words, for reports.
+
+        >>> GaussianFit(torch.zeros(2), torch.eye(2), 1797, "the held-out digits").describe()
+        'N(mean, cov) fitted to 1,797 samples of the held-out digits'
+        """
+        return f"N(mean, cov) fitted to {self.samples:,} samples" + (f" of {self.origin}" if self.origin else "")
+
+
+def fit_source(data: Any, wires: Sequence[Input], batch_size: int = 4096) -> GaussianFit:
+    """The Gaussian of the input vectors in ``data`` (any form :func:`~compinterp.data.as_source` reads; labels
+    ignored), streamed: ``mean = S1 / n``, ``cov = (S2 - n mean mean^T) / (n - 1)`` from the float64 sums
+    ``S1 = sum x``, ``S2 = sum x x^T`` of this rank's shard, all-reduced over the ranks. ``wires`` are the
+    model's input wires (:func:`compinterp.semantics.inputs`), laid side by side; every one must take
+    real vectors, and a sample with a sequence axis gives one vector per position.
+
+    >>> from compinterp.data import Input
+    >>> fitted = fit_source(torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 2.0]]), [Input("x:2", 2)])
+    >>> fitted.mean.tolist(), fitted.cov.tolist(), fitted.samples
+    ([2.0, 2.0], [[4.0, 1.0], [1.0, 1.0]], 3)
+    """
+    for wire in wires:
+        if wire.kind != "vectors":
+            feeds = f" (it feeds {wire.box})" if wire.box else ""
+            raise InputError(f"fit: wire {wire.name} takes {wire.kind}{feeds}: a fitted Gaussian describes real "
+                             "input vectors only")
+    source = as_source(data)
+    width = sum(wire.dim for wire in wires)
+    sums = torch.zeros(1 + width + width * width, dtype=F64)
+    rank, size = world()
+    for k, batch in enumerate(source.batches(batch_size, wires, rank, size)):
+        try:
+            fit(batch, wires, k)
+        except InputError as err:
+            raise InputError(f"fit data: {err}") from None
+        x = torch.cat([t.to(F64).reshape(-1, wire.dim) for t, wire in zip(batch, wires)], 1)
+        second = torch.einsum("ni,nj->ij", x, x)
+        sums += torch.cat([torch.tensor([x.shape[0]], dtype=F64), x.sum(0), second.flatten()])
+    all_reduce([sums])
+    n = int(sums[0].item())
+    if n < 2:
+        raise InputError(f"fit data: {n} sample(s) of {' @ '.join(w.name for w in wires)}; fitting a covariance "
+                         "needs at least 2")
+    mean = sums[1:1 + width] / n
+    cov = (sums[1 + width:].view(width, width) - n * torch.outer(mean, mean)) / (n - 1)
+    return GaussianFit(mean, (cov + cov.T) / 2, n, source.describe())
 
 
 
