@@ -65,8 +65,9 @@ _CHUNK = 10
 """L-BFGS iterations per progress-bar step."""
 _MEMORY = 20
 """The L-BFGS history: the last this many steps and gradient changes."""
-_LOW = 0.8
-"""The fraction of a fit's steps taken in float32 (half the time of float64 on a CPU), before the rest in float64."""
+_LOW = 0.9
+"""The fraction of a fit's steps taken in float32 (0.6-0.8x the time of float64 per step on a CPU), before the rest
+in float64."""
 _RIDGE = 3e-4
 """The fits' penalty on the factors' sizes, ``mu (||U||^2 + ||W||^2 + ||A||^2)`` with ``mu`` this fraction of
 ``||B_sym||_F^(4/3)`` (the scale at which it weighs like the error): it keeps fits from growing pairs of large
@@ -94,23 +95,22 @@ def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor) -> torch.Ten
 
 
 def _solve(K: torch.Tensor, M: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
-    """``A`` with ``(K + ridge I + eps I) A^T = M^T``, ``eps`` ``1e-12`` of the mean diagonal of ``K + ridge I``
-    (``K`` may be singular; when it is singular to working precision even so, the least-squares solution)."""
+    """``A`` with ``(K + ridge I + eps I) A^T = M^T`` by Cholesky, ``eps`` ``1e-12`` of the mean diagonal of
+    ``K + ridge I`` (``K``, a Gram matrix, may be singular); when the shifted matrix is singular to working precision
+    even so, the least-squares solution."""
     K = K.clone()
     diagonal = K.diagonal()
-    if ridge:
-        diagonal.add_(ridge)
-    diagonal.add_(1e-12 * diagonal.mean().clamp_min(1e-300))
-    A, info = torch.linalg.solve_ex(K, M.T)
+    diagonal.add_(ridge + 1e-12 * (diagonal.mean() + ridge).clamp_min(1e-300))
+    factor, info = torch.linalg.cholesky_ex(K)
     if info.item():
-        A = torch.linalg.pinv(K, hermitian=True) @ M.T
-    return A.T
+        return (torch.linalg.pinv(K, hermitian=True) @ M.T).T
+    return torch.cholesky_solve(M.T, factor).T
 
 
 class Target:
     """The symmetrised tensor a fit aims at, held in the cheaper of two forms: the box's factors
-    (``(4 in + out) hidden R`` multiply-adds per evaluation) or the dense ``B_sym`` (``out x in x in``,
-    ``4 out in^2 R``), chosen once; the loss and its gradient in closed form (no autograd).
+    (``(8 in + 2 out) hidden R`` multiply-adds per evaluation) or the dense ``B_sym`` (``out x in x in``,
+    ``2 out in^2 R``), chosen once; the loss and its gradient in closed form (no autograd).
 
     With ``ridge``, the loss is penalised by ``mu (||U||^2 + ||W||^2 + ||A||^2)``, ``mu = ridge ||B_sym||_F^(4/3)``.
     With ``A`` the best outputs for ``U, W`` (variable projection), the gradient of the loss in ``U, W``
@@ -132,7 +132,7 @@ class Target:
         hidden, n = factors.L.shape
         outputs = factors.D.shape[0]
         if dense is None:
-            dense = 4 * outputs * n * n < (4 * n + outputs) * hidden
+            dense = outputs * n * n < (4 * n + outputs) * hidden
         self.factors = factors
         self.dense: torch.Tensor | None = None
         self.stacked: torch.Tensor | None = None
@@ -152,16 +152,22 @@ class Target:
         """``mu (||U||^2 + ||W||^2 + ||A||^2)``, the part of :meth:`loss` that is not the error."""
         return self.ridge * (U.square().sum() + W.square().sum() + A.square().sum())
 
-    def loss(self, UW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(loss, dloss/d[U; W], A)`` at the best outputs ``A`` for ``UW = [U; W]`` (``2 R x in^``)."""
+    def loss(self, UW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(loss, dloss/d[U; W], A, diagonal)`` at the best outputs ``A`` for ``UW = [U; W]`` (``2 R x in^``);
+        ``diagonal``: ``G_rr |W_r|^2`` for ``U_r``'s rows and ``G_rr |U_r|^2`` for ``W_r``'s, the Gauss-Newton part of
+        the diagonal blocks of the Hessian.
+
+        With ``P = [U; W] [U; W]^T`` and ``A (K + mu) = M`` (``M[c, r] = U_r . B_sym[c] W_r``), the loss is
+        ``||B_sym||^2 - sum A * M + mu tr P``, and the gradient's quadratic terms are one product ``H [U; W]``,
+        ``H = [[G * W W^T, G * W U^T], [G * U W^T, G * U U^T]]`` (whose diagonal is ``diagonal``)."""
         rank = UW.shape[0] // 2
         P = UW @ UW.T                                           # the Gram matrix of the rows of U and W
         UU, UWt, WW = P[:rank, :rank], P[:rank, rank:], P[rank:, rank:]
         K = (UU * WW + UWt * UWt.T) / 2                         # sym_gram(U, W, U, W)
         if self.dense is not None:
             outputs, n = self.dense.shape[0], self.dense.shape[1]
-            TX = (self.dense.reshape(outputs * n, n) @ UW.T).reshape(outputs, n, 2 * rank)
-            M = (TX[:, :, rank:] * UW[:rank].T).sum(1)         # U_r . B_sym[c] W_r
+            TX = (self.dense.reshape(outputs * n, n) @ UW.T).reshape(outputs, n, 2, rank)   # B_sym[c] U_r, B_sym[c] W_r
+            M = (TX[:, :, 1] * UW[:rank].T).sum(1)             # U_r . B_sym[c] W_r
         else:
             h = self.factors.L.shape[0]
             Q = self.stacked @ UW.T                             # [[L U^T, L W^T], [R U^T, R W^T]]
@@ -169,22 +175,21 @@ class Target:
             M = self.factors.D @ ((LU * RW + LW * RU) / 2)
         A = _solve(K, M, self.ridge)
         G = A.T @ A
-        U, W = UW[:rank], UW[rank:]
-        loss = self.norm - 2 * (A * M).sum() + (G * K).sum()
+        loss = self.norm - (A * M).sum()
         if self.ridge:
-            loss = loss + self.penalty(U, W, A)
+            loss = loss + self.ridge * P.diagonal().sum()
+        H = (P.view(2, rank, 2, rank).flip(0, 2) * G[:, None, :]).reshape(2 * rank, 2 * rank)
+        grad = torch.addmm(UW, H, UW, beta=2 * self.ridge) if self.ridge else H @ UW
+        gU, gW = grad[:rank], grad[rank:]
         if self.dense is not None:
-            S = (TX * A.repeat(1, 2)[:, None, :]).sum(0).T      # rows: sum_c A[c, r] B_sym[c] U_r, then ... W_r
-            SU, SW = S[:rank], S[rank:]
+            S = (TX * A[:, None, None, :]).sum(0)               # [i, 0, r]: (sum_c A[c, r] B_sym[c] U_r)_i; 1: W_r
+            gU.sub_(S[:, 1].T, alpha=2)
+            gW.sub_(S[:, 0].T, alpha=2)
         else:
             f, E = self.factors, self.factors.D.T @ A
-            SW = ((E * RW).T @ f.L + (E * LW).T @ f.R) / 2
-            SU = ((E * RU).T @ f.L + (E * LU).T @ f.R) / 2
-        gU = -2 * SW + (G * WW) @ U + (G * UWt.T) @ W
-        gW = -2 * SU + (G * UU) @ W + (G * UWt) @ U
-        if self.ridge:
-            gU, gW = gU + 2 * self.ridge * U, gW + 2 * self.ridge * W
-        return loss, torch.cat([gU, gW]), A
+            gU.addmm_((E * RW).T, f.L, alpha=-1).addmm_((E * LW).T, f.R, alpha=-1)
+            gW.addmm_((E * RU).T, f.L, alpha=-1).addmm_((E * LU).T, f.R, alpha=-1)
+        return loss, grad, A, H.diagonal()
 
 
 class Prepared:
@@ -271,7 +276,7 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
             U, W, stopped = _lbfgs(low, U.float(), W.float(), cheap, bar, give_up=give_up, later=steps - cheap)
             U, W = U.double(), W.double()
         if steps > cheap and not stopped:
-            U, W, _ = _lbfgs(aim, U, W, steps - cheap, bar, give_up=give_up)
+            U, W, _ = _lbfgs(aim, U, W, steps - cheap, bar, give_up=give_up, earlier=cheap)
     A = aim.loss(torch.cat([U, W]))[2]          # the outputs of the penalised fit
     if start <= cp_loss(target, U, W, A, aim.norm):
         return balance(eig, eig, A0)
@@ -291,15 +296,17 @@ def balance(U: torch.Tensor, W: torch.Tensor, A: torch.Tensor) -> tuple[torch.Te
 
 
 def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, give_up: float | None = None,
-           later: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+           later: int = 0, earlier: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """At most ``steps`` L-BFGS iterations on ``aim.loss`` from ``U, W``: memory :data:`_MEMORY`, a backtracking
     line search from the step 1, and for the initial inverse Hessian, that of each unit's rows
     ``1 / (G_rr |W_r|^2 + 2 mu)`` for ``U_r`` and ``1 / (G_rr |U_r|^2 + 2 mu)`` for ``W_r`` (``G = A^T A``: the
     diagonal blocks of the Hessian in ``U`` and ``W``), so that strong and weak units move alike. Stops early when
     :data:`_CHUNK` iterations gain less than ``1e-12`` of the loss, or, with ``give_up``, when the loss (less
-    the squared corners of the error, for a biased box) cannot come under ``give_up`` even if it kept falling
-    at twice the pace of the last :data:`_CHUNK` iterations for the steps left (``later`` more after these);
-    returns ``U, W`` and whether it gave up.
+    the squared corners of the error, for a biased box) cannot come under ``give_up`` even after falling by
+    ``min(2 left, done) / m`` times the fall of the last ``m =`` :data:`_CHUNK` iterations, ``done`` the steps taken
+    (``earlier`` more before these) and ``left`` those left (``later`` more after these): a loss ``a + b / t``
+    falls by at least ``b m / t^2`` over the last ``m`` of ``t`` steps and by ``b / t`` in all the steps after, at
+    most that fall times ``t / m``. Returns ``U, W`` and whether it gave up.
 
     The two loops of L-BFGS run on scalars: with the products ``s_i . y_j`` kept as the history grows,
     each iteration costs four products of the history with a vector, and no loop over vectors."""
@@ -313,20 +320,19 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
     last: list[torch.Tensor] = []
 
     def evaluate(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
-        UW = x.view(2 * rank, n)
-        loss, grad, A = aim.loss(UW)
+        loss, grad, A, diagonal = aim.loss(x.view(2 * rank, n))
         last[:] = [A]
-        h = 1 / (A.square().sum(0).repeat(2) * UW.square().sum(1).roll(rank) + 2 * aim.ridge
-                 + torch.finfo(x.dtype).tiny)
+        h = 1 / (diagonal + (2 * aim.ridge + torch.finfo(x.dtype).tiny))
         return loss.item(), grad.reshape(-1), h[:, None].expand(2 * rank, n).reshape(-1)
 
-    def hopeless(f: float, before: float, left: int) -> bool:
-        """Whether the loss, less the error's corners, stays over ``give_up`` at twice the last chunk's pace."""
+    def hopeless(f: float, before: float, left: int, done: int) -> bool:
+        """Whether the loss, less the error's corners, stays over ``give_up`` after falling by the last chunk's fall
+        times ``min(2 left, done) / _CHUNK``."""
         UW = x.view(2 * rank, n)
         error = f - aim.penalty(UW[:rank], UW[rank:], last[0]).item()
         if aim.corner is not None:
             error -= (aim.corner - last[0] @ (UW[:rank, 0] * UW[rank:, 0])).square().sum().item()
-        return error - 2 * (before - f) * left / _CHUNK > give_up
+        return error - (before - f) * min(2 * left, done) / _CHUNK > give_up
 
     f, g, h = evaluate(x)
     previous, scale = f, 1.0
@@ -378,7 +384,8 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
             if (step + 1) % _CHUNK == 0:
                 if previous - f <= 1e-12 * max(abs(previous), 1e-300):
                     break
-                if give_up is not None and step + 1 > _CHUNK and hopeless(f, previous, steps - step - 1 + later):
+                if give_up is not None and step + 1 > _CHUNK \
+                        and hopeless(f, previous, steps - step - 1 + later, step + 1 + earlier):
                     return (*_split(x, rank), True)
                 previous = f
     return (*_split(x, rank), False)
