@@ -180,6 +180,38 @@ def test_neuron_interchange_equals_a_hand_patch_batched_or_not(model: ci.Model) 
         assert torch.allclose(ci.intervene(model, base, interventions, batch_size=3), want, atol=1e-12)
 
 
+def test_neuron_patches_written_in_place_touch_no_other_tensor() -> None:
+    """A neuron patch writes into the run's own fresh value (a linear map's, a ReLU's) when no gradient flows, and
+    never into an input, a source, a value an identity box shares with its input, or a value that needs a gradient."""
+    x, h = ci.Space("x", 4), ci.Space("h", 4)
+    diagram = ci.chain(ci.Elementwise("identity", x, name="same"), ci.Linear("f", x, h, bias=True),
+                       ci.Elementwise("relu", h, name="act"), ci.Linear("g", h, h))
+    model = ci.Model(diagram, seed=0, dtype=F64)
+    W, b, G = (model.box_params(n)[k].detach() for n, k in (("f", "W"), ("f", "b"), ("g", "W")))
+    g = torch.Generator().manual_seed(0)
+    base, source = torch.randn(6, 4, generator=g, dtype=F64), torch.randn(6, 4, generator=g, dtype=F64)
+    kept = base.clone(), source.clone()
+    neuron = torch.eye(4, dtype=F64)[[1]]
+    for wire, before in (("x", lambda v: v), ("same", lambda v: v), ("f", lambda v: F.linear(v, W, b)),
+                         ("act", lambda v: F.linear(v, W, b).relu())):
+        want_h = before(base).clone()
+        want_h[:, 1] = before(source)[:, 1]
+        rest = {"x": lambda v: F.linear(F.linear(v, W, b).relu(), G), "same": lambda v: F.linear(F.linear(v, W, b).relu(), G),
+                "f": lambda v: F.linear(v.relu(), G), "act": lambda v: F.linear(v, G)}[wire]
+        got = ci.intervene(model, base, [ci.patch(ci.Site(wire, subspace=neuron), source)], batch_size=4)
+        assert torch.allclose(got, rest(want_h), atol=1e-12)
+        assert torch.equal(base, kept[0]) and torch.equal(source, kept[1])
+    leaf = base.clone().requires_grad_()
+    out = ci.intervene(model, leaf, [ci.patch(ci.Site("act", subspace=neuron), source)])
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    mask = torch.ones(4, dtype=F64)
+    mask[1] = 0                                         # the patched neuron's gradient is cut, the others flow
+    hand_leaf = base.clone().requires_grad_()
+    hidden = F.linear(hand_leaf, W, b).relu() * mask + F.linear(source, W, b).relu() * (1 - mask)
+    (want,) = torch.autograd.grad(F.linear(hidden, G).sum(), hand_leaf)
+    assert torch.allclose(grad, want, atol=1e-12)
+
+
 def test_several_interventions_at_once_batched_or_not(model: ci.Model) -> None:
     """A whole register and a head from one source, and a position zeroed, in one intervention run."""
     base, source = batch(16, n=5), batch(17, n=5)

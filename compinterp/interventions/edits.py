@@ -19,13 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 
 from compinterp.data import placed, placement
 from compinterp.errors import InputError
-from compinterp.semantics import Plan
+from compinterp.semantics import Plan, kernels
 from compinterp.interventions.cache import HEADS_SUFFIX, mean_value
 from compinterp.interventions.run import Edit, Edited
 from compinterp.interventions.sites import Site
@@ -152,7 +153,8 @@ class Runs:
         for k, i in enumerate(interventions):
             if k not in initial:
                 table = head_edits if i.site.heads is not None else edits
-                table.setdefault(registers[k], []).append(_edit(i, self.targets, k))
+                owned = i.site.heads is None and _fresh(plan, registers[k])
+                table.setdefault(registers[k], []).append(_edit(i, self.targets, k, owned))
         self._filled = [k for ks in by_source.values() for k in ks if k not in initial]
         self._registers = registers
         base = Edited(plan, params, edits=edits, head_edits=head_edits)
@@ -178,9 +180,10 @@ class Runs:
         return out
 
 
-def _edit(intervention: Intervention, targets: list[torch.Tensor | None], k: int) -> Edit:
+def _edit(intervention: Intervention, targets: list[torch.Tensor | None], k: int, owned: bool = False) -> Edit:
     """``v -> v + P_S(t - v)``, ``t`` the fixed value or ``targets[k]``, or ``v -> v + P_S(vector)``
-    for steering."""
+    for steering; ``owned``: ``v`` is a fresh value of the run's own (:func:`_fresh`), which a patch may
+    write into when no gradient flows through it (:meth:`Site.patched_`)."""
     site, value = intervention.site, intervention.value
 
     def edit(v: torch.Tensor) -> torch.Tensor:
@@ -190,12 +193,26 @@ def _edit(intervention: Intervention, targets: list[torch.Tensor | None], k: int
         try:
             if intervention.add:
                 return v + site.select(t.expand_as(v))
+            if owned and not (v.requires_grad or t.requires_grad):
+                return site.patched_(v, t)
             return site.patched(v, t)
         except RuntimeError as err:
             raise InputError(f"{intervention.name} on {site}: the target of shape {tuple(t.shape)} does not fit "
                              f"the value of shape {tuple(v.shape)} ({err})") from None
 
     return edit
+
+
+def _fresh(plan: Plan, r: int) -> bool:
+    """Whether register ``r`` is written by a step whose kernel always returns a new tensor (a linear map, a sum
+    or product of two wires, a pointwise function other than the identity), so that no other register or input
+    shares its memory."""
+    if r not in plan.writer:
+        return False
+    fn = plan.steps[plan.writer[r]].fn
+    if isinstance(fn, partial):
+        return fn.func is kernels.pointwise1 and len(fn.args) == 1 and fn.args[0] is not kernels.same
+    return fn in (kernels.linear, kernels.affine, kernels.add, kernels.mul)
 
 
 def _site(site: Any) -> Site:

@@ -138,6 +138,15 @@ class Site:
             return value.index_copy(-1, axes, target.index_select(-1, axes))
         return value + self.select(target - value)
 
+    def patched_(self, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """:meth:`patched`, written into ``value`` itself where the site keeps whole coordinates (``index_copy_``:
+        no new tensor); for a caller that owns ``value`` (no other reference to it, no gradient through it)."""
+        axes = self._axes
+        if axes is not None and target.shape == value.shape and target.dtype == value.dtype \
+                and self.subspace.shape[1] == value.shape[-1] and axes.device == value.device:
+            return value.index_copy_(-1, axes, target.index_select(-1, axes))
+        return self.patched(value, target)
+
     def mask(self, value: torch.Tensor) -> torch.Tensor | None:
         """The 0/1 mask of the site's positions and heads, broadcastable to ``value`` (``None``: all)."""
         mask = None
