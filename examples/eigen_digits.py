@@ -24,24 +24,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 import compinterp as ci
-from compinterp.drawing import save_figure
 from compinterp.refinement.passes import Eigen, eigen
-from compinterp.report.figures import eigenvector_figure
 from compinterp.tasks import digits
-
-
-def eigen_parts(model: ci.Model) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eigenvalues ``(10, k)`` and eigenvectors ``(10, k, 64)`` of an eigen-model's one Bilinear box:
-    its hidden units are eigenvectors (``L = R``), and ``D[c, unit]`` is the unit's eigenvalue for digit ``c``."""
-    name = next(n for n, b in model.boxes.items() if b.kind == "Bilinear")
-    p = {role: t.detach() for role, t in model.box_params(name).items()}
-    owner = p["D"].abs().argmax(0)                                   # the digit each unit belongs to
-    values = torch.stack([p["D"][c, owner == c] for c in range(p["D"].shape[0])])
-    vectors = torch.stack([p["L"][owner == c] for c in range(p["D"].shape[0])])
-    return values, vectors
 
 
 def main(out: Path, *, model_dir: Path | None = None, ks: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
@@ -83,10 +68,12 @@ def main(out: Path, *, model_dir: Path | None = None, ks: tuple[int, ...] = (1, 
     result.frontier.plot(out / "frontier.png", title="eigen-refinement of the digits model")
 
     # 5. Read the eigenvectors: the top `show` of each digit, as 8x8 images with their eigenvalues.
-    top = eigen(model, "mlp", k=show, mode="per_output", fold=("unembed",))
-    top.save(out / f"eigen_k{show}")
-    values, vectors = eigen_parts(top)
-    save_figure(eigenvector_figure(values, vectors, side=digits.SIDE), out / "eigenvectors.png")
+    #    ci.spectrum gives each digit's eigenvalues and eigenvectors; the eigen-model of the top `show`
+    #    is the same truncation the eigen pass builds.
+    spectrum = ci.spectrum(model, "mlp", fold=("unembed",))
+    values, _ = spectrum.top(show)
+    spectrum.draw(out / "eigenvectors.png", k=show, names=[str(c) for c in range(10)])
+    spectrum.truncate(spectrum.select(show)).save(out / f"eigen_k{show}")
     for c in range(10):
         print(f"digit {c}: eigenvalues " + ", ".join(f"{v:+.2f}" for v in values[c].tolist()))
 
