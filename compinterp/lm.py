@@ -123,12 +123,12 @@ def explain_induction(model: Model, *, n: int = 64, length: int | None = None, s
     """Find the two heads on repeated random sequences, then check the induction hypothesis and a
     control (the lowest-scoring head of each box in their place) on fresh sequences: per box, end to
     end, and the bits per byte of the model, explanation and control on each copy."""
-    vocab, length = model.dom.dims[0], length or text.context(model) // 2
-    scores = head_scores(model, text.repeated(n, length, seed=seed, vocab=vocab), length)
+    alphabet, length = text.alphabet(model), length or text.context(model) // 2
+    scores = head_scores(model, text.repeated(n, length, seed=seed, alphabet=alphabet), length)
     previous, induction = find_heads(scores)
     control = ((previous[0], _worst(scores[previous[0]]["previous"])),
                (induction[0], _worst(scores[induction[0]]["induction"])))
-    data = text.repeated(n, length, seed=seed + 1, vocab=vocab)
+    data = text.repeated(n, length, seed=seed + 1, alphabet=alphabet)
     reports, bits = [], {"model": _copies(model, data, length)}
     for role, (p, i) in (("explanation", (previous, induction)), ("control", control)):
         inputs = text.for_model(model, data)

@@ -57,7 +57,7 @@ def model(one_thread: None) -> ci.Model:
 
 
 def test_planted_heads_are_found_and_copy(model: ci.Model) -> None:
-    data = text.repeated(16, L, seed=0, vocab=V)
+    data = text.repeated(16, L, seed=0, alphabet=range(V))
     scores = lm.head_scores(model, data, L)
     assert lm.find_heads(scores) == (("attn0", 0), ("attn1", 0))
     assert scores["attn0"]["previous"][0] > 0.99 and scores["attn1"]["induction"][0] > 0.99

@@ -10,9 +10,15 @@ windows of ``context`` bytes, each labelled with the next byte. Another Python v
 slightly different standard library, hence a slightly different corpus: every run records the
 corpus's size and sha256 (:func:`describe`).
 
-The induction diagnostic (:func:`repeated`) is a random byte sequence of length ``L`` (distinct
-bytes) followed by the same sequence again: a model that copies from context predicts the second
-copy, never the first.
+Copying rarely pays within 128 bytes of code, so a small model trained on plain windows forms no
+induction head. The task's ``repeat`` and ``random`` options make it pay (:func:`repeat`): fixed
+fractions of the training windows become periodic, their second half a copy of their first (a real
+passage repeated, as copied code is, or random printable bytes repeated).
+
+The induction diagnostic (:func:`repeated`) is a random sequence of ``L`` distinct bytes followed
+by the same sequence again: a model that copies from context predicts the second copy, never the
+first. The bytes are drawn from :data:`PRINTABLE`, the bytes the corpus is made of: a byte the
+model never saw has an untrained embedding, and a diagnostic drawn from all 256 would measure that.
 
 >>> train = corpus("train", 4096)
 >>> len(train), train == corpus("train", 4096), held_out("os.py") != held_out("ast.py") or True
@@ -21,8 +27,8 @@ copy, never the first.
 >>> tuple(tokens.shape), bool((tokens[0, 1:] == labels[0, :-1]).all())
 ((31, 128), True)
 >>> tokens, positions, labels = repeated(2, 5, seed=0)
->>> bool((tokens[:, :5] == tokens[:, 5:]).all()), tuple(labels.shape)
-(True, (2, 10))
+>>> bool((tokens[:, :5] == tokens[:, 5:]).all()), tuple(labels.shape), int(tokens.min()) >= 32
+(True, (2, 10), True)
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import math
 import os
 import sys
 import sysconfig
+from collections.abc import Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +65,14 @@ HELD_OUT_BELOW = 26
 
 TRAIN_BYTES, TEST_BYTES = 6_000_000, 131_072
 """How much of each split the default task reads."""
+
+PRINTABLE = tuple(range(32, 127))
+"""The diagnostic's bytes: printable ASCII. With the newline they are the training split's bytes but
+for a few dozen occurrences (of 6,000,000) of bytes >= 128."""
+
+REPEAT, RANDOM = 0.5, 0.0
+"""Fractions of the default task's training windows whose second half repeats the first: text, and
+random printable bytes (:func:`repeat`)."""
 
 
 def stdlib() -> Path:
@@ -129,16 +144,59 @@ def windows(data: bytes, context: int) -> tuple[torch.Tensor, torch.Tensor, torc
     return tokens, torch.arange(context).expand(n, context).contiguous(), labels
 
 
+def repeat(tokens: torch.Tensor, labels: torch.Tensor, fraction: float, *,
+           random: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows ``(tokens, labels)`` of length ``T`` with a ``fraction + random`` of them, evenly spread
+    (window ``i`` when ``floor((i + 1) f) > floor(i f)``, so no shuffle can line up with them), made
+    periodic with period ``h = T // 2``: the window's bytes ``s_0 .. s_T`` (tokens and last label)
+    become ``s_(j mod h)``, so its second half copies its first. A share ``random / (fraction + random)``
+    of those, evenly spread among them the same way, first get random :data:`PRINTABLE` bytes (seed 0)
+    in place of their text.
+
+    >>> t = torch.arange(8).view(2, 4); t, l = repeat(t, t + 1, 0.5)
+    >>> t.tolist(), l.tolist()
+    ([[0, 1, 2, 3], [4, 5, 4, 5]], [[1, 2, 3, 4], [5, 4, 5, 4]])
+    """
+    if not (0 <= fraction and 0 <= random and fraction + random <= 1):
+        raise InputError(f"the fractions of repeated windows must be non-negative with a sum of at most 1, "
+                         f"got {fraction!r} of text and {random!r} of random bytes")
+    n, size = tokens.shape
+    if size < 2:
+        raise InputError(f"a window of {size} byte has no second half to repeat the first in")
+    rows = _spread(n, fraction + random).nonzero().flatten()
+    rows_random = rows[_spread(len(rows), random / (fraction + random) if random else 0.0)]
+    sequence = torch.cat([tokens, labels[:, -1:]], 1)
+    symbols = torch.as_tensor(PRINTABLE)
+    generator = torch.Generator().manual_seed(0)
+    sequence[rows_random] = symbols[torch.randint(len(symbols), (len(rows_random), size + 1), generator=generator)]
+    sequence[rows] = sequence[rows][:, torch.arange(size + 1) % (size // 2)]
+    return sequence[:, :-1].contiguous(), sequence[:, 1:].contiguous()
+
+
+def _spread(n: int, fraction: float) -> torch.Tensor:
+    """Which of ``n`` items a ``fraction`` evenly spread takes: ``i`` when ``floor((i + 1) f) > floor(i f)``."""
+    index = torch.arange(n, dtype=torch.float64)
+    return ((index + 1) * fraction).floor() > (index * fraction).floor()
+
+
 def repeated(n: int, length: int, *, seed: int = 0,
-             vocab: int = VOCAB) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` random sequences of ``length`` distinct tokens, each repeated twice: ``(tokens, positions,
-    labels)`` of shape ``(n, 2 length)``, labels the next token (the last one wraps to the first)."""
-    if not 1 <= length <= vocab:
-        raise InputError(f"repeated sequences need 1 <= length <= vocab ({vocab}) distinct tokens, got {length}")
-    generator = torch.Generator().manual_seed(seed)
-    first = torch.stack([torch.randperm(vocab, generator=generator)[:length] for _ in range(n)])
+             alphabet: Sequence[int] = PRINTABLE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` random sequences of ``length`` distinct tokens of ``alphabet``, each repeated twice: ``(tokens,
+    positions, labels)`` of shape ``(n, 2 length)``, labels the next token (the last one wraps to the first)."""
+    if not 1 <= length <= len(alphabet):
+        raise InputError(f"repeated sequences need 1 <= length <= {len(alphabet)} (the alphabet's size) "
+                         f"distinct tokens, got {length}")
+    generator, symbols = torch.Generator().manual_seed(seed), torch.as_tensor(alphabet)
+    first = torch.stack([symbols[torch.randperm(len(symbols), generator=generator)[:length]] for _ in range(n)])
     tokens = torch.cat([first, first], 1)
     return tokens, torch.arange(2 * length).expand(n, 2 * length).contiguous(), tokens.roll(-1, 1)
+
+
+def alphabet(model: Any) -> Sequence[int]:
+    """The tokens the diagnostic draws for ``model``: :data:`PRINTABLE` for a byte model, else all of its
+    vocabulary."""
+    vocab = model.dom.dims[0]
+    return PRINTABLE if vocab == VOCAB else range(vocab)
 
 
 def for_model(model: Any, data: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -167,7 +225,7 @@ def induction(model: Any, *, n: int = 64, length: int | None = None, seed: int =
     on the first copy and on the second, and ``score = 1 - second / first`` (1: the second copy is
     copied perfectly; 0: no better than the first). The first position of each copy is not scored."""
     length = length or context(model) // 2
-    per_position = bits_per_byte(model, repeated(n, length, seed=seed, vocab=model.dom.dims[0]))
+    per_position = bits_per_byte(model, repeated(n, length, seed=seed, alphabet=alphabet(model)))
     first, second = per_position[:length - 1].mean().item(), per_position[length:2 * length - 1].mean().item()
     return {"loss_first": first, "loss_second": second, "score": 1.0 - second / first, "length": length}
 
@@ -187,24 +245,34 @@ def measure(model: Any, *, context: int, test_bytes: int) -> dict[str, Any]:
     return {"bits_per_byte": bits_per_byte(model, test).mean().item(), "induction": induction(model)}
 
 
-def load(split: str, *, context: int = CONTEXT, train_bytes: int = TRAIN_BYTES,
-         test_bytes: int = TEST_BYTES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split ``train`` or ``test`` as windows: ``(tokens, positions, labels)``."""
-    return windows(corpus(split, train_bytes if split == "train" else test_bytes), context)
+def load(split: str, *, context: int = CONTEXT, train_bytes: int = TRAIN_BYTES, test_bytes: int = TEST_BYTES,
+         repeat_fraction: float = 0.0, random: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split ``train`` or ``test`` as windows: ``(tokens, positions, labels)``; ``repeat_fraction`` of
+    the training windows repeated, ``random`` more repeating random bytes (:func:`repeat`; the held-out
+    split is never changed)."""
+    tokens, positions, labels = windows(corpus(split, train_bytes if split == "train" else test_bytes), context)
+    if split == "train" and (repeat_fraction or random):
+        tokens, labels = repeat(tokens, labels, repeat_fraction, random=random)
+    return tokens, positions, labels
 
 
 def task(context: int = CONTEXT, width: int = 128, heads: int = 4, layers: int = 2, hidden: int = 512,
-         train_bytes: int = TRAIN_BYTES, test_bytes: int = TEST_BYTES, epochs: int = 1) -> Task:
-    """Next-byte prediction on the standard library: ``transformer`` (bilinear MLPs, RMS norms)."""
+         train_bytes: int = TRAIN_BYTES, test_bytes: int = TEST_BYTES, epochs: int = 1,
+         repeat: float = REPEAT, random: float = RANDOM) -> Task:
+    """Next-byte prediction on the standard library: ``transformer`` (bilinear MLPs, RMS norms), with
+    fractions ``repeat`` and ``random`` of the training windows repeated text and repeated random bytes
+    (:func:`repeat`)."""
     def data(split: str, model: str) -> tuple[torch.Tensor, ...]:
-        return load(split, context=context, train_bytes=train_bytes, test_bytes=test_bytes)
+        return load(split, context=context, train_bytes=train_bytes, test_bytes=test_bytes, repeat_fraction=repeat,
+                    random=random)
 
     options = {"context": context, "width": width, "heads": heads, "layers": layers, "hidden": hidden,
+               "repeat": repeat, "random": random,
                "corpus": {"train": describe("train", train_bytes), "test": describe("test", test_bytes),
                           "held_out": f"sha256(relative path)[0] < {HELD_OUT_BELOW}"}}
     return Task(
         "text", "next byte of the Python standard library's source, a fixed 10% of the files held out",
         {"transformer": (partial(transformer, VOCAB, context, Space("logits", VOCAB), width=width, heads=heads,
                                  layers=layers, hidden=hidden),
-                         Recipe(epochs=epochs, lr=3e-3, weight_decay=0.01, batch_size=32, betas=(0.9, 0.98)))},
+                         Recipe(epochs=epochs, lr=3e-3, weight_decay=0.01, batch_size=16, betas=(0.9, 0.98)))},
         data, "cross_entropy", options, partial(measure, context=context, test_bytes=test_bytes))
