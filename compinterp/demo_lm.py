@@ -148,7 +148,7 @@ def _model(out: Path, task: Any, seed: int, device: torch.device, retrain: bool,
 
 def _induction(out: Path, model: Model, progress: bool) -> dict[str, Any]:
     """The induction circuit and its control, checked; each attention box's patterns drawn on one repeated sequence."""
-    result = lm.explain_induction(model, n=REPEATS, progress=progress)
+    result = lm.explain_induction(model, n=REPEATS, alone=True, progress=progress)
     tokens, positions, _ = text.repeated(1, PATTERN_LENGTH, seed=0)
     labels = [lm.byte_label(b) for b in tokens[0].tolist()]
     device = next(model.parameters()).device

@@ -102,12 +102,17 @@ class InductionResult:
     report: FaithfulnessReport
     control_report: FaithfulnessReport
     bits: Mapping[str, Mapping[str, float]]
+    alone: FaithfulnessReport | None = None
+    """The two heads' patterns fixed, every other head left as it is (a weaker claim than the circuit's)."""
+    alone_control: FaithfulnessReport | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The result as JSON."""
         return {"head_scores": self.scores, "previous_head": list(self.previous),
                 "induction_head": list(self.induction), "control_heads": [list(h) for h in self.control],
-                "explanation": self.report.to_json(), "control": self.control_report.to_json(), "bits": self.bits}
+                "explanation": self.report.to_json(), "control": self.control_report.to_json(), "bits": self.bits,
+                **({"heads_alone": {"explanation": self.alone.to_json(), "control": self.alone_control.to_json()}}
+                   if self.alone is not None and self.alone_control is not None else {})}
 
     def __str__(self) -> str:
         e, c = self.report.end_to_end, self.control_report.end_to_end
@@ -119,10 +124,11 @@ class InductionResult:
 
 
 def explain_induction(model: Model, *, n: int = 64, length: int | None = None, seed: int = 2,
-                      ablate_others: bool = True, progress: bool = False) -> InductionResult:
+                      ablate_others: bool = True, alone: bool = False, progress: bool = False) -> InductionResult:
     """Find the two heads on repeated random sequences, then check the induction hypothesis and a
     control (the lowest-scoring head of each box in their place) on fresh sequences: per box, end to
-    end, and the bits per byte of the model, explanation and control on each copy."""
+    end, and the bits per byte of the model, explanation and control on each copy; ``alone``: also both
+    with every other head left as it is (``InductionResult.alone``, ``alone_control``)."""
     alphabet, length = text.alphabet(model), length or text.context(model) // 2
     scores = head_scores(model, text.repeated(n, length, seed=seed, alphabet=alphabet), length)
     previous, induction = find_heads(scores)
@@ -130,12 +136,15 @@ def explain_induction(model: Model, *, n: int = 64, length: int | None = None, s
                (induction[0], _worst(scores[induction[0]]["induction"])))
     data = text.repeated(n, length, seed=seed + 1, alphabet=alphabet)
     reports, bits = [], {"model": _copies(model, data, length)}
+    inputs = text.for_model(model, data)
     for role, (p, i) in (("explanation", (previous, induction)), ("control", control)):
-        inputs = text.for_model(model, data)
         interp = induction_hypothesis(model, p, i, length, data=inputs, ablate_others=ablate_others)
         reports.append(check(model, interp, inputs, batch_size=n, progress=progress))
         bits[role] = _copies(interp.explanation, data, length)
-    return InductionResult(scores, previous, induction, control, reports[0], reports[1], bits)
+    if alone:
+        reports += [check(model, induction_hypothesis(model, p, i, length, ablate_others=False), inputs, batch_size=n,
+                          progress=progress) for p, i in ((previous, induction), control)]
+    return InductionResult(scores, previous, induction, control, reports[0], reports[1], bits, *reports[2:])
 
 
 def _copies(model: Model, data: tuple[torch.Tensor, ...], length: int) -> dict[str, float]:

@@ -36,10 +36,13 @@ def test_numbers_are_recomputed_from_the_saved_files(demo: tuple[Path, dict[str,
                - n["model"]["bits_per_byte"]) < 1e-4
     assert abs(ci.check(model, refined, held_out, progress=False).end_to_end.faithfulness
                - n["refinement"]["held_out"]["faithfulness"]) < 1e-4
-    again = lm.explain_induction(model, n=demo_lm.REPEATS)
+    again = lm.explain_induction(model, n=demo_lm.REPEATS, alone=True)
     assert [again.previous, again.induction] == [tuple(n["induction"]["previous_head"]),
                                                  tuple(n["induction"]["induction_head"])]
     assert abs(again.report.end_to_end.faithfulness - n["induction"]["explanation"]["end_to_end"]["faithfulness"]) < 1e-6
+    alone = n["induction"]["heads_alone"]
+    assert abs(again.alone.end_to_end.faithfulness - alone["explanation"]["end_to_end"]["faithfulness"]) < 1e-6
+    assert abs(again.alone_control.end_to_end.faithfulness - alone["control"]["end_to_end"]["faithfulness"]) < 1e-6
 
 
 def test_report_has_every_section_and_inline_figures(demo: tuple[Path, dict[str, Any]]) -> None:

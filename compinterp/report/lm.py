@@ -43,6 +43,7 @@ def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
         f"{e['faithfulness']:.3f}, loss recovered {_num(e['loss_recovered'])}; control "
         f"{_head(i['control_heads'][0])} -> {_head(i['control_heads'][1])}: faithfulness {c['faithfulness']:.3f}, "
         f"loss recovered {_num(c['loss_recovered'])}",
+        *_alone(i),
         *(f"{x['box']}: eigen-truncation to {x['eigen_hidden']} components, exact faithfulness "
           f"{x['exact_faithfulness']:.3f}, held out {x['held_out']['faithfulness']:.3f}" for x in n["mlps"]),
         f"transcoder on {t['box']} ({t['width']} features, {t['k']} active): faithfulness {t['local']:.3f} local, "
@@ -67,6 +68,11 @@ def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
                  + table(["box", "head", "previous-token score", "induction score"], rows)
                  + table(["", "bits on the first copy", "bits on the second copy"], bits)
                  + _report_table("explanation", i["explanation"]) + _report_table("control", i["control"])
+                 + ("" if "heads_alone" not in i else
+                    paragraph("The weaker claim, that the two heads follow those patterns with every other head "
+                              "left as it is, and its control:")
+                    + _report_table("the two heads alone", i["heads_alone"]["explanation"])
+                    + _report_table("control, alone", i["heads_alone"]["control"]))
                  + "".join(image_file(out / path, f"attention patterns of {box}", f"{box}: each head's pattern.")
                            for box, path in i["pattern_figures"].items()))
     mlps = "".join(_mlp(x) for x in n["mlps"])
@@ -112,6 +118,16 @@ def _feature(f: Mapping[str, Any]) -> str:
     lines = "".join(f"<li><code>{html.escape(s['before'])}<b>[{html.escape(s['byte'])}]</b>"
                     f"{html.escape(s['after'])}</code> ({s['value']:.2f})</li>" for s in f["snippets"])
     return f"<p>feature {f['index']} (active at {f['active']:,} held-out positions)</p><ul>{lines}</ul>"
+
+
+def _alone(induction: Mapping[str, Any]) -> list[str]:
+    """The key line of the two heads' patterns checked with every other head left as it is (when there)."""
+    if "heads_alone" not in induction:
+        return []
+    e, c = (induction["heads_alone"][side]["end_to_end"] for side in ("explanation", "control"))
+    return [f"the two heads' patterns alone (every other head as it is): faithfulness {e['faithfulness']:.3f}, "
+            f"loss recovered {_num(e['loss_recovered'])}; control {c['faithfulness']:.3f}, "
+            f"loss recovered {_num(c['loss_recovered'])}"]
 
 
 def _report_table(title: str, report: Mapping[str, Any]) -> str:
