@@ -181,14 +181,8 @@ def description_length(model_or_explanation: Model | Interpretation | str | os.P
     else:
         raise InputError(f"description_length() takes a Model, an Interpretation or a saved model's directory, "
                          f"got {type(model_or_explanation).__name__}")
-    parts, notes = _parts(diagram, tensors, maps, wires, precision)
-    sparse = [box.name for box in sparse_layers(diagram)]
+    bits, sparse = _account(diagram, tensors, maps, wires, precision, data)
     exact = isinstance(data, str) and data == "exact"
-    if sparse and (data is None or exact):
-        notes.append(f"{_NO_CODE} of the sparse layer(s) {', '.join(sparse)} is not counted: "
-                     + ("data='exact' has no examples to code" if exact else "give data=... to measure it"))
-    bits = Bits(structure=sum(p.structure for p in parts), parameters=sum(p.parameters for p in parts),
-                precision=precision, parts=tuple(parts), notes=tuple(notes))
     if reference is None and data is not None and (not sparse or exact):
         alone = "data='exact' has no examples to code its sparse layers" if sparse else \
             "data alone only measures the code of sparse layers, and this model has none"
@@ -207,6 +201,34 @@ def description_length(model_or_explanation: Model | Interpretation | str | os.P
     if reference is None:
         return bits
     return _with_error(bits, explanation, reference, data, resolution, examples, batch_size, device)
+
+
+def diagram_length(diagram: Diagram, tensors: Mapping[str, torch.Tensor], precision: int = 32) -> Bits:
+    """:func:`description_length` of a model of ``diagram`` whose ``params.state_dict()`` is ``tensors``
+    (``{"box.role": tensor}``), without building the model: for candidates that may never be run.
+
+    >>> from compinterp.model import Model
+    >>> from compinterp.syntax import Space, Linear
+    >>> model = Model(Linear("f", Space("x", 4), Space("y", 2)), seed=0)
+    >>> diagram_length(model.diagram, model.params.state_dict()) == description_length(model)
+    True
+    """
+    return _account(diagram, tensors, [], None, precision, None)[0]
+
+
+def _account(diagram: Diagram, tensors: Mapping[str, torch.Tensor],
+             maps: list[tuple[str, str, dict[str, torch.Tensor]]], wires: int | None, precision: int,
+             data: Any) -> tuple[Bits, list[str]]:
+    """The structure and parameter terms (no code, no error) and the names of the sparse layers, whose code is
+    noted as not counted when there is no data (or it is ``"exact"``)."""
+    parts, notes = _parts(diagram, tensors, maps, wires, precision)
+    sparse = [box.name for box in sparse_layers(diagram)]
+    exact = isinstance(data, str) and data == "exact"
+    if sparse and (data is None or exact):
+        notes.append(f"{_NO_CODE} of the sparse layer(s) {', '.join(sparse)} is not counted: "
+                     + ("data='exact' has no examples to code" if exact else "give data=... to measure it"))
+    return Bits(structure=sum(p.structure for p in parts), parameters=sum(p.parameters for p in parts),
+                precision=precision, parts=tuple(parts), notes=tuple(notes)), sparse
 
 
 def error_bits_per_number(fvu: float, resolution: float = RESOLUTION) -> float:

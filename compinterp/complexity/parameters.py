@@ -16,6 +16,7 @@ on a uniform grid, ``b``-bit integers and one scale. Every term is written out i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -35,6 +36,10 @@ value width (one of :data:`WIDTHS`, or raw numbers): ``1 + log2(2 * 16)`` = 6 bi
 
 _ULPS = 8
 """A tensor lies on a grid when rebuilding it from integers and the scale is exact to this many ulps."""
+_SAMPLE = 64
+""":func:`grid_width` first tries every width on about this many evenly spaced entries: a width that one of them
+misses by more than twice the tolerance is ruled out without reading the rest (a miss is either within round-off
+of the full test's or about half a grid step, so the answer is the same)."""
 
 
 @dataclass(frozen=True)
@@ -51,20 +56,28 @@ class TensorCode:
 
 def grid_width(tensor: torch.Tensor) -> int | None:
     """The smallest ``b`` in :data:`WIDTHS` with ``tensor = s k``, ``k`` integers in ``[-q, q]``,
-    ``q = 2^(b-1) - 1`` and ``s = max|tensor| / q`` (to float rounding); ``None`` when there is none.
+    ``q = 2^(b-1) - 1`` and ``s = max|tensor| / q`` (to float rounding); ``None`` when there is none. Every
+    width is first screened on a sample of the entries (:data:`_SAMPLE`).
 
     >>> grid_width(torch.tensor([3.0, -1.0, 0.0]) / 7)
     3
     """
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return None
-    t = tensor.detach().reshape(-1).to(torch.float64)
-    top = t.abs().max().item()
-    if top == 0 or not torch.isfinite(t).all():
+    flat = tensor.detach().reshape(-1)
+    top = flat.abs().max().item()              # NaN or infinite when any entry is
+    if top == 0 or not math.isfinite(top):
         return None
     tolerance = _ULPS * torch.finfo(tensor.dtype).eps * top
-    for width in WIDTHS:
-        scale = top / (2 ** (width - 1) - 1)
+    scales = [top / (2 ** (width - 1) - 1) for width in WIDTHS]
+    sample = flat[::max(1, flat.numel() // _SAMPLE)].to(torch.float64)
+    steps = sample.new_tensor(scales)[:, None]
+    misses = ((sample / steps).round() * steps - sample).abs().amax(1).tolist()
+    t: torch.Tensor | None = None
+    for width, scale, miss in zip(WIDTHS, scales, misses):
+        if miss > 2 * tolerance:
+            continue
+        t = flat.to(torch.float64) if t is None else t
         if ((t / scale).round() * scale - t).abs().max().item() <= tolerance:
             return width
     return None

@@ -82,15 +82,17 @@ class Reference:
         there are no examples to code)."""
         return () if self.exact else measure_codes(candidate.to(self.device), (xs for xs, _ in self.batches))
 
-    def compare(self, candidate: Model) -> Metrics:
-        """End-to-end metrics of ``candidate`` against the reference (``n`` is 0 when exact)."""
+    def compare(self, candidate: Model, forms: Quadratic | None = None) -> Metrics:
+        """End-to-end metrics of ``candidate`` against the reference (``n`` is 0 when exact); ``forms``: the
+        candidate's :meth:`forms`, when already known."""
         if candidate.dom != self.model.dom or candidate.cod != self.model.cod:
             raise CompositionError(f"cannot compare a candidate ({candidate.dom} -> {candidate.cod}) with the "
                                    f"reference ({self.model.dom} -> {self.model.cod}): a refinement must keep the "
                                    "input and output spaces")
         if self.exact:
-            forms = self.forms(candidate) if self.own is not None else None
-            if forms is None:
+            if forms is None and self.own is not None:
+                forms = self.forms(candidate)
+            if forms is None or self.own is None:
                 result = exact_compare(self.net, candidate)
             else:                               # the reference's forms are kept: one stage, in closed form
                 own = self.own
@@ -118,6 +120,8 @@ class Reference:
         of at most one Hadamard stage on real inputs (else ``None``: no closed form)."""
         if not self.exact:
             return None
+        if model is self.model and self.own is not None:
+            return self.own
         net = self.net if model is self.model else tensor_semantics(model, torch.float64)
         if net.depth > 1 or any(net.tokens) or net.out.shape[0] * (net.in_dim + 1) ** 2 > MAX_QUADRATIC:
             return None

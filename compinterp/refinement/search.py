@@ -31,12 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from compinterp.complexity import Bits, Reference, description_length
+from compinterp.complexity.length import diagram_length
 from compinterp.complexity.parameters import WIDTHS
-from compinterp.complexity.quantise import quantise as quantised
+from compinterp.complexity.quantise import quantise as quantised, quantise_tensor
+from compinterp.complexity.sparse import sparse_layers
 from compinterp.data import Tensors, as_source
 from compinterp.errors import InputError
 from compinterp.faithfulness import check, default_data
-from compinterp.faithfulness.exact.closed_form import form_inner
+from compinterp.faithfulness.exact.closed_form import Quadratic, form_inner
 from compinterp.model import Model
 from compinterp.refinement.base import Pass, Rewrite
 from compinterp.refinement.frontier import Frontier, Point, RefineResult
@@ -158,8 +160,6 @@ class _Node:
 
     own: _Scored
     quantised: _Scored | None = None
-    forms: Any = None
-    """The model's quadratic forms, once asked for (``False``: it has none, see ``Reference.forms``)."""
 
     def final(self) -> _Scored:
         """The quantised form when it is shorter, else the candidate itself."""
@@ -196,6 +196,10 @@ class _Search:
         self.best: _Scored | None = None
         self.known: dict[int, tuple[Model, Bits]] = {}
         """The bits of every model measured, by identity (the model kept, so that its id is not reused)."""
+        self.widths: dict[tuple[int, int], tuple[Model, Bits]] = {}
+        """The bits of every model quantised, by the identity of the model quantised and the width."""
+        self.quadratics: dict[int, tuple[Model, Quadratic | None]] = {}
+        """The quadratic forms of models (``Reference.forms``), by identity, once asked for."""
         self.variance: float | None = None
         """The reference's variance under the exact measure (the denominator of FVU), once asked for."""
         self.width = WIDTHS[len(WIDTHS) // 2]
@@ -211,6 +215,35 @@ class _Search:
                                      .with_codes(self.reference.codes(model)))
         return self.known[id(model)][1]
 
+    def at_width(self, model: Model, width: int) -> Bits:
+        """:meth:`bits` of ``quantise(model, width)``; for a plain model (no Opaque box, tie or sparse layer: its bits
+        are those of its tensors) from the quantised tensors alone, so that a width the search only prices builds
+        no model. Measured once per model and width."""
+        key = (id(model), width)
+        if key not in self.widths:
+            if model.ties or sparse_layers(model.diagram) or any(box.opaque for box in model.boxes.values()):
+                bits = self.bits(self.to_width(model, width))
+            else:
+                bits = diagram_length(model.diagram, {f"{name}.{role}": quantise_tensor(value, width)
+                                                      for name in model.params
+                                                      for role, value in model.box_params(name).items()},
+                                      self.precision)
+            self.widths[key] = (model, bits)
+        return self.widths[key][1]
+
+    def to_width(self, model: Model, width: int) -> Model:
+        """``quantise(model, width)``, its bits known when :meth:`at_width` has measured them."""
+        made = quantised(model, width)
+        if (id(model), width) in self.widths:
+            self.known[id(made)] = (made, self.widths[id(model), width][1])
+        return made
+
+    def forms(self, model: Model) -> Quadratic | None:
+        """``model``'s quadratic forms (``Reference.forms``: ``None`` when it has none), computed once per model."""
+        if id(model) not in self.quadratics:
+            self.quadratics[id(model)] = (model, self.reference.forms(model))
+        return self.quadratics[id(model)][1]
+
     def measure(self, model: Model, history: tuple[Rewrite, ...], faithfulness: float | None = None) -> _Scored:
         """Score one model (one unit of the budget) and record its point; ``faithfulness``, when already
         known in closed form, spares the check."""
@@ -220,7 +253,8 @@ class _Search:
         self.progress.update(1)
         if faithfulness is None:
             self.checks += 1
-            faithfulness = self.reference.compare(model).faithfulness
+            forms = self.forms(model) if self.reference.own is not None else None
+            faithfulness = self.reference.compare(model, forms).faithfulness
         scored = _Scored(model, history, self.bits(model).model, faithfulness)
         self.points.append(Point(scored.bits, faithfulness, history))
         self.scores[_key(history)] = faithfulness
@@ -231,7 +265,7 @@ class _Search:
     def floor(self, model: Model) -> float:
         """The fewest bits ``model`` could score once quantised: its own, or at the narrowest width (bits
         never grow as the width shrinks). Costs no check."""
-        return min(self.bits(model).model, self.bits(quantised(model, WIDTHS[0])).model)
+        return min(self.bits(model).model, self.at_width(model, WIDTHS[0]).model)
 
     def finish(self, node: _Node, bound: float = math.inf) -> _Node:
         """Find the node's quantised form (when it keeps the bar and quantisation is on): the smallest width
@@ -240,19 +274,13 @@ class _Search:
         if not self.quantise or node.own.faithfulness < self.bar or node.quantised is not None:
             return node
         history = node.own.history
-        models: dict[int, Model] = {}
-
-        def model(width: int) -> Model:
-            if width not in models:
-                models[width] = quantised(node.own.model, width)
-            return models[width]
 
         def under(width: int) -> bool:
-            return self.bits(model(width)).model < bound
+            return self.at_width(node.own.model, width).model < bound
 
         def keeps(width: int) -> bool:
             rewrite = Rewrite(QUANTISE, "*", {"bits": width})
-            found[width] = self.measure(model(width), (*history, rewrite))
+            found[width] = self.measure(self.to_width(node.own.model, width), (*history, rewrite))
             return found[width].faithfulness >= self.bar
 
         def widest(cheap: int, high: int) -> int:
@@ -325,13 +353,12 @@ class _Search:
         spectra = getattr(p, how, None)
         if spectra is None or self.reference.own is None:
             return None
-        if parent.forms is None:
-            parent.forms = self.reference.forms(parent.own.model) or False
-        found = spectra(parent.own.model, group) if parent.forms is not False else None
+        forms = self.forms(parent.own.model)
+        found = spectra(parent.own.model, group) if forms is not None else None
         if found is None:
             return None
         spec, keep = found
-        metrics = self.reference.truncated(parent.forms, spec.values, spec.vectors, spec.directions, keep)
+        metrics = self.reference.truncated(forms, spec.values, spec.vectors, spec.directions, keep)
         return [m.faithfulness for m in metrics]
 
     def give_up(self, parent: _Node, p: Pass, group: list[Rewrite]) -> float | None:
@@ -363,7 +390,7 @@ class _Search:
         if sketch is None or not self.quantise or parent.quantised is None:
             return True
         width = parent.quantised.history[-1].settings["bits"]
-        return self.bits(quantised(sketch(parent.own.model, rewrite), width)).model < bound
+        return self.at_width(sketch(parent.own.model, rewrite), width).model < bound
 
     def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
         """The best rewrite of one group (one pass on one box in one mode, mildest first).
