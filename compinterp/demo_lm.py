@@ -55,7 +55,7 @@ random sequences the induction heads are found and checked on."""
 EIGEN = {"mode": "per_direction", "directions": 32, "k": 8}
 """The eigen-truncation of each MLP: its top ``directions`` output directions, ``k`` eigenvectors each."""
 
-TRANSCODER = {"box": "mlp0", "width": 256, "k": 8, "steps": 150, "lr": 3e-3, "batch_size": 4, "seed": 0}
+TRANSCODER = {"box": "mlp0", "width": 512, "k": 32, "steps": 600, "lr": 3e-3, "batch_size": 4, "seed": 0}
 """The transcoder: on ``box``, ``width`` features, ``k`` active, ``steps`` Adam steps on batches of
 ``batch_size`` training windows."""
 
