@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     refine.add_argument("model", metavar="MODEL_DIR", help="the model to refine (a directory written by compinterp.save)")
     refine.add_argument("--min-faithfulness", type=float, default=0.99, metavar="F",
                         help="the bar: end-to-end faithfulness (1 - FVU) the refined model keeps (default: 0.99)")
+    refine.add_argument("--metric", choices=("faithfulness", "loss_recovered"), default="faithfulness",
+                        help="what the bar is on: faithfulness, or the loss recovered on the data's labels "
+                             "(logit models, with data; default: faithfulness)")
     refine.add_argument("--out", metavar="DIR", required=True, help="where to save the refined model")
     refine.add_argument("--data", "--search-data", dest="data", metavar="SPEC",
                         help="the data the search scores candidates on: " + _DATA_HELP)
@@ -366,7 +369,7 @@ def _refine(args: argparse.Namespace) -> None:
         if name in NAMES else name for name in names]
     result = refine(model, args.min_faithfulness, search, passes, budget=args.budget, beam=args.beam, seed=args.seed,
                     progress=not args.json, quantise=not args.no_quantise, batch_size=args.batch_size,
-                    device=device, test_data=test)
+                    device=device, test_data=test, metric=args.metric)
     if args.test_data is None:                  # the split made here, not data given apart
         result = replace(result, held_out_note=note)
     path = save(result.model, args.out)

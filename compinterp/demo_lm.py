@@ -9,7 +9,7 @@ reuses the one in ``out/model`` trained with the same settings), then
 2. checks each bilinear MLP's eigen-truncation exactly (from the weights) and on held-out text,
    and shows what its top output directions write and its top eigenvectors read, as bytes;
 3. trains a transcoder on one MLP and shows its features' top-activating text;
-4. refines the whole model under a faithfulness bar on training text and reports the refined
+4. refines the whole model under a loss-recovered bar on training text and reports the refined
    model's bits, and its faithfulness, loss recovered and bits per byte on held-out text;
 
 and writes ``out/report.html`` (:func:`compinterp.report.lm.lm_report`), ``out/results.json`` and the
@@ -59,8 +59,9 @@ TRANSCODER = {"box": "mlp0", "width": 512, "k": 32, "steps": 600, "lr": 3e-3, "b
 """The transcoder: on ``box``, ``width`` features, ``k`` active, ``steps`` Adam steps on batches of
 ``batch_size`` training windows."""
 
-REFINE = {"min_faithfulness": 0.9, "budget": 12, "passes": ["prune", "lowrank"]}
-"""The refinement search: its bar (end-to-end faithfulness on the search windows), budget and passes."""
+REFINE = {"metric": "loss_recovered", "bar": 0.95, "budget": 12, "passes": ["prune", "lowrank"]}
+"""The refinement search: its bar (``metric``, the loss recovered on the next bytes of the search windows, at
+least ``bar``), budget and passes."""
 
 SHOWN_FEATURES, SNIPPETS, PATTERN_LENGTH = 8, 5, 12
 """Transcoder features shown, top snippets each, and the repeated sequence drawn in the pattern figures."""
@@ -83,8 +84,9 @@ class DemoResult:
                 f"induction circuit {i['previous_head']} -> {i['induction_head']}: faithfulness "
                 f"{i['explanation']['end_to_end']['faithfulness']:.3f}, control "
                 f"{i['control']['end_to_end']['faithfulness']:.3f}\n"
-                f"refined: {r['original_bits']:,.0f} -> {r['refined_bits']:,.0f} bits, held-out faithfulness "
-                f"{r['held_out']['faithfulness']:.3f}, {r['held_out']['bits_per_byte']:.3f} bits per byte\n"
+                f"refined: {r['original_bits']:,.0f} -> {r['refined_bits']:,.0f} bits, held out: loss recovered "
+                f"{r['held_out']['loss_recovered']:.3f}, faithfulness {r['held_out']['faithfulness']:.3f}, "
+                f"{r['held_out']['bits_per_byte']:.3f} bits per byte\n"
                 f"done in {n['seconds']['total']:.0f} s; report: {self.report}")
 
 
@@ -217,10 +219,10 @@ def _text(ids: list[int]) -> str:
 def _refine(out: Path, model: Model, search: tuple[torch.Tensor, ...], held_out: tuple[torch.Tensor, ...],
             device: torch.device, progress: bool) -> dict[str, Any]:
     """The shortest model above the bar on the search windows, checked on held-out windows; frontier drawn."""
-    result = refine(model, REFINE["min_faithfulness"], search, passes=REFINE["passes"], budget=REFINE["budget"],
-                    progress=progress, device=device, test_data=held_out)
+    result = refine(model, REFINE["bar"], search, passes=REFINE["passes"], budget=REFINE["budget"],
+                    progress=progress, device=device, test_data=held_out, metric=REFINE["metric"])
     result.model.save(out / "refined")
-    result.frontier.plot(out / "figures" / "frontier.png", title="LM refinement: bits against faithfulness")
+    result.frontier.plot(out / "figures" / "frontier.png", title="LM refinement: bits against loss recovered")
     report = result.held_out.end_to_end
     return result.to_json() | {"search_on": f"{len(search[0])} training windows", **REFINE,
                                "held_out": _held(report, result.model, held_out),

@@ -27,10 +27,11 @@ from compinterp.complexity.sparse import Code, measure_codes
 from compinterp.data import as_source, fit, placed, placement
 from compinterp.errors import CompositionError, InputError
 from compinterp.faithfulness.check import GIVE_DATA
+from compinterp.faithfulness.check import checked_labels
 from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
 from compinterp.faithfulness.exact.closed_form import MAX_QUADRATIC, Quadratic, form_inner, quadratic, truncation_mse
 from compinterp.faithfulness.exact.compare import _result
-from compinterp.faithfulness.metrics import Moments
+from compinterp.faithfulness.metrics import LogitMoments, Moments
 from compinterp.faithfulness.report import Metrics
 from compinterp.model import Model
 from compinterp.semantics import inputs
@@ -43,11 +44,13 @@ class Reference:
     With data, the inputs and the reference's outputs are read once and kept on
     ``device`` (all of them: the data must fit in memory). With ``"exact"``, every
     box of the reference (and of each candidate) must be polynomial, and the
-    reference's tensor semantics are built once.
+    reference's tensor semantics are built once. With ``logits`` (the index of the output wire that holds
+    logits), the data's labels are kept too and :meth:`compare` adds the logit metrics (KL, top-1, loss
+    recovered) as :func:`compinterp.check` computes them.
     """
 
     def __init__(self, model: Model, data: Any, *, batch_size: int = 256,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, logits: int | None = None) -> None:
         if not isinstance(model, Model):
             raise InputError(f"a reference must be a compinterp Model, got {type(model).__name__}")
         self.model = model
@@ -57,6 +60,11 @@ class Reference:
         self.net: PolyNet | None = None
         self.own: Quadratic | None = None
         self.samples = 0
+        self.logits = logits
+        self.labels: list[torch.Tensor | None] = []
+        """Each stored batch's labels (with ``logits``; ``None`` for a batch without)."""
+        if self.exact and logits is not None:
+            raise InputError("logit metrics (loss recovered) need data with labels or at least inputs, not 'exact'")
         if self.exact:
             reason = why_not_polynomial(model)
             if reason is not None:
@@ -72,8 +80,15 @@ class Reference:
                 xs = placed(batch, n, self.device, self.dtype)
                 if xs[0].shape[0] == 0:
                     continue
-                self.batches.append((xs, _outputs(model(*xs))))
+                ys = _outputs(model(*xs))
+                self.batches.append((xs, ys))
+                if logits is not None:
+                    self.labels.append(checked_labels(batch[n].to(self.device) if len(batch) > n else None,
+                                                      ys[logits], k))
                 self.samples += xs[0].shape[0]
+        if logits is not None and any(y is None for y in self.labels) and any(y is not None for y in self.labels):
+            raise InputError("labels came with some batches of the data but not all: give labels with every batch "
+                             "or with none")
         if self.samples == 0:
             raise InputError("the data holds no samples: nothing to compare on")
 
@@ -101,10 +116,15 @@ class Reference:
             return Metrics(fvu=result.fvu, rel_l2=result.rel_l2, cosine=result.cosine, n=0)
         candidate.to(self.device)
         moments = Moments(self.model.cod.dims, self.device)
+        out = self.logits
+        logit = None if out is None else LogitMoments(self.model.cod.dims[out], self.device)
         with torch.inference_mode():
-            for xs, ys in self.batches:
-                moments.update(ys, _outputs(candidate(*xs)))
-        return moments.metrics()
+            for k, (xs, ys) in enumerate(self.batches):
+                theirs = _outputs(candidate(*xs))
+                moments.update(ys, theirs)
+                if logit is not None:
+                    logit.update(ys[out], theirs[out], self.labels[k])
+        return moments.metrics() if logit is None else logit.fill(moments.metrics(), moments.mean(out))
 
 
     def verify(self, candidate: Model) -> Metrics:

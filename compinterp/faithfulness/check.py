@@ -279,7 +279,7 @@ class _Squares:
                 ys_m, ys_e = self._batch(xs, local, value, patch)
                 whole.update(ys_m, ys_e)
                 if logit is not None:
-                    logit.update(ys_m[out], ys_e[out], _labels(labels, ys_m[out], k))
+                    logit.update(ys_m[out], ys_e[out], checked_labels(labels, ys_m[out], k))
                 count += torch.tensor([xs[0].shape[0], 1, labels is not None], dtype=torch.float64, device=device)
         buffers = [count, whole.buffer, *(m.buffer for m in local), *([logit.buffer] if logit else [])]
         all_reduce(buffers)
@@ -390,7 +390,7 @@ def _inputs(batch: Batch, wires: tuple[Input, ...], k: int, dtype: torch.dtype,
     return xs, (batch[n].to(device) if len(batch) > n else None)
 
 
-def _labels(labels: torch.Tensor | None, logits: torch.Tensor, k: int) -> torch.Tensor | None:
+def checked_labels(labels: torch.Tensor | None, logits: torch.Tensor, k: int) -> torch.Tensor | None:
     """Labels checked against the logits they score (:data:`~compinterp.faithfulness.metrics.IGNORE` marks
     a position without one)."""
     if labels is None:

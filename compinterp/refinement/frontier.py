@@ -106,7 +106,8 @@ class RefineResult:
     """What :func:`refine` found: the refined ``model``, the ``frontier`` of everything evaluated,
     the ``history`` of rewrites from the original to the model, and its bits and faithfulness.
 
-    ``faithfulness`` is measured on the search data (``search_data``), which chose the model;
+    ``faithfulness`` is measured on the search data (``search_data``), which chose the model (with
+    ``metric="loss_recovered"``, it and the bar are the loss recovered, :func:`~compinterp.refinement.refine`);
     ``held_out`` is the check of the refined model on held-out data, when there was some, and
     ``held_out_note`` says how the data was split (or why nothing was held out)."""
 
@@ -125,6 +126,8 @@ class RefineResult:
     held_out: FaithfulnessReport | None = None
     held_out_note: str = ""
     search_data: str = ""
+    metric: str = "faithfulness"
+    """What ``faithfulness``, ``min_faithfulness`` and the frontier's scores hold."""
 
     @property
     def ratio(self) -> float:
@@ -139,7 +142,7 @@ class RefineResult:
     def to_json(self) -> dict[str, Any]:
         """The result as JSON::
 
-            {"original_bits", "refined_bits", "ratio", "faithfulness", "min_faithfulness", "exact",
+            {"original_bits", "refined_bits", "ratio", "faithfulness", "min_faithfulness", "exact", "metric",
              "search_data", "held_out_faithfulness": float | null, "held_out_note",
              "held_out": null | {the check report of the refined model on the held-out data},
              "evaluated", "frontier": [{"bits", "faithfulness", "passes"}],
@@ -148,6 +151,7 @@ class RefineResult:
         held = self.held_out_faithfulness
         return {"original_bits": self.original_bits, "refined_bits": self.refined_bits, "ratio": self.ratio,
                 "faithfulness": self.faithfulness, "min_faithfulness": self.min_faithfulness, "exact": self.exact,
+                "metric": self.metric,
                 "search_data": self.search_data, "held_out_faithfulness": None if held is None else _finite(held),
                 "held_out_note": self.held_out_note,
                 "held_out": None if self.held_out is None else self.held_out.to_json(),
@@ -157,16 +161,20 @@ class RefineResult:
 
     def __str__(self) -> str:
         how = "exact" if self.exact else "on the search data"
+        name = self.metric.replace("_", " ")
         lines = [f"refined: {self.original_bits:,.0f} -> {self.refined_bits:,.0f} bits ({self.ratio:.2f}x shorter), "
-                 f"faithfulness {self.faithfulness:.6f} ({how}; bar {self.min_faithfulness:g}), "
+                 f"{name} {self.faithfulness:.6f} ({how}; bar {self.min_faithfulness:g}), "
                  f"{self.evaluated} models evaluated"]
         if self.held_out is not None:
-            lines.append(f"held out: faithfulness {self.held_out.end_to_end.faithfulness:.6f} on "
+            end = self.held_out.end_to_end
+            recovered = "" if self.metric == "faithfulness" or end.loss_recovered is None else \
+                f", loss recovered {end.loss_recovered:.6f}"
+            lines.append(f"held out: faithfulness {end.faithfulness:.6f}{recovered} on "
                          f"{self.held_out.samples:,} samples the search did not see ({self.held_out_note})")
         elif self.held_out_note:
             lines.append(self.held_out_note)
         lines += ["history: " + (" >> ".join(str(r) for r in self.history) or "(none: nothing shortened the model)"),
-                  f"frontier (bits, faithfulness {how}, rewrites):"]
+                  f"frontier (bits, {name} {how}, rewrites):"]
         lines += [f"  {p.bits:>14,.0f}  {p.faithfulness:>10.6f}  {' >> '.join(str(r) for r in p.history) or '(original)'}"
                   for p in self.frontier]
         return "\n".join(lines)

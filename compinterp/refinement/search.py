@@ -39,10 +39,13 @@ from compinterp.data import Tensors, as_source
 from compinterp.errors import InputError
 from compinterp.faithfulness import check, default_data
 from compinterp.faithfulness.exact.closed_form import Quadratic, form_inner
+from compinterp.faithfulness.report import Metrics
 from compinterp.model import Model
 from compinterp.refinement.base import Pass, Rewrite
 from compinterp.refinement.frontier import Frontier, Point, RefineResult
 
+METRICS = ("faithfulness", "loss_recovered")
+"""What a search's bar can be on (:func:`refine`'s ``metric``)."""
 QUANTISE = "quantise"
 """The name of the last step of a refinement: every parameter quantised to one width."""
 GUESS = 15
@@ -55,12 +58,16 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = None,
            passes: Sequence[Pass | str] | None = None, budget: int = 500, beam: int = 1, seed: int = 0,
            progress: bool = True, *, quantise: bool = True, precision: int = 32, batch_size: int = 256,
            device: str | torch.device | None = None, test_data: Any = None,
-           holdout: float | None = None) -> RefineResult:
+           holdout: float | None = None, metric: str = "faithfulness") -> RefineResult:
     """Search for the shortest model that keeps ``min_faithfulness`` to ``model``.
 
     Args:
         model: the model to refine; every candidate is compared with it.
         min_faithfulness: the bar, ``1 - FVU`` end to end; nothing below it is returned.
+        metric: what the bar is on (:data:`METRICS`): ``"faithfulness"``, or ``"loss_recovered"``,
+            ``(CE_ablated - CE_candidate) / (CE_ablated - CE_model)`` against the data's labels (``1 - KL /
+            KL_ablated`` without labels), the ablation the mean logits, as :func:`compinterp.check` reports it;
+            it needs data (not ``"exact"``) and a model with one output wire of logits.
         data: the search data: ``"exact"`` (from the weights, for polynomial models) or anything
             :func:`compinterp.check` takes; it is read once and kept in memory. Default:
             :func:`compinterp.faithfulness.default_data` (exact for a polynomial model, else
@@ -90,13 +97,21 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = None,
     for name, value in (("budget", budget), ("beam", beam)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     data, test_data, note = split_data(default_data(model) if data is None else data, holdout, test_data)
+    if metric == "loss_recovered" and isinstance(data, str) and data == "exact":
+        raise InputError("a loss-recovered bar needs data (inputs, with labels when there are): the exact measure "
+                         "has no labels; give data, or use metric='faithfulness'")
+    if metric == "loss_recovered" and len(model.cod) != 1:
+        raise InputError(f"a loss-recovered bar needs one output wire of logits; the model outputs {model.cod}")
     chosen = _passes(passes, data, batch_size=batch_size, device=device, progress=progress)
-    reference = Reference(model, data, batch_size=batch_size, device=device)
+    reference = Reference(model, data, batch_size=batch_size, device=device,
+                          logits=0 if metric == "loss_recovered" else None)
     with torch.random.fork_rng(devices=_cuda(reference.device)):
         torch.manual_seed(seed)
         with tqdm(total=budget, desc="refine", unit="model", disable=not progress, leave=False) as bar:
-            search = _Search(reference, chosen, float(min_faithfulness), budget, quantise, precision, bar)
+            search = _Search(reference, chosen, float(min_faithfulness), budget, quantise, precision, bar, metric)
             final = search.run(beam)
     faithfulness = final.faithfulness
     if final.history and reference.exact:      # as check reports it (closed forms agree to round-off)
@@ -107,7 +122,7 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = None,
                         history=final.history, original_bits=search.root_bits, refined_bits=final.bits,
                         faithfulness=faithfulness, min_faithfulness=float(min_faithfulness),
                         exact=reference.exact, evaluated=search.evaluated, bits=search.bits(final.model),
-                        checks=search.checks, held_out=held_out, held_out_note=note,
+                        checks=search.checks, held_out=held_out, held_out_note=note, metric=metric,
                         search_data="exact" if reference.exact else _samples(reference.samples, data))
 
 
@@ -186,8 +201,10 @@ class _Search:
     """The state of one search: the reference, the passes, and every point evaluated."""
 
     def __init__(self, reference: Reference, passes: list[Pass], bar: float, budget: int, quantise: bool,
-                 precision: int, progress: Any) -> None:
+                 precision: int, progress: Any, metric: str = "faithfulness") -> None:
         self.reference, self.passes, self.bar, self.budget = reference, passes, bar, budget
+        self.metric = metric
+        """What the bar is on: each model's ``faithfulness`` below holds that metric (see :func:`refine`)."""
         self.quantise, self.precision, self.progress = quantise, precision, progress
         self.points: list[Point] = []
         self.evaluated = 0
@@ -254,7 +271,7 @@ class _Search:
         if faithfulness is None:
             self.checks += 1
             forms = self.forms(model) if self.reference.own is not None else None
-            faithfulness = self.reference.compare(model, forms).faithfulness
+            faithfulness = score(self.reference.compare(model, forms), self.metric)
         scored = _Scored(model, history, self.bits(model).model, faithfulness)
         self.points.append(Point(scored.bits, faithfulness, history))
         self.scores[_key(history)] = faithfulness
@@ -506,6 +523,15 @@ class _Search:
                 best = node
             step *= 2
         return best
+
+
+def score(metrics: Metrics, metric: str) -> float:
+    """The number a bar on ``metric`` reads from ``metrics``: its faithfulness, or its loss recovered (``-inf``
+    where there is none: no reference loss to recover)."""
+    if metric == "faithfulness":
+        return metrics.faithfulness
+    value = metrics.loss_recovered
+    return -math.inf if value is None else value
 
 
 def _key(history: Sequence[Rewrite]) -> tuple[str, ...]:

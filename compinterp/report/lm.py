@@ -82,14 +82,15 @@ def _sections(out: Path, n: Mapping[str, Any]) -> list[Section]:
                             "Its most often active features, with the held-out text where each is largest "
                             "(the byte at that position in brackets):")
                   + "".join(_feature(f) for f in t["features"]))
-    refinement = (paragraph(f"The search kept end-to-end faithfulness >= {r['min_faithfulness']} on {r['search_on']} "
+    refinement = (paragraph(f"The search kept {r['metric'].replace('_', ' ')} >= {r['min_faithfulness']} on {r['search_on']} "
                             f"with the passes {', '.join(r['passes'])} ({r['evaluated']} models evaluated). On held-out "
                             f"text the refined model has faithfulness {r['held_out']['faithfulness']:.3f}, loss recovered "
                             f"{_num(r['held_out']['loss_recovered'])} and {r['held_out']['bits_per_byte']:.3f} bits per "
                             f"byte (the model: {m['bits_per_byte']:.3f}).")
                   + table(["", "bits"], [["original", r["original_bits"]], ["refined", r["refined_bits"]]])
                   + code(" >> ".join(f"{h['pass']}({h['box']})" for h in r["history"]) or "(no rewrite kept)")
-                  + image_file(out / r["frontier_figure"], "the refinement's frontier", "Bits against faithfulness."))
+                  + image_file(out / r["frontier_figure"], "the refinement's frontier",
+                               f"Bits against {r['metric'].replace('_', ' ')} on the search windows."))
     reproduce = code(f"compinterp demo lm --out {out}\n# results.json, report.html, model/, refined/, figures/\n"
                      f"# wall time: {n['seconds']['total']:.0f} s on {n['device']}")
     return [Section("numbers", "Key numbers", key), Section("model", "The model and its corpus", model),
