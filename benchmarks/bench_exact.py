@@ -75,11 +75,16 @@ def monte_carlo(model: Model, expl: Model, n: int, batch: int, seed: int,
             y, z = model(x).double(), expl(x).double()
             errors.append((y - z).square().sum(1))
             outputs.append(y)
-    e, y = torch.cat(errors), torch.cat(outputs)
-    w = (y - y.mean(0)).square().sum(1)
-    ratio = e.mean() / w.mean()
-    influence = (e - ratio * w) / w.mean()
-    return ratio.item(), (influence.std() / math.sqrt(n) / ratio).item()
+    return fvu_estimate(torch.cat(errors), torch.cat(outputs))
+
+
+def fvu_estimate(errors: torch.Tensor, outputs: torch.Tensor) -> tuple[float, float]:
+    """The Monte-Carlo FVU ``mean ||y - z||^2 / mean ||y - mean y||^2`` from each sample's squared error and
+    reference output, and its relative standard error (by the ratio estimator's influence function)."""
+    w = (outputs - outputs.mean(0)).square().sum(1)
+    ratio = errors.mean() / w.mean()
+    influence = (errors - ratio * w) / w.mean()
+    return ratio.item(), (influence.std() / math.sqrt(len(errors)) / ratio).item()
 
 
 def timed(model: Model, expl: Model, repeats: int) -> tuple[exact.ExactResult, float]:
@@ -195,11 +200,7 @@ def sampled_fvu(model: Model, expl: Model, n: int, seed: int) -> tuple[float, fl
         a, b = F.apply(padded), G.apply(padded)
         errors.append((a - b).square().sum(1))
         outputs.append(a)
-    e, y = torch.cat(errors), torch.cat(outputs)
-    w = (y - y.mean(0)).square().sum(1)
-    ratio = e.mean() / w.mean()
-    influence = (e - ratio * w) / w.mean()
-    return ratio.item(), (influence.std() / math.sqrt(n) / ratio).item()
+    return fvu_estimate(torch.cat(errors), torch.cat(outputs))
 
 
 def closure_table(sizes: list[tuple[int, int]], reference: int, repeats: int) -> None:
