@@ -36,6 +36,8 @@ value width (one of :data:`WIDTHS`, or raw numbers): ``1 + log2(2 * 16)`` = 6 bi
 
 _ULPS = 8
 """A tensor lies on a grid when rebuilding it from integers and the scale is exact to this many ulps."""
+_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+"""Float dtypes torch reduces (``max``) on every device; others (float8) are widened first."""
 _SAMPLE = 64
 """:func:`grid_width` first tries every width on about this many evenly spaced entries: a width that one of them
 misses by more than twice the tolerance is ruled out without reading the rest (a miss is either within round-off
@@ -65,6 +67,8 @@ def grid_width(tensor: torch.Tensor) -> int | None:
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return None
     flat = tensor.detach().reshape(-1)
+    if flat.dtype not in _REDUCIBLE:           # float8 has no max kernel: screen and test in float64
+        flat = flat.to(torch.float64)
     top = flat.abs().max().item()              # NaN or infinite when any entry is
     if top == 0 or not math.isfinite(top):
         return None
