@@ -26,8 +26,7 @@ import torch
 from compinterp.complexity.sparse import Code, measure_codes
 from compinterp.data import as_source, fit, placed, placement
 from compinterp.errors import CompositionError, InputError
-from compinterp.faithfulness.check import GIVE_DATA
-from compinterp.faithfulness.check import checked_labels
+from compinterp.faithfulness.check import GIVE_DATA, checked_labels
 from compinterp.faithfulness.exact import exact_compare, why_not_polynomial
 from compinterp.faithfulness.exact.closed_form import MAX_QUADRATIC, Quadratic, form_inner, quadratic, truncation_mse
 from compinterp.faithfulness.exact.compare import _result
@@ -64,7 +63,8 @@ class Reference:
         self.labels: list[torch.Tensor | None] = []
         """Each stored batch's labels (with ``logits``; ``None`` for a batch without)."""
         if self.exact and logits is not None:
-            raise InputError("logit metrics (loss recovered) need data with labels or at least inputs, not 'exact'")
+            raise InputError("a loss-recovered bar needs data (inputs, with labels when there are): the exact measure "
+                             "has no labels; give data (--data), or use metric='faithfulness' (--metric faithfulness)")
         if self.exact:
             reason = why_not_polynomial(model)
             if reason is not None:

@@ -17,7 +17,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -87,7 +87,7 @@ def intervene(model: Any, base: torch.Tensor | Sequence[torch.Tensor], intervent
     streamed in batches of that size, the interventions prepared once; outputs are concatenated.
     """
     params = model.plan_params()
-    where = _placement(params)
+    where = placement(model)
     xs = model_inputs(model, base, where)
     plan = model.plan
     registers = [i.site.check(plan) for i in interventions]
@@ -164,19 +164,16 @@ class Runs:
                  ) -> tuple[torch.Tensor, ...]:
         """The base run on ``xs`` with the interventions in place, ``sources`` (one batch per key
         of :attr:`keys`) run first."""
-        initial, targets = self._initial, self.targets
         for j, run, found, heads in self._sources:
             values = run(sources[j] if j >= 0 else _shuffled(xs, -1 - j), None)
             for store, slot, i in found:
                 store[slot] = values[i] if i is not None else heads[self._registers[slot]]
-            if heads:
-                heads.clear()
-        out = self._base(xs, initial or None)
+            heads.clear()
+        out = self._base(xs, self._initial or None)
         # Hold no batch's values past its run: the next batch's then reuse their memory.
-        if initial:
-            initial.clear()
+        self._initial.clear()
         for k in self._filled:
-            targets[k] = None
+            self.targets[k] = None
         return out
 
 
@@ -233,16 +230,6 @@ def model_inputs(model: Any, data: Any, where: tuple[torch.device, torch.dtype] 
         raise InputError(f"the model takes {n} input(s) ({model.dom}), got {len(batch)}")
     device, dtype = where or placement(model)
     return placed(batch[:n], n, device, dtype)
-
-
-def _placement(params: Mapping[str, Any]) -> tuple[torch.device, torch.dtype]:
-    """:func:`~compinterp.data.placement` of a model from its :meth:`~compinterp.Model.plan_params` (the device
-    and dtype of its first floating parameter; the CPU and float32 without any), without walking its modules."""
-    for tensors in params.values():
-        for t in (tensors.values() if isinstance(tensors, Mapping) else tensors.parameters()):
-            if t.is_floating_point():
-                return t.device, t.dtype
-    return torch.device("cpu"), torch.float32
 
 
 def _shuffled(xs: tuple[torch.Tensor, ...], seed: int) -> tuple[torch.Tensor, ...]:

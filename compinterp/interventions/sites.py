@@ -129,23 +129,30 @@ class Site:
         position and head, keeps whole coordinates: there this copies the target's entries on those
         axes into ``value`` (``index_copy``; what ``value + P_S(target - value)`` gives up to
         rounding), without computing the projection."""
-        axes = self._axes
-        if axes is not None and target.shape == value.shape and target.dtype == value.dtype \
-                and self.subspace.shape[1] == value.shape[-1]:
-            if axes.device != value.device:
-                axes = axes.to(value.device)
-                object.__setattr__(self, "_axes", axes)
+        axes = self._copied(value, target)
+        if axes is not None:
             return value.index_copy(-1, axes, target.index_select(-1, axes))
         return value + self.select(target - value)
 
     def patched_(self, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """:meth:`patched`, written into ``value`` itself where the site keeps whole coordinates (``index_copy_``:
         no new tensor); for a caller that owns ``value`` (no other reference to it, no gradient through it)."""
-        axes = self._axes
-        if axes is not None and target.shape == value.shape and target.dtype == value.dtype \
-                and self.subspace.shape[1] == value.shape[-1] and axes.device == value.device:
+        axes = self._copied(value, target)
+        if axes is not None:
             return value.index_copy_(-1, axes, target.index_select(-1, axes))
-        return self.patched(value, target)
+        return value + self.select(target - value)
+
+    def _copied(self, value: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """The coordinate axes whose entries a patch of ``value`` copies from ``target`` (on ``value``'s device),
+        when the site keeps whole coordinates at every position and head and the two match; else ``None``."""
+        axes = self._axes
+        if axes is None or target.shape != value.shape or target.dtype != value.dtype \
+                or self.subspace.shape[1] != value.shape[-1]:
+            return None
+        if axes.device != value.device:
+            axes = axes.to(value.device)
+            object.__setattr__(self, "_axes", axes)
+        return axes
 
     def mask(self, value: torch.Tensor) -> torch.Tensor | None:
         """The 0/1 mask of the site's positions and heads, broadcastable to ``value`` (``None``: all)."""

@@ -100,9 +100,6 @@ def refine(model: Model, min_faithfulness: float = 0.99, data: Any = None,
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     data, test_data, note = split_data(default_data(model) if data is None else data, holdout, test_data)
-    if metric == "loss_recovered" and isinstance(data, str) and data == "exact":
-        raise InputError("a loss-recovered bar needs data (inputs, with labels when there are): the exact measure "
-                         "has no labels; give data (--data), or use metric='faithfulness' (--metric faithfulness)")
     if metric == "loss_recovered" and len(model.cod) != 1:
         raise InputError(f"a loss-recovered bar needs one output wire of logits; the model outputs {model.cod}")
     chosen = _passes(passes, data, batch_size=batch_size, device=device, progress=progress)

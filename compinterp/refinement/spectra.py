@@ -83,35 +83,36 @@ class Spectrum:
         """The mask ``keep[c, m]`` of ``k`` components per output (``2 k`` when ``by="paired"``): the largest
         ``|lambda|`` (``"magnitude"``), the largest mean ``|activation|`` on ``data`` (``"activation"``), or
         the ``k`` most positive and ``k`` most negative eigenvalues (``"paired"``)."""
-        groups, n = self.values.shape
+        order = self._ranked(k, by, data)
+        keep = torch.zeros(self.values.shape, dtype=torch.bool, device=self.values.device)
+        if by == "paired":                      # at most k of each sign
+            up = torch.zeros_like(keep).scatter_(1, order[:, :k], True)
+            down = torch.zeros_like(keep).scatter_(1, order[:, k:], True)
+            return (up & (self.values > 0)) | (down & (self.values < 0))
+        return keep.scatter_(1, order, True)
+
+    def top(self, k: int, by: str = "magnitude", data: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``k`` components of each output in the order ``by`` ranks them (``"paired"``: the ``k`` most
+        positive eigenvalues, then the ``k`` most negative): their eigenvalues ``(outputs, k)`` (``2 k`` paired) and
+        eigenvectors ``(outputs, k, inputs)``."""
+        order = self._ranked(k, by, data)
+        return self.values.gather(1, order), self.vectors.gather(1, order[..., None].expand(-1, -1, self.vectors.shape[2]))
+
+    def _ranked(self, k: int, by: str, data: torch.Tensor | None) -> torch.Tensor:
+        """The indices of the ``k`` components of each output that ``by`` ranks first, best first (``"paired"``: the
+        ``k`` largest eigenvalues, then the ``k`` smallest); ``(outputs, k)`` or ``(outputs, 2 k)``."""
+        n = self.values.shape[1]
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
             raise InputError(f"spectrum of box '{self.box}': k={k!r} must be an integer from 1 to {n}")
         if by not in ORDERS:
             raise InputError(f"spectrum of box '{self.box}': by={by!r} is not one of {', '.join(ORDERS)}")
         if by == "activation" and data is None:
             raise InputError(f"spectrum of box '{self.box}': by='activation' needs data (inputs to the box)")
-        keep = torch.zeros(groups, n, dtype=torch.bool, device=self.values.device)
-        if by == "paired":                      # at most k of each sign
-            order = self.values.argsort(dim=1, descending=True, stable=True)
-            up = torch.zeros_like(keep).scatter_(1, order[:, :k], True)
-            down = torch.zeros_like(keep).scatter_(1, self.values.argsort(dim=1, stable=True)[:, :k], True)
-            return (up & (self.values > 0)) | (down & (self.values < 0))
-        score = self.values.abs() if by == "magnitude" else self.activations(data).mean(0).abs()
-        keep.scatter_(1, score.argsort(dim=1, descending=True, stable=True)[:, :k], True)
-        return keep
-
-    def top(self, k: int, by: str = "magnitude", data: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``k`` components of each output in the order ``by`` ranks them (``"paired"``: the ``k`` most
-        positive eigenvalues, then the ``k`` most negative): their eigenvalues ``(outputs, k)`` (``2 k`` paired) and
-        eigenvectors ``(outputs, k, inputs)``."""
-        self.select(k, by, data)                                        # the same checks, naming the box
         if by == "paired":
-            order = torch.cat([self.values.argsort(dim=1, descending=True, stable=True)[:, :k],
-                               self.values.argsort(dim=1, stable=True)[:, :k]], 1)
-        else:
-            score = self.values.abs() if by == "magnitude" else self.activations(data).mean(0).abs()
-            order = score.argsort(dim=1, descending=True, stable=True)[:, :k]
-        return self.values.gather(1, order), self.vectors.gather(1, order[..., None].expand(-1, -1, self.vectors.shape[2]))
+            return torch.cat([self.values.argsort(dim=1, descending=True, stable=True)[:, :k],
+                              self.values.argsort(dim=1, stable=True)[:, :k]], 1)
+        score = self.values.abs() if by == "magnitude" else self.activations(data).mean(0).abs()
+        return score.argsort(dim=1, descending=True, stable=True)[:, :k]
 
     def draw(self, path: str | os.PathLike[str], k: int = 4, by: str = "magnitude", data: torch.Tensor | None = None, *,
              side: int | None = None, names: Sequence[str] | None = None) -> Path:

@@ -73,6 +73,7 @@ from compinterp.syntax import Copy, Diagram, Elementwise, Linear, Mul, Space, To
 from compinterp.syntax import JumpReLU as JumpReLUBox
 
 KINDS = ("topk", "batchtopk", "relu", "jumprelu", "bilinear")
+"""The encoders a dictionary may have."""
 
 RESCALE_FROM = {"topk": 0.25, "batchtopk": 0.0}
 """When a ``topk`` or ``batchtopk`` dictionary with free decoder norms starts choosing on ``p`` rescaled by them,
@@ -83,7 +84,6 @@ SAELens's start), BatchTopK from the start (SAELens's; its FVU on the digits ben
 THRESHOLD_RATE = 0.01
 """How fast a ``batchtopk`` dictionary's threshold follows each batch's smallest kept value (SAELens's
 ``topk_threshold_lr``)."""
-"""The encoders a dictionary may have."""
 
 
 def box_activations(model: Model, box: str, data: Any, *, batch_size: int = 256,
@@ -430,7 +430,7 @@ class Dictionary(nn.Module):
             encode = chain(Copy(dom, name=f"{name}_copy"),
                            Linear(f"{name}_left", dom, feat, bias=True) @ Linear(f"{name}_right", dom, feat, bias=True),
                            Mul(feat, name=f"{name}_mul"))
-        elif self.kind == "jumprelu" or self._thresholded():
+        elif self.thresholds() is not None:
             encode = chain(Linear(f"{name}_enc", dom, feat, bias=True), JumpReLUBox(f"{name}_jumprelu", feat))
             sparse = []
         else:
@@ -454,15 +454,20 @@ class Dictionary(nn.Module):
         # contiguous weights (the encoder may start as the decoder's transpose): loaded, a model computes the same bits
         params = {f"{name}_dec": {"W": (decoder / s_out).clone(), "b": (self.b_dec.detach() / s_out).clone()},
                   f"{name}_enc": {"W": (encoder * s_in).contiguous(), "b": bias.clone()}}
-        if self.kind == "jumprelu":
-            params[f"{name}_jumprelu"] = {"theta": self.threshold.detach().clone()}
-        elif self._thresholded():
-            params[f"{name}_jumprelu"] = {"theta": self.batch_threshold.detach().expand(self.width).clone()}
+        thresholds = self.thresholds()
+        if thresholds is not None:
+            params[f"{name}_jumprelu"] = {"theta": thresholds}
         return params
 
-    def _thresholded(self) -> bool:
-        """Whether this is a ``batchtopk`` dictionary whose threshold is known (it runs as a JumpReLU)."""
-        return self.kind == "batchtopk" and not bool(self.batch_threshold.isnan())
+    def thresholds(self) -> torch.Tensor | None:
+        """The thresholds ``theta_f`` the features' ``p`` is compared with when the dictionary runs as a JumpReLU
+        (a copy): a ``jumprelu`` dictionary's own, a trained ``batchtopk`` one's ``tau`` for every feature; else
+        ``None``."""
+        if self.kind == "jumprelu":
+            return self.threshold.detach().clone()
+        if self.kind == "batchtopk" and not bool(self.batch_threshold.isnan()):
+            return self.batch_threshold.detach().expand(self.width).clone()
+        return None
 
 
 def schedule(step: int, steps: int, warmup: int = 0, decay: float = 0.0) -> float:

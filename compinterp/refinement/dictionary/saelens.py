@@ -69,12 +69,11 @@ def save_saelens(dictionary: Dictionary, path: str | os.PathLike[str], **metadat
     weights = {"W_enc": (encoder * s_in).T.contiguous(), "b_enc": bias.clone(),
                "W_dec": (decoder / s_out).T.contiguous(), "b_dec": (dictionary.b_dec.detach() / s_out).clone()}
     architecture = ARCHITECTURES[dictionary.kind]
-    if dictionary.kind == "jumprelu":
-        weights["threshold"] = dictionary.threshold.detach().clamp_min(0).clone()
-    elif dictionary.kind == "batchtopk" and dictionary.batch_threshold.isnan():
+    thresholds = dictionary.thresholds()
+    if thresholds is not None:
+        weights["threshold"] = thresholds.clamp_min(0)
+    elif architecture == "jumprelu":                            # a batchtopk dictionary not yet trained
         architecture = "topk"
-    elif dictionary.kind == "batchtopk":
-        weights["threshold"] = dictionary.batch_threshold.detach().expand(dictionary.width).clone()
     config: dict[str, Any] = {"architecture": architecture, "d_in": dictionary.decoder.shape[0],
                               "d_sae": dictionary.width, "dtype": str(dictionary.decoder.dtype).removeprefix("torch."),
                               "device": "cpu", "apply_b_dec_to_input": dictionary.centre,
