@@ -93,3 +93,35 @@ def test_head_zero_ablation_equals_a_hand_edit_of_hf_attention(pair: tuple[torch
     finally:
         handle.remove()
     assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_neuron_interchange_equals_a_hook_on_the_hf_mlp_activation(pair: tuple[torch.nn.Module, ci.Model]) -> None:
+    """A neuron of layer 0's MLP activation taken from a source run (compinterp writes it into its own fresh
+    value) equals the same patch made with plain torch hooks on the HF model; the inputs are left untouched."""
+    hf, model = pair
+    base, source = ids(4), ids(5)
+    kept = base.clone(), source.clone()
+    neuron = torch.eye(4 * 64)[[7, 100]]
+    got = ci.intervene(model, base, [ci.patch(ci.Site("act0", subspace=neuron), source)], batch_size=2)
+    act = hf.transformer.h[0].mlp.act
+    seen: list[torch.Tensor] = []
+    handle = act.register_forward_hook(lambda module, args, output: seen.append(output.detach()))
+    try:
+        with torch.no_grad():
+            hf(source)
+    finally:
+        handle.remove()
+
+    def patch(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[..., [7, 100]] = seen[0][..., [7, 100]]
+        return output
+
+    handle = act.register_forward_hook(patch)
+    try:
+        with torch.no_grad():
+            want = hf(base).logits
+    finally:
+        handle.remove()
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.equal(base, kept[0]) and torch.equal(source, kept[1])

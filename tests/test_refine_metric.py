@@ -57,3 +57,18 @@ def test_a_loss_recovered_bar_refuses_what_it_cannot_score() -> None:
         ci.refine(model, 0.9, data="exact", metric="loss_recovered", progress=False)
     with pytest.raises(InputError, match="labels must be integer class ids"):
         ci.refine(model, 0.9, data=(inputs, labels.double()), metric="loss_recovered", progress=False)
+
+
+def test_a_loss_recovered_bar_on_an_imported_hf_gpt2() -> None:
+    transformers = pytest.importorskip("transformers", reason="needs transformers (the [hf] extra)")
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = ci.from_hf(transformers.GPT2LMHeadModel(config).eval())
+    ids = torch.randint(0, 100, (64, 16), generator=torch.Generator().manual_seed(1))
+    data = (ids, ids.roll(-1, 1))                       # next-token labels
+    result = ci.refine(model, 0.9, data=data, passes=["lowrank", "prune"], budget=8, progress=False,
+                       metric="loss_recovered", quantise=False)
+    assert result.history and result.faithfulness >= 0.9
+    assert result.faithfulness == pytest.approx(
+        ci.check(model, result.model, data, progress=False).end_to_end.loss_recovered, abs=1e-9)
