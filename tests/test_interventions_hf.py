@@ -3,6 +3,9 @@ hidden states, and patches written with plain torch forward hooks on its blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 
@@ -20,6 +23,18 @@ def pair() -> tuple[torch.nn.Module, ci.Model]:
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(config).eval()
     return hf, ci.from_hf(hf)
+
+
+def run_hooked(hf: torch.nn.Module, x: torch.Tensor, hooks: list[tuple[torch.nn.Module, Callable[..., Any]]],
+               pre: bool = False) -> torch.Tensor:
+    """``hf(x).logits`` without gradients, with forward (``pre``: forward-pre) hooks registered for the run only."""
+    handles = [m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h) for m, h in hooks]
+    try:
+        with torch.no_grad():
+            return hf(x).logits
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def ids(seed: int) -> torch.Tensor:
@@ -53,13 +68,7 @@ def test_patching_sweep_equals_plain_torch_hooks_on_the_hf_model(pair: tuple[tor
             stored[layer] = (output[0] if isinstance(output, tuple) else output).detach()
         return hook
 
-    handles = [hf.transformer.h[layer].register_forward_hook(keep(layer)) for layer in range(LAYERS)]
-    try:
-        with torch.no_grad():
-            hf(clean)
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(hf, clean, [(hf.transformer.h[layer], keep(layer)) for layer in range(LAYERS)])
     for layer in range(LAYERS):
         for p in range(T):
             def patch(module: torch.nn.Module, args: tuple, output: torch.Tensor, p: int = p,
@@ -67,12 +76,7 @@ def test_patching_sweep_equals_plain_torch_hooks_on_the_hf_model(pair: tuple[tor
                 hidden = (output[0] if isinstance(output, tuple) else output).clone()
                 hidden[:, p] = stored[layer][:, p]
                 return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-            handle = hf.transformer.h[layer].register_forward_hook(patch)
-            try:
-                with torch.no_grad():
-                    want = metric(hf(corrupted).logits)
-            finally:
-                handle.remove()
+            want = metric(run_hooked(hf, corrupted, [(hf.transformer.h[layer], patch)]))
             assert abs(float(sweep.values[layer, p]) - float(want)) < 1e-4, (layer, p)
 
 
@@ -86,12 +90,7 @@ def test_head_zero_ablation_equals_a_hand_edit_of_hf_attention(pair: tuple[torch
         z[..., 2 * 16:3 * 16] = 0
         return (z, *args[1:])
 
-    handle = hf.transformer.h[1].attn.c_proj.register_forward_pre_hook(zero_head)
-    try:
-        with torch.no_grad():
-            want = hf(x).logits
-    finally:
-        handle.remove()
+    want = run_hooked(hf, x, [(hf.transformer.h[1].attn.c_proj, zero_head)], pre=True)
     assert torch.allclose(got, want, atol=1e-4)
 
 
@@ -105,23 +104,13 @@ def test_neuron_interchange_equals_a_hook_on_the_hf_mlp_activation(pair: tuple[t
     got = ci.intervene(model, base, [ci.patch(ci.Site("act0", subspace=neuron), source)], batch_size=2)
     act = hf.transformer.h[0].mlp.act
     seen: list[torch.Tensor] = []
-    handle = act.register_forward_hook(lambda module, args, output: seen.append(output.detach()))
-    try:
-        with torch.no_grad():
-            hf(source)
-    finally:
-        handle.remove()
+    run_hooked(hf, source, [(act, lambda module, args, output: seen.append(output.detach()))])
 
     def patch(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         output = output.clone()
         output[..., [7, 100]] = seen[0][..., [7, 100]]
         return output
 
-    handle = act.register_forward_hook(patch)
-    try:
-        with torch.no_grad():
-            want = hf(base).logits
-    finally:
-        handle.remove()
+    want = run_hooked(hf, base, [(act, patch)])
     assert torch.allclose(got, want, atol=1e-4)
     assert torch.equal(base, kept[0]) and torch.equal(source, kept[1])
