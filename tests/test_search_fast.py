@@ -101,7 +101,7 @@ def test_cp_gradient_in_closed_form_equals_autograd(dense: bool, ridge: float) -
     loss.backward()
     closed, grad, outputs, diagonal = aim.loss(torch.cat([U, W]).detach())
     gU, gW = grad.split(U.shape[0])
-    assert closed.item() == pytest.approx(loss.item(), rel=1e-10)
+    assert closed == pytest.approx(loss.item(), rel=1e-10)
     assert torch.allclose(gU, U.grad, rtol=1e-7, atol=1e-8) and torch.allclose(gW, W.grad, rtol=1e-7, atol=1e-8)
     G = outputs.T @ outputs                     # the preconditioner: G_rr |W_r|^2 for U's rows, G_rr |U_r|^2 for W's
     rows = torch.cat([G.diagonal() * W.detach().square().sum(1), G.diagonal() * U.detach().square().sum(1)])

@@ -429,6 +429,14 @@ class _Search:
         keeps the bar, the next 1, 2, 4 ... harsher rewrites are tried (from the first, if it fails, the
         milder ones) before bisecting on: a fit that fails gives up early, one that keeps runs to the end.
         """
+        costly = getattr(p, "costly", False)
+        made = parent.own.history               # a costly pass refitting the box it just made
+        refit = costly and bool(made) and made[-1].pass_name == p.name \
+            and group[0].box not in self.reference.model.boxes
+        if refit:                               # the same rewrite of the box it was made from failed: so will this
+            source = Rewrite(p.name, made[-1].box, group[0].settings)
+            if self.scores.get(_key((*made[:-1], source)), self.bar) < self.bar:
+                return None
         nodes: dict[int, _Node] = {}
         applied: dict[int, Model] = {}
         floors: dict[int, bool] = {}
@@ -453,14 +461,6 @@ class _Search:
             nodes[i] = _Node(self.measure(model(i), history, None if closed is None else closed[i]))
             return nodes[i]
 
-        costly = getattr(p, "costly", False)
-        made = parent.own.history               # a costly pass refitting the box it just made
-        refit = costly and bool(made) and made[-1].pass_name == p.name \
-            and group[0].box not in self.reference.model.boxes
-        if refit:                               # the same rewrite of the box it was made from failed: so will this
-            source = Rewrite(p.name, made[-1].box, group[0].settings)
-            if self.scores.get(_key((*made[:-1], source)), self.bar) < self.bar:
-                return None
         vouched: set[int] = set()               # costly rewrites whose start (no fit) already keeps the bar
         doomed = len(group)                     # the first rewrite that provably cannot keep it, nor any after it
         starts: list[float] | None = None

@@ -126,26 +126,25 @@ def truncation_mse(delta: Quadratic, values: torch.Tensor, vectors: torch.Tensor
     >>> truncation_mse(zero, lam, V, torch.eye(1), [torch.tensor([[True, False]])])   # drop 2 z1^2: E(2 z1^2)^2
     [12.0]
     """
+    if not keep:
+        return []
     padded = vectors.shape[1] == delta[1].shape[1] + 1
     v0 = vectors[:, 0, :] if padded else vectors.new_zeros(vectors.shape[0], vectors.shape[2])
     w = vectors[:, 1:, :] if padded else vectors
+    groups, n = directions.shape[1], w.shape[1]
     size = v0.square() + w.square().sum(1)
     mean = directions.T @ delta[0]
     b = directions.T @ delta[1]
-    M = torch.einsum("cg,cij->gij", directions, delta[2])
-    r = mean[:, None] * size + 4 * v0 * torch.einsum("gi,gim->gm", b, w) \
-        + 2 * torch.einsum("gim,gij,gjm->gm", w, M, w)
+    M = (directions.T @ delta[2].reshape(delta[2].shape[0], n * n)).view(groups, n, n)     # delta~_g's M
+    r = mean[:, None] * size + 4 * v0 * (b[:, None, :] @ w).squeeze(1) + 2 * ((M @ w) * w).sum(1)
     ww = w.mT @ w
     gram = (size[:, :, None] * size[:, None, :] + 4 * v0[:, :, None] * v0[:, None, :] * ww + 2 * ww.square()) \
         * values[:, :, None] * values[:, None, :]
     base = form_inner(delta, delta).sum()
-    out = []
-    for mask in keep:
-        drop = (~mask).to(values.dtype)
-        lin = 2 * (drop * values * r).sum()
-        quad = torch.einsum("gm,gmn,gn->", drop, gram, drop)
-        out.append(float(base + lin + quad))
-    return out
+    drop = (~torch.stack(list(keep))).to(values.dtype)                  # (masks, groups, components)
+    lin = 2 * (drop * (values * r)).sum((1, 2))
+    quad = ((gram @ drop.permute(1, 2, 0)) * drop.permute(1, 2, 0)).sum((0, 1))
+    return (base + lin + quad).tolist()
 
 
 Units = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from compinterp.refinement.base import Pass
 from compinterp.refinement.passes.cp import CP, cp
-from compinterp.refinement.passes.eigen import Eigen, eigen
+from compinterp.refinement.passes.eigen import Eigen, Spectra, eigen
 from compinterp.refinement.passes.fuse import Fuse, fuse
 from compinterp.refinement.passes.lowrank import LowRank, lowrank
 from compinterp.refinement.passes.odt import ODT, odt
@@ -39,9 +39,12 @@ PASSES: dict[str, type] = {cls.name: cls for cls in (Eigen, LowRank, CP, Prune, 
 
 def default_passes() -> list[Pass]:
     """The passes a search tries by default, cheapest first: fuse, eigen (by a global ``|lambda|``
-    threshold, folding neighbouring linear maps in), lowrank, prune, odt, then cp (a fit per setting)."""
-    return [Fuse(), Eigen(mode="threshold", fold="auto"), LowRank(), Prune(), ODT(), CP()]
+    threshold, folding neighbouring linear maps in), lowrank, prune, odt, then cp (a fit per setting); eigen
+    and cp share their spectra."""
+    spectra = Spectra()
+    return [Fuse(), Eigen(mode="threshold", fold="auto", spectra=spectra), LowRank(), Prune(), ODT(),
+            CP(spectra=spectra)]
 
 
-__all__ = ["CP", "ODT", "PASSES", "Eigen", "Fuse", "LowRank", "Prune", "cp", "default_passes", "eigen", "fuse",
+__all__ = ["CP", "ODT", "PASSES", "Eigen", "Fuse", "LowRank", "Prune", "Spectra", "cp", "default_passes", "eigen", "fuse",
            "lowrank", "odt", "prune", "scores"]

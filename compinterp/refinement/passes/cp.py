@@ -15,8 +15,8 @@ fewer. The loss never builds ``B``: with the Gram matrices of the units' symmetr
 
 For fixed ``U, W`` the best ``A`` solves a linear system, ``A = D K(L, R; U, W) (K(U, W; U, W) + mu)^-1``;
 the fit eliminates it this way (variable projection) and runs L-BFGS on ``U, W`` (:func:`_lbfgs`: the
-two loops on scalars, each unit's rows preconditioned by the diagonal block of the Hessian), its first
-:data:`_LOW` of the steps in float32 and the rest in float64. It starts from the top-``R``
+two loops on scalars, each unit's rows preconditioned by the diagonal block of the Hessian) in float32, then
+solves for ``A`` in float64. It starts from the top-``R``
 eigencomponents of the box (largest ``|lambda|`` over the output directions, as :mod:`.eigen` in
 ``threshold`` mode), nudged by seeded noise so that ``U`` and ``W`` can part (no fit at all when the
 start is exact: every eigencomponent fits in ``R``), and keeps the eigen start if the fit does not
@@ -57,17 +57,14 @@ from compinterp.refinement.passes._common import (
     replace,
     sym_gram,
 )
-from compinterp.refinement.passes.eigen import Spectrum, _step, spectrum
+from compinterp.refinement.passes.eigen import Spectra, Spectrum, _step, spectrum
 from compinterp.refinement.passes.graph import Net
 from compinterp.syntax import Bilinear
 
 _CHUNK = 10
 """L-BFGS iterations per progress-bar step."""
-_MEMORY = 20
-"""The L-BFGS history: the last this many steps and gradient changes."""
-_LOW = 0.9
-"""The fraction of a fit's steps taken in float32 (0.6-0.8x the time of float64 per step on a CPU), before the rest
-in float64."""
+_MEMORY = 10
+"""The L-BFGS history: the last this many steps and gradient changes (10, 20 and 40 reach the same errors)."""
 _RIDGE = 3e-4
 """The fits' penalty on the factors' sizes, ``mu (||U||^2 + ||W||^2 + ||A||^2)`` with ``mu`` this fraction of
 ``||B_sym||_F^(4/3)`` (the scale at which it weighs like the error): it keeps fits from growing pairs of large
@@ -89,9 +86,10 @@ def cp_loss(target: Factors, U: torch.Tensor, W: torch.Tensor, A: torch.Tensor,
     return norm - 2 * cross + ((A.T @ A) * sym_gram(U, W, U, W)).sum()
 
 
-def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """The ``A`` minimising the loss for fixed ``U, W``: ``K(U, W; U, W) A^T = (D K(L, R; U, W))^T``."""
-    return _solve(sym_gram(U, W, U, W), target.D @ sym_gram(target.L, target.R, U, W))
+def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """The ``A`` minimising the loss for fixed ``U, W``: ``K(U, W; U, W) A^T = (D K(L, R; U, W))^T``; with ``ridge``,
+    the penalised loss's (``K + ridge I``)."""
+    return _solve(sym_gram(U, W, U, W), target.D @ sym_gram(target.L, target.R, U, W), ridge)
 
 
 def _solve(K: torch.Tensor, M: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
@@ -105,6 +103,18 @@ def _solve(K: torch.Tensor, M: torch.Tensor, ridge: float = 0.0) -> torch.Tensor
     if info.item():
         return (torch.linalg.pinv(K, hermitian=True) @ M.T).T
     return torch.cholesky_solve(M.T, factor).T
+
+
+def _solve_t(K: torch.Tensor, M: torch.Tensor, shift: float) -> torch.Tensor:
+    """``A^T`` with ``(K + shift I) A^T = M^T``, overwriting ``K``: by Cholesky, ``shift`` raised to ``1e-12`` of ``K``'s
+    mean diagonal where it is smaller (``K``, a Gram matrix, may be singular); as :func:`_solve` where it fails."""
+    diagonal = K.diagonal()
+    floor = 1e-12 * diagonal.mean().clamp_min(1e-300).item() if shift == 0 else 0.0
+    diagonal.add_(max(shift, floor))
+    factor, info = torch.linalg.cholesky_ex(K)
+    if info.item():
+        return torch.linalg.pinv(K, hermitian=True) @ M.T
+    return torch.cholesky_solve(M.T, factor)
 
 
 class Target:
@@ -124,7 +134,8 @@ class Target:
     ...             torch.randn(3, 7, dtype=torch.float64), None, False)
     >>> U, W = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     >>> a, b = Target(f, dense=False).loss(torch.cat([U, W]))[0], Target(f, dense=True).loss(torch.cat([U, W]))[0]
-    >>> bool(torch.isclose(a, b)), bool(torch.isclose(a, cp_loss(f, U, W, best_outputs(f, U, W))))
+    >>> import math
+    >>> math.isclose(a, b, rel_tol=1e-10), math.isclose(a, cp_loss(f, U, W, best_outputs(f, U, W)).item(), rel_tol=1e-10)
     (True, True)
     """
 
@@ -135,11 +146,12 @@ class Target:
             dense = outputs * n * n < (4 * n + outputs) * hidden
         self.factors = factors
         self.dense: torch.Tensor | None = None
+        """``2 B_sym`` as an ``(out in^) x in^`` matrix, for the dense form."""
         self.stacked: torch.Tensor | None = None
         """``[L^; R^]`` (``2 hidden x in^``), for the factored form."""
         if dense:
             B = torch.einsum("ch,hi,hj->cij", factors.D, factors.L, factors.R)
-            self.dense = (B + B.mT) / 2
+            self.dense = (B + B.mT).reshape(outputs * n, n)
         else:
             self.stacked = torch.cat([factors.L, factors.R])
         self.norm = frobenius_sq(factors)
@@ -152,56 +164,64 @@ class Target:
         """``mu (||U||^2 + ||W||^2 + ||A||^2)``, the part of :meth:`loss` that is not the error."""
         return self.ridge * (U.square().sum() + W.square().sum() + A.square().sum())
 
-    def loss(self, UW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(self, UW: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(loss, dloss/d[U; W], A, diagonal)`` at the best outputs ``A`` for ``UW = [U; W]`` (``2 R x in^``);
         ``diagonal``: ``G_rr |W_r|^2`` for ``U_r``'s rows and ``G_rr |U_r|^2`` for ``W_r``'s, the Gauss-Newton part of
         the diagonal blocks of the Hessian.
 
         With ``P = [U; W] [U; W]^T`` and ``A (K + mu) = M`` (``M[c, r] = U_r . B_sym[c] W_r``), the loss is
         ``||B_sym||^2 - sum A * M + mu tr P``, and the gradient's quadratic terms are one product ``H [U; W]``,
-        ``H = [[G * W W^T, G * W U^T], [G * U W^T, G * U U^T]]`` (whose diagonal is ``diagonal``)."""
+        ``H = [[G * W W^T, G * W U^T], [G * U W^T, G * U U^T]]`` (whose diagonal is ``diagonal``). It works with
+        ``2 K`` and ``2 M`` (``A`` is the same), one product fewer each."""
         rank = UW.shape[0] // 2
         P = UW @ UW.T                                           # the Gram matrix of the rows of U and W
-        UU, UWt, WW = P[:rank, :rank], P[:rank, rank:], P[rank:, rank:]
-        K = (UU * WW + UWt * UWt.T) / 2                         # sym_gram(U, W, U, W)
+        UWt = P[:rank, rank:]
+        K = torch.addcmul(P[:rank, :rank] * P[rank:, rank:], UWt, UWt.T)       # 2 sym_gram(U, W, U, W)
         if self.dense is not None:
-            outputs, n = self.dense.shape[0], self.dense.shape[1]
-            TX = (self.dense.reshape(outputs * n, n) @ UW.T).reshape(outputs, n, 2, rank)   # B_sym[c] U_r, B_sym[c] W_r
-            M = (TX[:, :, 1] * UW[:rank].T).sum(1)             # U_r . B_sym[c] W_r
+            n = UW.shape[1]
+            UWt = UW.T.contiguous()                             # (contiguous operands: 3-5x faster products)
+            TX = (self.dense @ UWt).view(-1, n, 2, rank)         # 2 B_sym[c] U_r, 2 B_sym[c] W_r
+            M = (TX[:, :, 1] * UWt[:, :rank]).sum(1)           # 2 U_r . B_sym[c] W_r
         else:
             h = self.factors.L.shape[0]
             Q = self.stacked @ UW.T                             # [[L U^T, L W^T], [R U^T, R W^T]]
             LU, LW, RU, RW = Q[:h, :rank], Q[:h, rank:], Q[h:, :rank], Q[h:, rank:]
-            M = self.factors.D @ ((LU * RW + LW * RU) / 2)
-        A = _solve(K, M, self.ridge)
-        G = A.T @ A
-        loss = self.norm - (A * M).sum()
+            M = self.factors.D @ torch.addcmul(LU * RW, LW, RU)
+        At = _solve_t(K, M, 2 * self.ridge)                     # A^T
+        loss = self.norm.item() - (M * At.T).sum().item() / 2
         if self.ridge:
-            loss = loss + self.ridge * P.diagonal().sum()
-        H = (P.view(2, rank, 2, rank).flip(0, 2) * G[:, None, :]).reshape(2 * rank, 2 * rank)
+            loss += self.ridge * P.trace().item()
+        H = P.view(2, rank, 2, rank).flip(0, 2).mul_((At @ At.T)[:, None, :]).view(2 * rank, 2 * rank)
         grad = torch.addmm(UW, H, UW, beta=2 * self.ridge) if self.ridge else H @ UW
-        gU, gW = grad[:rank], grad[rank:]
-        if self.dense is not None:
-            S = (TX * A[:, None, None, :]).sum(0)               # [i, 0, r]: (sum_c A[c, r] B_sym[c] U_r)_i; 1: W_r
-            gU.sub_(S[:, 1].T, alpha=2)
-            gW.sub_(S[:, 0].T, alpha=2)
+        if self.dense is not None:                              # [i, 0, r]: (sum_c A[c, r] 2 B_sym[c] U_r)_i; 1: W_r
+            S = (TX * At.T.contiguous()[:, None, None, :]).sum(0)
+            grad.view(2, rank, -1).sub_(S.flip(1).permute(1, 2, 0))
         else:
-            f, E = self.factors, self.factors.D.T @ A
+            f, E = self.factors, self.factors.D.T @ At.T
+            gU, gW = grad[:rank], grad[rank:]
             gU.addmm_((E * RW).T, f.L, alpha=-1).addmm_((E * LW).T, f.R, alpha=-1)
             gW.addmm_((E * RU).T, f.L, alpha=-1).addmm_((E * LU).T, f.R, alpha=-1)
-        return loss, grad, A, H.diagonal()
+        return loss, grad, At.T, H.diagonal()
 
 
 class Prepared:
     """What every fit of one box shares, whatever its rank, made once when first asked for: the box's
-    ``factors`` (float64), its spectrum per output direction (the fits' starts), and the targets of the fits
-    in float64 and float32."""
+    ``factors`` (float64), ``||B_sym||_F^2``, its spectrum per output direction (the fits' starts), and the fits'
+    target in float32 (a fit's steps cost 0.6-0.8x those in float64 on a CPU, to the same error)."""
 
-    def __init__(self, factors: Factors) -> None:
+    def __init__(self, factors: Factors, spectrum: Spectrum | None = None) -> None:
         self.factors = factors
-        self._spectrum: Spectrum | None = None
-        self._aims: dict[torch.dtype, Target] = {}
+        self._norm: torch.Tensor | None = None
+        self._spectrum = spectrum
+        self._aim: Target | None = None
         self._tails: torch.Tensor | None = None
+
+    @property
+    def norm(self) -> torch.Tensor:
+        """``||B_sym||_F^2``."""
+        if self._norm is None:
+            self._norm = frobenius_sq(self.factors)
+        return self._norm
 
     @property
     def spectrum(self) -> Spectrum:
@@ -226,13 +246,14 @@ class Prepared:
             self._tails = torch.cat([values.cumsum(0).flip(0), values.new_zeros(1)])
         return self._tails
 
-    def aim(self, dtype: torch.dtype = torch.float64) -> Target:
-        """The fit's target, its numbers in ``dtype``."""
-        if dtype not in self._aims:
+    @property
+    def aim(self) -> Target:
+        """The fits' target, its numbers in float32."""
+        if self._aim is None:
             f = self.factors
-            self._aims[dtype] = Target(f if dtype == f.L.dtype else Factors(
-                *(None if t is None else t.to(dtype) for t in (f.L, f.R, f.D, f.d)), f.biased), ridge=_RIDGE)
-        return self._aims[dtype]
+            self._aim = Target(Factors(*(None if t is None else t.float() for t in (f.L, f.R, f.D, f.d)), f.biased),
+                               ridge=_RIDGE)
+        return self._aim
 
 
 def _start(spec: Spectrum, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -261,24 +282,18 @@ def fit(target: Factors, rank: int, steps: int = 200, seed: int = 0, progress: b
         A = torch.cat([target.D, target.D.new_zeros(target.D.shape[0], rank - h)], 1)
         return torch.cat([target.L, zeros]), torch.cat([target.R, zeros]), A
     U0, W0, eig = _start(prepared.spectrum, rank, seed)
-    aim = prepared.aim()
     A0 = best_outputs(target, eig, eig)
-    start = cp_loss(target, eig, eig, A0, aim.norm)
-    if start <= _EXACT * aim.norm:              # every component fits: nothing to fit
+    start = cp_loss(target, eig, eig, A0, prepared.norm)
+    if start <= _EXACT * prepared.norm:         # every component fits: nothing to fit
         return balance(eig, eig, A0)
     if progress is None:
         progress = None if target.L.numel() >= _LONG else False
+    aim = prepared.aim
     with tqdm(total=steps, desc=desc, disable=None if progress is None else not progress, leave=False) as bar:
-        U, W, stopped = U0, W0, False
-        cheap = int(steps * _LOW) if U0.dtype == torch.float64 else 0
-        if cheap:                               # most steps in float32, then polished in float64
-            low = prepared.aim(torch.float32)
-            U, W, stopped = _lbfgs(low, U.float(), W.float(), cheap, bar, give_up=give_up, later=steps - cheap)
-            U, W = U.double(), W.double()
-        if steps > cheap and not stopped:
-            U, W, _ = _lbfgs(aim, U, W, steps - cheap, bar, give_up=give_up, earlier=cheap)
-    A = aim.loss(torch.cat([U, W]))[2]          # the outputs of the penalised fit
-    if start <= cp_loss(target, U, W, A, aim.norm):
+        U, W, _ = _lbfgs(aim, U0.to(aim.norm.dtype), W0.to(aim.norm.dtype), steps, bar, give_up=give_up)
+    U, W = U.to(U0.dtype), W.to(U0.dtype)
+    A = best_outputs(target, U, W, aim.ridge)   # the outputs of the penalised fit
+    if start <= cp_loss(target, U, W, A, prepared.norm):
         return balance(eig, eig, A0)
     return balance(U, W, A)
 
@@ -295,8 +310,8 @@ def balance(U: torch.Tensor, W: torch.Tensor, A: torch.Tensor) -> tuple[torch.Te
     return U * su[:, None], W * sw[:, None], A / (su * sw)
 
 
-def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, give_up: float | None = None,
-           later: int = 0, earlier: int = 0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, give_up: float | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """At most ``steps`` L-BFGS iterations on ``aim.loss`` from ``U, W``: memory :data:`_MEMORY`, a backtracking
     line search from the step 1, and for the initial inverse Hessian, that of each unit's rows
     ``1 / (G_rr |W_r|^2 + 2 mu)`` for ``U_r`` and ``1 / (G_rr |U_r|^2 + 2 mu)`` for ``W_r`` (``G = A^T A``: the
@@ -304,26 +319,27 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
     :data:`_CHUNK` iterations gain less than ``1e-12`` of the loss, or, with ``give_up``, when the loss (less
     the squared corners of the error, for a biased box) cannot come under ``give_up`` even after falling by
     ``min(2 left, done) / m`` times the fall of the last ``m =`` :data:`_CHUNK` iterations, ``done`` the steps taken
-    (``earlier`` more before these) and ``left`` those left (``later`` more after these): a loss ``a + b / t``
-    falls by at least ``b m / t^2`` over the last ``m`` of ``t`` steps and by ``b / t`` in all the steps after, at
-    most that fall times ``t / m``. Returns ``U, W`` and whether it gave up.
+    and ``left`` those left: a loss ``a + b / t`` falls by at least ``b m / t^2`` over the last ``m`` of ``t`` steps
+    and by ``b / t`` in all the steps after, at most that fall times ``t / m``. Returns ``U, W`` and whether it gave up.
 
-    The two loops of L-BFGS run on scalars: with the products ``s_i . y_j`` kept as the history grows,
-    each iteration costs four products of the history with a vector, and no loop over vectors."""
+    The two loops of L-BFGS run on scalars: with the products ``s_i . y_j`` kept as the history grows (one product
+    of the history with the new pair gives them all), each iteration costs three products of the history with a
+    vector, and no loop over vectors."""
     rank, n = U.shape
-    d = 2 * rank * n
+    m = _MEMORY
     x = torch.cat([U, W]).reshape(-1)
-    S, Y = x.new_zeros(_MEMORY, d), x.new_zeros(_MEMORY, d)
-    SY = [[0.0] * _MEMORY for _ in range(_MEMORY)]              # SY[i][j] = s_i . y_j, by slot
-    order: list[int] = []                                        # the slots, oldest first
-
+    history = x.new_zeros(2 * (m + 1), x.numel())               # m + 1 slots: s in rows 0..m, y in rows m+1..2m+1
+    S, Y = history[:m + 1], history[m + 1:]
+    SY = [[0.0] * (m + 1) for _ in range(m + 1)]                # SY[i][j] = s_i . y_j, by slot
+    order: list[int] = []                                        # the slots in use, oldest first
+    spare, unused = 0, list(range(1, m + 1))                    # the slot the next pair is written to
     last: list[torch.Tensor] = []
+    tiny = 2 * aim.ridge + torch.finfo(x.dtype).tiny
 
     def evaluate(x: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
         loss, grad, A, diagonal = aim.loss(x.view(2 * rank, n))
         last[:] = [A]
-        h = 1 / (diagonal + (2 * aim.ridge + torch.finfo(x.dtype).tiny))
-        return loss.item(), grad.reshape(-1), h[:, None].expand(2 * rank, n).reshape(-1)
+        return loss, grad.view(-1), (diagonal + tiny).reciprocal_().repeat_interleave(n)
 
     def hopeless(f: float, before: float, left: int, done: int) -> bool:
         """Whether the loss, less the error's corners, stays over ``give_up`` after falling by the last chunk's fall
@@ -335,28 +351,27 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
         return error - (before - f) * min(2 * left, done) / _CHUNK > give_up
 
     f, g, h = evaluate(x)
-    previous, scale = f, 1.0
+    previous = f
     for step in range(steps):
-        k = len(order)
-        if k:                                   # the two-loop recursion, on scalars
+        if order:                               # the two-loop recursion, on scalars
             sg = (S @ g).tolist()
-            alpha = [0.0] * _MEMORY
-            for i in range(k - 1, -1, -1):
+            alpha = [0.0] * (m + 1)
+            for i in range(len(order) - 1, -1, -1):
                 si, row = order[i], SY[order[i]]
                 alpha[si] = (sg[si] - sum(alpha[o] * row[o] for o in order[i + 1:])) / row[si]
-            r = (g - x.new_tensor(alpha) @ Y) * h
+            r = torch.addmv(g, Y.T, x.new_tensor(alpha), alpha=-1).mul_(h)
             yr = (Y @ r).tolist()
-            coef = [0.0] * _MEMORY
-            for i in range(k):
-                yi = order[i]
+            coef = [0.0] * (m + 1)
+            for i, yi in enumerate(order):
                 beta = (yr[yi] + sum(coef[o] * SY[o][yi] for o in order[:i])) / SY[yi][yi]
                 coef[yi] = alpha[yi] - beta
-            direction = -(r + x.new_tensor(coef) @ S)
+            direction = torch.addmv(r, S.T, x.new_tensor(coef)).neg_()
         else:
             direction = -g * h
         slope = torch.dot(g, direction).item()
         if slope >= 0:                          # not a descent direction: restart from the gradient
-            order, direction = [], -g * h
+            unused, order = unused + order, []
+            direction = -g * h
             slope = torch.dot(g, direction).item()
         t = 1.0
         while True:
@@ -367,25 +382,24 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
             t /= 2
             if t < 1e-10:                       # no decrease along the direction: as good as it gets
                 return (*_split(x, rank), False)
-        s, y = new - x, g_new - g
-        sy = torch.dot(s, y).item()
-        if sy > 1e-10 * torch.dot(y, y).item():
-            slot = order.pop(0) if len(order) == _MEMORY else len(order)
-            S[slot], Y[slot] = s, y
-            order.append(slot)
-            sY, yS = (Y @ s).tolist(), (S @ y).tolist()      # every slot (those not in use are not read)
+        s, y = torch.sub(new, x, out=S[spare]), torch.sub(g_new, g, out=Y[spare])
+        dots = (history @ torch.stack([s, y, y * h_new]).T).tolist()  # every slot with s, y and h y
+        sy, yy, yhy = dots[spare][1], dots[m + 1 + spare][1], dots[m + 1 + spare][2]
+        if sy > 1e-10 * yy:
             for other in order:
-                SY[slot][other], SY[other][slot] = sY[other], yS[other]
-            scale = sy / torch.dot(y * h_new, y).item()         # the preconditioner scaled as L-BFGS scales I
-        x, f, g, h = new, f_new, g_new, h_new * scale
+                SY[spare][other], SY[other][spare] = dots[m + 1 + other][0], dots[other][1]
+            SY[spare][spare] = sy
+            order.append(spare)
+            spare = order.pop(0) if len(order) > m else unused.pop(0)
+            h_new.mul_(sy / yhy)                # the preconditioner scaled as L-BFGS scales I
+        x, f, g, h = new, f_new, g_new, h_new
         if (step + 1) % _CHUNK == 0 or step + 1 == steps:
             bar.update(_CHUNK if (step + 1) % _CHUNK == 0 else (step + 1) % _CHUNK)
             bar.set_postfix(loss=f"{f:.3g}")
             if (step + 1) % _CHUNK == 0:
                 if previous - f <= 1e-12 * max(abs(previous), 1e-300):
                     break
-                if give_up is not None and step + 1 > _CHUNK \
-                        and hopeless(f, previous, steps - step - 1 + later, step + 1 + earlier):
+                if give_up is not None and step + 1 > _CHUNK and hopeless(f, previous, steps - step - 1, step + 1):
                     return (*_split(x, rank), True)
                 previous = f
     return (*_split(x, rank), False)
@@ -421,7 +435,9 @@ def _refit(model: Model, box: str, target: Factors, U: torch.Tensor, W: torch.Te
 
 class CP:
     """The cp pass on every Bilinear box: ranks below the hidden width (the grid 2^j, 3·2^j, largest first, or
-    ``ranks``), each fit with ``steps`` L-BFGS iterations from seed ``seed`` (``progress`` as in :func:`cp`)."""
+    ``ranks``), each fit with ``steps`` L-BFGS iterations from seed ``seed`` (``progress`` as in :func:`cp`); the
+    fits' starts come from ``spectra`` (:class:`.eigen.Spectra`; default: the pass's own), which an eigen pass may
+    share."""
 
     name = "cp"
     costly = True
@@ -430,9 +446,10 @@ class CP:
     """``apply`` takes ``give_up``: a search may let a fit that cannot keep its bar stop early."""
 
     def __init__(self, ranks: Sequence[int] | None = None, steps: int = 200, seed: int = 0,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, spectra: Spectra | None = None) -> None:
         self.ranks = None if ranks is None else sorted(set(ranks), reverse=True)
         self.steps, self.seed, self.progress = steps, seed, progress
+        self.spectra = Spectra() if spectra is None else spectra
         self._prepared: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], Prepared]] = \
             weakref.WeakKeyDictionary()
 
@@ -442,7 +459,9 @@ class CP:
         known = self._prepared.setdefault(model, {})
         key = (box, tuple(p._version for p in model.parameters()))
         if key not in known:
-            known[key] = Prepared(Factors.of(find_box(model, box, (Bilinear,), "cp"), params64(model, box)))
+            find_box(model, box, (Bilinear,), "cp")
+            spec = self.spectra.of(model, box, (), "per_direction")[1]
+            known[key] = Prepared(spec.factors, spec)
         return known[key]
 
     def starts(self, model: Model, rewrites: Sequence[Rewrite]) -> tuple[Spectrum, list[torch.Tensor]] | None:

@@ -240,6 +240,27 @@ def layer(model: Model, box: str, fold: Sequence[str], spec: Spectrum, keep: tor
     return work.model(model)
 
 
+class Spectra:
+    """Spectra of models' Bilinear boxes, each computed once per model, box, folding, output basis and state of the
+    weights, and kept while the model lives: passes that decompose the same boxes (eigen, cp) can share one."""
+
+    def __init__(self) -> None:
+        self._known: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], tuple[Box, Spectrum, bool]]] \
+            = weakref.WeakKeyDictionary()
+
+    def of(self, model: Model, box: str, fold: Sequence[str], basis: str) -> tuple[Box, Spectrum, bool]:
+        """The (folded) box, its spectrum in ``basis``, and whether it reads the model's input and writes its output
+        (:meth:`~.graph.Net.direct`, once folded); recomputed when a weight has changed in place."""
+        known = self._known.setdefault(model, {})
+        key = (box, tuple(fold), basis, tuple(p._version for p in model.parameters()))
+        if key not in known:
+            work, target, p = _folded(model, box, tuple(fold))
+            net = work.net if work is not None else Net(model.diagram)
+            direct = net.direct(next(n for n in net.nodes if n.box.name == target.name))
+            known[key] = (target, spectrum(Factors.of(target, p), basis), direct)
+        return known[key]
+
+
 class Eigen:
     """The eigen pass on every Bilinear box (used once), with a grid of settings.
 
@@ -250,18 +271,20 @@ class Eigen:
             below the number of nonzero components); each becomes the threshold that keeps them.
         fold: ``None``, ``"auto"`` (fold every Linear/Unembed box next to the Bilinear box,
             across its residual stream), or box names.
+        spectra: where the spectra are kept (:class:`Spectra`; default: the pass's own), to share them with
+            other passes.
     """
 
     name = "eigen"
 
     def __init__(self, ks: Sequence[int] | None = None, mode: str = "per_output",
-                 counts: Sequence[int] | None = None, fold: str | Sequence[str] | None = None) -> None:
+                 counts: Sequence[int] | None = None, fold: str | Sequence[str] | None = None,
+                 spectra: Spectra | None = None) -> None:
         self.ks = None if ks is None else sorted(set(ks), reverse=True)
         self.mode = _check_mode(mode)
         self.counts = None if counts is None else sorted(set(counts), reverse=True)
         self.fold = fold
-        self._spectra: weakref.WeakKeyDictionary[Model, dict[tuple[Any, ...], tuple[Box, Spectrum, bool]]] \
-            = weakref.WeakKeyDictionary()
+        self.spectra = Spectra() if spectra is None else spectra
 
     def spectrum(self, model: Model, box: str, fold: Sequence[str] = ()) -> tuple[Box, Spectrum]:
         """The (folded) box and its spectrum in this pass's basis, computed once per model and state of its
@@ -271,15 +294,8 @@ class Eigen:
 
     def _known(self, model: Model, box: str, fold: Sequence[str]) -> tuple[Box, Spectrum, bool]:
         """The (folded) box, its spectrum, and whether it reads the model's input and writes its output
-        (:meth:`~.graph.Net.direct`, once folded), computed once per model and state of its weights."""
-        known = self._spectra.setdefault(model, {})
-        key = (box, tuple(fold), tuple(p._version for p in model.parameters()))
-        if key not in known:
-            work, target, p = _folded(model, box, tuple(fold))
-            net = work.net if work is not None else Net(model.diagram)
-            direct = net.direct(next(n for n in net.nodes if n.box.name == target.name))
-            known[key] = (target, spectrum(Factors.of(target, p), _basis(self.mode)), direct)
-        return known[key]
+        (:meth:`Spectra.of`)."""
+        return self.spectra.of(model, box, fold, _basis(self.mode))
 
     def _boxes(self, model: Model) -> list[tuple[str, tuple[str, ...]]]:
         """Each Bilinear box used once, with the names to fold into it."""
