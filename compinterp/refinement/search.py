@@ -283,8 +283,9 @@ class _Search:
 
     def finish(self, node: _Node, bound: float = math.inf) -> _Node:
         """Find the node's quantised form (when it keeps the bar and quantisation is on): the smallest width
-        in 2..16 that keeps the bar, by bisection, among the widths whose bits stay under ``bound`` (a wider
-        one could not change the search's choices, so it is not checked)."""
+        in 2..16 that keeps the bar among the widths whose bits stay under ``bound`` (a wider one could not
+        change the search's choices, so it is not checked). The last width found is checked first (widths
+        seldom move far), then each next width by :meth:`interpolate` within those not yet ruled in or out."""
         if not self.quantise or node.own.faithfulness < self.bar or node.quantised is not None:
             return node
         history = node.own.history
@@ -297,8 +298,9 @@ class _Search:
             found[width] = self.measure(self.to_width(node.own.model, width), (*history, rewrite))
             return found[width].faithfulness >= self.bar
 
-        def widest(cheap: int, high: int) -> int:
-            """The widest width in ``cheap..high`` whose bits stay under the bound (``cheap``'s do), by bisection."""
+        def widest(cheap: int) -> int:
+            """The widest width from ``cheap`` (whose bits stay under the bound) up whose bits do, by bisection."""
+            high = WIDTHS[-1]
             if under(high):
                 return high
             while high - cheap > 1:
@@ -309,22 +311,39 @@ class _Search:
         found: dict[int, _Scored] = {}
         if not under(WIDTHS[0]):
             return node
-        low, guess, top = WIDTHS[0] - 1, max(self.width, WIDTHS[0]), None
-        if not under(guess):                    # the widest width under the bound, found only when needed
-            guess = top = widest(WIDTHS[0], guess)
-        if keeps(guess):                        # the last width found first: widths seldom move far
-            high = guess
-        else:
-            top = widest(guess, WIDTHS[-1]) if top is None else top
-            if guess == top or not keeps(top):
-                return node
-            low, high = guess, top
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (low, middle) if keeps(middle) else (middle, high)
+        probe = max(self.width, WIDTHS[0])
+        top = None if under(probe) else widest(WIDTHS[0])  # the widest width under the bound, found only when needed
+        probe = probe if top is None else top
+        low, high = WIDTHS[0] - 1, None
+        while True:
+            if keeps(probe):
+                high = probe
+            else:
+                low = probe
+            if high is None and top is None:
+                top = widest(probe)
+            ceiling = high if high is not None else top + 1     # the widths left to try: low + 1 .. ceiling - 1
+            if ceiling - low <= 1:
+                break
+            probe = self.interpolate(node.own.faithfulness, found, low, ceiling)
+        if high is None:
+            return node
         node.quantised = found[high]
         self.width = high
         return node
+
+    def interpolate(self, own: float, found: dict[int, _Scored], low: int, ceiling: int) -> int:
+        """The next width to check in ``low + 1 .. ceiling - 1``: the narrowest at which the score, falling from the
+        unquantised model's ``own`` by ``kappa (2^(w - 1) - 1)^-2`` (the rounding noise's variance, the square of
+        the step ``max|w| / (2^(w - 1) - 1)``), keeps the bar, ``kappa`` read off the width ``low`` when it was
+        checked (it failed: the most telling), else off the narrowest that kept; the middle where that reading says
+        nothing (no fall). Only the order of the checks depends on it: the width found is the same."""
+        width = low if low in found else min(found)
+        fall, room = own - found[width].faithfulness, own - self.bar
+        if fall <= 0 or room <= 0:
+            return (low + ceiling) // 2
+        kappa = fall * (2 ** (width - 1) - 1) ** 2
+        return next((w for w in range(low + 1, ceiling - 1) if kappa <= room * (2 ** (w - 1) - 1) ** 2), ceiling - 1)
 
     def run(self, beam: int) -> _Scored:
         """Greedy (``beam == 1``) or beam search from the original; the model with the fewest bits
