@@ -357,7 +357,7 @@ class _Search:
             while frontier:
                 children = []
                 for parent in frontier:
-                    for child in self.expand(parent):
+                    for child in self.expand(parent, beam, seen):
                         if child.score < parent.score and child.key not in seen:
                             seen.add(child.key)
                             children.append(child)
@@ -368,14 +368,19 @@ class _Search:
             pass
         return self.best
 
-    def expand(self, parent: _Node) -> list[_Node]:
-        """The best child of each group of rewrites the passes offer on ``parent``."""
-        children = []
+    def expand(self, parent: _Node, beam: int = 1, seen: set[tuple[str, ...]] | None = None) -> list[_Node]:
+        """The best child of each group of rewrites the passes offer on ``parent``. A group's child must beat the
+        parent's score and, once ``beam`` children shorter than the parent and not ``seen`` are known, the
+        ``beam``-th shortest of them (:meth:`best_in_group`'s ``bound``): one that does not could not be kept."""
+        children, kept = [], []
         for p in self.passes:
             for group in _groups(p.candidates(parent.own.model)):
-                child = self.best_in_group(parent, p, group)
+                bound = parent.score if len(kept) < beam else sorted(kept)[beam - 1]
+                child = self.best_in_group(parent, p, group, bound)
                 if child is not None:
                     children.append(child)
+                    if child.score < parent.score and child.key not in (seen or ()):
+                        kept.append(child.score)
         return children
 
     def closed_form(self, parent: _Node, p: Pass, group: list[Rewrite], how: str = "truncations"
@@ -425,10 +430,11 @@ class _Search:
         width = parent.quantised.history[-1].settings["bits"]
         return self.at_width(sketch(parent.own.model, rewrite), width).model < bound
 
-    def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite]) -> _Node | None:
-        """The best rewrite of one group (one pass on one box in one mode, mildest first).
+    def best_in_group(self, parent: _Node, p: Pass, group: list[Rewrite], bound: float = math.inf) -> _Node | None:
+        """The best rewrite of one group (one pass on one box in one mode, mildest first), worth quantising only
+        under ``bound`` bits (at most the parent's score: :meth:`expand` passes its siblings' bound).
 
-        With quantisation on, only rewrites whose :meth:`floor` is under the parent's score can
+        With quantisation on, only rewrites whose :meth:`floor` is under the bound can
         make a child, so the group starts at the first of them (the mildest first, then galloping
         and bisection on floors, which fall along the group; not for ``costly`` passes, whose floor
         would cost a fit). Bisection then finds the strongest rewrite that keeps the bar (assuming
@@ -456,6 +462,7 @@ class _Search:
             source = Rewrite(p.name, made[-1].box, group[0].settings)
             if self.scores.get(_key((*made[:-1], source)), self.bar) < self.bar:
                 return None
+        bound = min(bound, parent.score)
         nodes: dict[int, _Node] = {}
         applied: dict[int, Model] = {}
         floors: dict[int, bool] = {}
@@ -497,7 +504,7 @@ class _Search:
             if not self.quantise or costly:     # unquantised, every point is measured; a costly floor is a fit
                 return True
             if i not in floors:
-                floors[i] = self.floor(model(i)) < parent.score
+                floors[i] = self.floor(model(i)) < bound
             return floors[i]
 
         first, step = 0, 1                      # the first rewrite that could beat the parent: gallop, then bisect
@@ -525,15 +532,15 @@ class _Search:
             middle = min(low + step, half) if step > 0 else max(high + step, half) if step < 0 else half
         if costly and at(low).own.faithfulness < self.bar:
             return None
-        best = self.finish(at(low), parent.score)
+        best = self.finish(at(low), bound)
         step = 1
         while low - step >= first:
             if costly and low - step not in nodes \
-                    and not self.may_pay(parent, p, group[low - step], min(parent.score, best.score)):
+                    and not self.may_pay(parent, p, group[low - step], min(bound, best.score)):
                 break
             node = at(low - step)
             if node.own.faithfulness >= self.bar:
-                node = self.finish(node, min(parent.score, best.score))
+                node = self.finish(node, min(bound, best.score))
                 if node.score >= best.score:
                     break
                 best = node
