@@ -89,25 +89,13 @@ def cp_loss(target: Factors, U: torch.Tensor, W: torch.Tensor, A: torch.Tensor,
 def best_outputs(target: Factors, U: torch.Tensor, W: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
     """The ``A`` minimising the loss for fixed ``U, W``: ``K(U, W; U, W) A^T = (D K(L, R; U, W))^T``; with ``ridge``,
     the penalised loss's (``K + ridge I``)."""
-    return _solve(sym_gram(U, W, U, W), target.D @ sym_gram(target.L, target.R, U, W), ridge)
-
-
-def _solve(K: torch.Tensor, M: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
-    """``A`` with ``(K + ridge I + eps I) A^T = M^T`` by Cholesky, ``eps`` ``1e-12`` of the mean diagonal of
-    ``K + ridge I`` (``K``, a Gram matrix, may be singular); when the shifted matrix is singular to working precision
-    even so, the least-squares solution."""
-    K = K.clone()
-    diagonal = K.diagonal()
-    diagonal.add_(ridge + 1e-12 * (diagonal.mean() + ridge).clamp_min(1e-300))
-    factor, info = torch.linalg.cholesky_ex(K)
-    if info.item():
-        return (torch.linalg.pinv(K, hermitian=True) @ M.T).T
-    return torch.cholesky_solve(M.T, factor).T
+    return _solve_t(sym_gram(U, W, U, W), target.D @ sym_gram(target.L, target.R, U, W), ridge).T
 
 
 def _solve_t(K: torch.Tensor, M: torch.Tensor, shift: float) -> torch.Tensor:
-    """``A^T`` with ``(K + shift I) A^T = M^T``, overwriting ``K``: by Cholesky, ``shift`` raised to ``1e-12`` of ``K``'s
-    mean diagonal where it is smaller (``K``, a Gram matrix, may be singular); as :func:`_solve` where it fails."""
+    """``A^T`` with ``(K + shift I) A^T = M^T``, overwriting ``K``: by Cholesky, a zero ``shift`` raised to ``1e-12`` of
+    ``K``'s mean diagonal (``K``, a Gram matrix, may be singular); where the shifted matrix is singular to working
+    precision even so, the least-squares solution."""
     diagonal = K.diagonal()
     floor = 1e-12 * diagonal.mean().clamp_min(1e-300).item() if shift == 0 else 0.0
     diagonal.add_(max(shift, floor))
@@ -334,6 +322,7 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
     SY = [[0.0] * (m + 1) for _ in range(m + 1)]                # SY[i][j] = s_i . y_j, by slot
     order: list[int] = []                                        # the slots in use, oldest first
     spare, unused = 0, list(range(1, m + 1))                    # the slot the next pair is written to
+    scale = 1.0                                                  # the preconditioner's scale, as L-BFGS scales I
     last: list[torch.Tensor] = []
     tiny = 2 * aim.ridge + torch.finfo(x.dtype).tiny
 
@@ -392,8 +381,8 @@ def _lbfgs(aim: Target, U: torch.Tensor, W: torch.Tensor, steps: int, bar: Any, 
             SY[spare][spare] = sy
             order.append(spare)
             spare = order.pop(0) if len(order) > m else unused.pop(0)
-            h_new.mul_(sy / yhy)                # the preconditioner scaled as L-BFGS scales I
-        x, f, g, h = new, f_new, g_new, h_new
+            scale = sy / yhy
+        x, f, g, h = new, f_new, g_new, h_new.mul_(scale)
         if (step + 1) % _CHUNK == 0 or step + 1 == steps:
             bar.update(_CHUNK if (step + 1) % _CHUNK == 0 else (step + 1) % _CHUNK)
             bar.set_postfix(loss=f"{f:.3g}")
