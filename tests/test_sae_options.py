@@ -132,7 +132,7 @@ def test_topk_switches_to_rescaled_preactivations_after_rescale_from(kind: str, 
 
 
 def test_free_norms_start_at_init_norm_with_the_encoder_the_decoder_transpose() -> None:
-    for kind, start in (("topk", 0.3), ("batchtopk", 0.3), ("relu", 0.1), ("jumprelu", 0.1)):
+    for kind, start in (("topk", 0.3), ("batchtopk", 0.1), ("relu", 0.1), ("jumprelu", 0.1)):
         d = Dictionary(kind, 6, 6, width=8, k=2 if "topk" in kind else None, seed=0)
         assert torch.allclose(d.decoder.norm(dim=0), torch.full((8,), start))
         assert torch.equal(d.encoder, d.decoder.T)

@@ -178,8 +178,9 @@ class Dictionary(nn.Module):
     ``centre`` (autoencoders) subtracts ``b_dec`` from the input before encoding.
 
     ``aux_k="auto"`` is ``d_out // 2`` (at least 1, at most the width; SAELens's and OpenAI's choice), ``None``
-    turns the auxiliary loss off; ``init_norm`` (free decoder norms) is 0.3 for ``topk`` and ``batchtopk`` (which
-    start by choosing on plain ``p``), 0.1 otherwise (SAELens's); ``l0``, ``bandwidth`` and ``threshold`` (where
+    turns the auxiliary loss off; ``init_norm`` (free decoder norms) is 0.3 for ``topk`` (which starts by choosing
+    on plain ``p``), 0.1 otherwise (SAELens's; ``batchtopk`` chooses on the rescaled ``p`` from the start, as
+    SAELens's does); ``l0``, ``bandwidth`` and ``threshold`` (where
     every ``theta_f`` starts) are the JumpReLU's (SAELens's defaults)."""
 
     def __init__(self, kind: str, d_in: int, d_out: int, width: int, k: int | None = None, *,
@@ -203,7 +204,7 @@ class Dictionary(nn.Module):
         if decoder_norm not in ("free", "unit"):
             raise InputError(f"decoder_norm must be 'free' or 'unit', got {decoder_norm!r}")
         if init_norm is None:
-            init_norm = 0.3 if kind in ("topk", "batchtopk") else 0.1
+            init_norm = 0.3 if kind == "topk" else 0.1
         if not init_norm > 0 or not bandwidth > 0 or not threshold >= 0 or not l0 >= 0:
             raise InputError(f"init_norm and bandwidth must be positive, threshold and l0 not negative; got "
                              f"init_norm={init_norm!r}, bandwidth={bandwidth!r}, threshold={threshold!r}, l0={l0!r}")
