@@ -338,9 +338,11 @@ class Dictionary(nn.Module):
         """Move a ``batchtopk`` dictionary's threshold toward the smallest positive value of the training batch's
         features ``z``: ``tau <- (1 - r) tau + r min(z > 0)`` (``r`` = :data:`THRESHOLD_RATE`; the first batch, or
         ``restart``, sets it); nothing for other kinds or a batch without a positive value."""
-        if self.kind != "batchtopk" or not bool((z > 0).any()):
+        if self.kind != "batchtopk":
             return
-        smallest = z[z > 0].min().to(self.batch_threshold.dtype)
+        smallest = torch.where(z > 0, z, torch.inf).min().to(self.batch_threshold.dtype)   # no boolean indexing
+        if smallest.isinf():
+            return
         if restart or self.batch_threshold.isnan():
             self.batch_threshold.copy_(smallest)
         else:
