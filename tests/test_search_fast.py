@@ -1,9 +1,12 @@
 """The fast search: closed-form scores of eigen truncations equal the exact checks they replace, in every
 mode, with and without biases, on the original and on a parent already rewritten, and so do those of CP's
 eigen starts; CP's closed-form gradient equals autograd's; the error at which a fit gives up bounds the
-checked error; the search that skips what cannot beat its parent, or lets fits give up, finds the same model."""
+checked error; the search that skips what cannot beat its parent or its siblings, or lets fits give up, finds the
+same model; the quantisation width found by interpolation is the narrowest that keeps the bar."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -232,3 +235,84 @@ def test_a_search_whose_fits_give_up_finds_the_same_model(case: str) -> None:
     assert fast.refined_bits == slow.refined_bits and fast.faithfulness == slow.faithfulness
     assert any(r.pass_name == "cp" for r in fast.history)
     assert fast.evaluated <= slow.evaluated
+
+
+# ------------------------------------------------------------------------------------ widths and siblings
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_width_found_by_interpolation_is_the_narrowest_that_keeps_the_bar(bias: bool) -> None:
+    """``_Search.finish`` orders its checks by interpolation from the last width found; whatever that was, and
+    under a bound on the bits, the width it finds is the narrowest whose quantised model keeps the bar among those
+    under the bound (every width checked here), or none."""
+    from tqdm.auto import tqdm
+
+    from compinterp.complexity import quantise
+    from compinterp.complexity.parameters import WIDTHS
+    from compinterp.refinement import search
+
+    model = decaying(bias)
+    reference = Reference(model, "exact")
+    scores = {w: reference.compare(quantise(model, w)).faithfulness for w in WIDTHS}
+    for bar in (0.9, 0.99, 0.999, 0.99999, 0.9999999):
+        for start in WIDTHS:
+            for cut in (None, 4, 7):
+                state = search._Search(reference, [], bar, 10_000, True, 32, tqdm(disable=True))
+                node = search._Node(state.measure(model, ()))
+                node.own.faithfulness = 1.0
+                bound = math.inf if cut is None else state.at_width(model, cut).model + 1e-9
+                state.width = start
+                state.finish(node, bound)
+                allowed = [w for w in WIDTHS if state.at_width(model, w).model < bound and scores[w] >= bar]
+                found = None if node.quantised is None else node.quantised.history[-1].settings["bits"]
+                assert found == (min(allowed) if allowed else None), (bar, start, cut)
+
+
+@pytest.mark.parametrize("beam", [1, 2, 3])
+def test_the_siblings_bound_keeps_the_children_a_beam_keeps(beam: int) -> None:
+    """Bounding each group by its siblings (``_Search.expand``: the ``beam``-th shortest new child so far) leaves
+    the ``beam`` shortest children, and their bits, as bounding it by the parent alone; and a whole search finds
+    the same model, history and bits, with no more models evaluated."""
+    from tqdm.auto import tqdm
+
+    from compinterp.refinement import search
+
+    model = decaying(True)
+    passes = lambda: [Eigen(mode="threshold"), LowRank(), Prune(), CP(steps=30)]  # noqa: E731
+
+    def kept(bounded: bool) -> list[tuple[tuple[str, ...], float]]:
+        state = search._Search(Reference(model, "exact"), passes(), 0.99, 10_000, True, 32, tqdm(disable=True))
+        root = search._Node(state.measure(model, ()))
+        root.own.faithfulness = 1.0
+        state.finish(root)
+        if bounded:
+            children = state.expand(root, beam, set())
+        else:
+            children = [child for p in state.passes for group in _groups(p.candidates(model))
+                        if (child := state.best_in_group(root, p, group, root.score)) is not None]
+        return sorted((child.key, child.score) for child in children if child.score < root.score)
+
+    top = lambda pairs: sorted(pairs, key=lambda pair: pair[1])[:beam]  # noqa: E731
+    plain = kept(False)
+    assert len(plain) >= 3
+    assert top(kept(True)) == top(plain)
+
+
+@pytest.mark.parametrize("beam", [1, 2])
+def test_the_siblings_bound_changes_nothing_the_search_finds(beam: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole search with and without the siblings' bound: the same model, history and bits, with no more
+    models evaluated."""
+    from compinterp.refinement import search
+
+    model = decaying(True)
+    passes = lambda: [Eigen(mode="threshold"), LowRank(), Prune(), CP(steps=30)]  # noqa: E731
+    bounded = refine(model, 0.99, data="exact", passes=passes(), beam=beam, progress=False)
+
+    def parent_only(self: search._Search, parent: search._Node, beam: int = 1, seen: object = None) -> list:
+        return [child for p in self.passes for group in _groups(p.candidates(parent.own.model))
+                if (child := self.best_in_group(parent, p, group, parent.score)) is not None]
+
+    monkeypatch.setattr(search._Search, "expand", parent_only)
+    plain = refine(model, 0.99, data="exact", passes=passes(), beam=beam, progress=False)
+    assert [str(r) for r in bounded.history] == [str(r) for r in plain.history]
+    assert bounded.refined_bits == plain.refined_bits and bounded.faithfulness == plain.faithfulness
+    assert bounded.evaluated <= plain.evaluated
