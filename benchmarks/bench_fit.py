@@ -7,7 +7,7 @@ start (the box's spectrum and targets made once, as the search makes them), and 
 the time per step and the fit's relative error ``||B_sym - C_sym||_F^2 / ||B_sym||_F^2`` are printed. Not part of
 the tests; run by hand:
 
-    .venv/bin/python benchmarks/bench_fit.py [--widths 64,256,1024] [--steps 200] [--repeats 7] [--threads 1]
+    .venv/bin/python benchmarks/bench_fit.py [--widths 64,256,1024] [--steps 200] [--repeats 7] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from bench_refine import train
+from bench_refine import sync, train
 from compinterp.refinement.passes._common import Factors, frobenius_sq, params64
 
 RANKS = {64: 32, 256: 48, 1024: 64, 4096: 64}
@@ -34,7 +34,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed fits per width (after one untimed)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the whole run")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    if args.repeats < 1 or args.steps < 1:
+        parser.error("--repeats and --steps must be at least 1")
+    device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     cp = importlib.import_module("compinterp.refinement.passes.cp")
@@ -42,17 +46,19 @@ def main() -> None:
     ranks = [int(r) for r in args.ranks.split(",")] if args.ranks else [RANKS.get(w, 64) for w in widths]
     if len(ranks) != len(widths):
         parser.error(f"--ranks gives {len(ranks)} ranks for {len(widths)} widths")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps")
     print(f"{'hidden':>6}  {'rank':>4}  {'min':>8}  {'median':>8}  {'per step':>8}  {'rel. error':>10}")
     for hidden, rank in zip(widths, ranks, strict=True):
-        model = train(hidden, args.epochs, torch.device("cpu"))
+        model = train(hidden, args.epochs, device)
         target = Factors.of(model.boxes["mlp"], params64(model, "mlp"))
         prepared = cp.Prepared(target)
         U, W, A = cp.fit(target, rank, args.steps, prepared=prepared, progress=False)
         times = []
         for _ in range(args.repeats):
+            sync(device)
             start = time.perf_counter()
             cp.fit(target, rank, args.steps, prepared=prepared, progress=False)
+            sync(device)
             times.append(time.perf_counter() - start)
         error = cp.cp_loss(target, U, W, A).item() / frobenius_sq(target).item()
         print(f"{hidden:>6}  {rank:>4}  {min(times) * 1e3:>6.1f}ms  {statistics.median(times) * 1e3:>6.1f}ms  "
