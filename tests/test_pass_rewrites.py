@@ -285,3 +285,13 @@ def test_the_graph_lays_out_swapped_and_parallel_wires_again() -> None:
     again = Model(net.diagram(), {name: model.box_params(name) for name in model.params})
     inputs = torch.randn(4, 3, dtype=F64)
     assert torch.allclose(again(inputs), model(inputs))
+
+
+def test_a_cp_fit_gives_ordinary_parameters_that_train() -> None:
+    """The fit's steps run in inference mode; the refit box's parameters are ordinary tensors, and a loss on the
+    refined model back-propagates to every one of them."""
+    model = Model(Bilinear("mlp", Space("x", 6), Space("y", 3), hidden=8, bias=True), seed=0)
+    refined = cp(model, "mlp", rank=3, steps=20)
+    assert not any(p.is_inference() for p in refined.parameters())
+    refined(torch.randn(4, 6)).square().sum().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in refined.parameters())
