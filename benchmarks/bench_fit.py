@@ -7,7 +7,8 @@ start (the box's spectrum and targets made once, as the search makes them), and 
 the time per step and the fit's relative error ``||B_sym - C_sym||_F^2 / ||B_sym||_F^2`` are printed. Not part of
 the tests; run by hand:
 
-    .venv/bin/python benchmarks/bench_fit.py [--widths 64,256,1024] [--steps 200] [--repeats 7] [--threads 1] [--device cpu]
+    .venv/bin/python benchmarks/bench_fit.py [--widths 64,256,1024] [--steps 200] [--repeats 7] [--threads 1]
+        [--device cpu]
 """
 
 from __future__ import annotations

@@ -46,5 +46,5 @@ def default_passes() -> list[Pass]:
             CP(spectra=spectra)]
 
 
-__all__ = ["CP", "ODT", "PASSES", "Eigen", "Fuse", "LowRank", "Prune", "Spectra", "cp", "default_passes", "eigen", "fuse",
-           "lowrank", "odt", "prune", "scores"]
+__all__ = ["CP", "ODT", "PASSES", "Eigen", "Fuse", "LowRank", "Prune", "Spectra", "cp", "default_passes", "eigen",
+           "fuse", "lowrank", "odt", "prune", "scores"]

@@ -123,7 +123,8 @@ class Target:
     >>> U, W = torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64)
     >>> a, b = Target(f, dense=False).loss(torch.cat([U, W]))[0], Target(f, dense=True).loss(torch.cat([U, W]))[0]
     >>> import math
-    >>> math.isclose(a, b, rel_tol=1e-10), math.isclose(a, cp_loss(f, U, W, best_outputs(f, U, W)).item(), rel_tol=1e-10)
+    >>> closed = cp_loss(f, U, W, best_outputs(f, U, W)).item()
+    >>> math.isclose(a, b, rel_tol=1e-10), math.isclose(a, closed, rel_tol=1e-10)
     (True, True)
     """
 
