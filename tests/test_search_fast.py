@@ -316,3 +316,27 @@ def test_the_siblings_bound_changes_nothing_the_search_finds(beam: int, monkeypa
     assert [str(r) for r in bounded.history] == [str(r) for r in plain.history]
     assert bounded.refined_bits == plain.refined_bits and bounded.faithfulness == plain.faithfulness
     assert bounded.evaluated <= plain.evaluated
+
+
+def test_interpolated_widths_find_what_bisection_finds_on_an_imported_hf_gpt2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a model nobody here wrote (a HuggingFace GPT-2 from a small config, scored on data, not exactly), a
+    search whose widths are interpolated finds the same history and bits as one that bisects them, checking no
+    more models."""
+    transformers = pytest.importorskip("transformers", reason="needs transformers (the [hf] extra)")
+    import compinterp as ci
+    from compinterp.refinement import search
+
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
+                                     bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = ci.from_hf(transformers.GPT2LMHeadModel(config).eval())
+    ids = torch.randint(0, 50, (32, 12), generator=torch.Generator().manual_seed(1))
+    run = lambda: refine(model, 0.9, data=(ids, ids.roll(-1, 1)), passes=[LowRank(), Prune()],  # noqa: E731
+                         budget=200, progress=False)
+    interpolated = run()
+    monkeypatch.setattr(search._Search, "interpolate", lambda self, own, found, low, ceiling: (low + ceiling) // 2)
+    bisected = run()
+    assert interpolated.history[-1].pass_name == "quantise" and len(interpolated.history) >= 2
+    assert [str(r) for r in interpolated.history] == [str(r) for r in bisected.history]
+    assert interpolated.refined_bits == bisected.refined_bits
+    assert interpolated.checks <= bisected.checks < 200
