@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import compinterp as ci
 from compinterp.errors import InputError
+from conftest import imported_gpt2
 
 
 def classifier() -> tuple[ci.Model, torch.Tensor, torch.Tensor]:
@@ -60,13 +61,7 @@ def test_a_loss_recovered_bar_refuses_what_it_cannot_score() -> None:
 
 
 def test_a_loss_recovered_bar_on_an_imported_hf_gpt2() -> None:
-    transformers = pytest.importorskip("transformers", reason="needs transformers (the [hf] extra)")
-    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
-                                     bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    model = ci.from_hf(transformers.GPT2LMHeadModel(config).eval())
-    ids = torch.randint(0, 100, (64, 16), generator=torch.Generator().manual_seed(1))
-    data = (ids, ids.roll(-1, 1))                       # next-token labels
+    model, data = imported_gpt2()
     result = ci.refine(model, 0.9, data=data, passes=["lowrank", "prune"], budget=8, progress=False,
                        metric="loss_recovered", quantise=False)
     assert result.history and result.faithfulness >= 0.9

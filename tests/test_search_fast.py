@@ -20,6 +20,7 @@ from compinterp.refinement.passes.cp import Target, best_outputs, cp_loss
 from compinterp.refinement.passes.eigen import layer
 from compinterp.refinement.search import _groups, refine
 from compinterp.syntax import Bilinear, Linear, Space, Unembed, chain, residual
+from conftest import imported_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -322,17 +323,10 @@ def test_interpolated_widths_find_what_bisection_finds_on_an_imported_hf_gpt2(mo
     """On a model nobody here wrote (a HuggingFace GPT-2 from a small config, scored on data, not exactly), a
     search whose widths are interpolated finds the same history and bits as one that bisects them, checking no
     more models."""
-    transformers = pytest.importorskip("transformers", reason="needs transformers (the [hf] extra)")
-    import compinterp as ci
     from compinterp.refinement import search
 
-    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, n_positions=16,
-                                     bos_token_id=0, eos_token_id=0)
-    torch.manual_seed(0)
-    model = ci.from_hf(transformers.GPT2LMHeadModel(config).eval())
-    ids = torch.randint(0, 50, (32, 12), generator=torch.Generator().manual_seed(1))
-    run = lambda: refine(model, 0.9, data=(ids, ids.roll(-1, 1)), passes=[LowRank(), Prune()],  # noqa: E731
-                         budget=200, progress=False)
+    model, data = imported_gpt2(layers=1, width=32, vocab=50, batch=32, length=12)
+    run = lambda: refine(model, 0.9, data=data, passes=[LowRank(), Prune()], budget=200, progress=False)  # noqa: E731
     interpolated = run()
     monkeypatch.setattr(search._Search, "interpolate", lambda self, own, found, low, ceiling: (low + ceiling) // 2)
     bisected = run()
